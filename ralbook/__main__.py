@@ -1,0 +1,3 @@
+from ralbook.cli import main
+
+raise SystemExit(main())

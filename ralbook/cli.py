@@ -1,0 +1,56 @@
+"""Command line: ``python -m ralbook {inspect,make-demo,train,evaluate,demo} ...``.
+
+Each sub-command lives in the module that owns its logic; that module exposes
+``add_arguments(parser)`` and ``run(args) -> int`` under the names registered below.
+Errors a user can fix are printed as one line and give exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# sub-command -> (module, help text); the module provides add_<name>_arguments and run_<name>
+COMMANDS: dict[str, tuple[str, str]] = {
+    "inspect": ("ralbook.data", "validate a collection and print its summary"),
+    "make-demo": ("ralbook.demo", "(re)generate the bundled demo collection"),
+    "train": ("ralbook.train", "train a model"),
+    "evaluate": ("ralbook.evaluate", "evaluate a checkpoint"),
+    "demo": ("ralbook.pipeline", "the main job: train on the demo data and run all notebooks"),
+}
+
+
+def _attr(name: str) -> str:
+    return name.replace("-", "_")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ralbook", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        module = importlib.import_module(module_name)
+        getattr(module, f"add_{_attr(name)}_arguments")(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ralbook.errors import RalbookError
+
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(getattr(module, f"run_{_attr(args.command)}")(args) or 0)
+    except RalbookError as err:
+        print(f"ralbook {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"ralbook {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ralbook {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
