@@ -1,0 +1,226 @@
+"""Reading and writing checkpoints safely, and loading the authors' released weights.
+
+* ``save_atomic`` writes to a temporary file and renames it, so an interrupted run never leaves a
+  half-written checkpoint behind (SPEC section 9).
+* ``load_file`` never executes pickled code: it unpickles plain containers, numbers, strings and
+  tensors; any other class (the authors' optimizer schedule, an EasyDict config, ...) becomes an
+  inert ``Replaced`` stand-in that records what it was.
+* ``load_reference`` maps the authors' module names (SPEC section 10) onto ralbook's, strictly.
+"""
+from __future__ import annotations
+
+import collections
+import io
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping, Union
+
+import torch
+from torch import nn
+
+from ralbook.errors import CheckpointError
+
+PathLike = Union[str, os.PathLike]
+
+# --------------------------------------------------------------------------- atomic save
+
+
+def save_atomic(obj: Any, path: PathLike) -> Path:
+    """torch.save to ``path`` via a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------- restricted unpickling
+
+
+class Replaced(dict):
+    """Inert stand-in for a pickled object of a class that is not allowed (e.g. from the authors' code).
+
+    It is a dict so that dict subclasses (EasyDict configs) keep their items; ``source`` names
+    the original class, ``args`` and ``state`` hold what the pickle gave it.
+    """
+
+    source = "?"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__()
+        self.args = args
+        self.state: Any = None
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+        if isinstance(state, dict):
+            self.update(state)
+
+    def __repr__(self) -> str:
+        return f"<replaced {self.source}>"
+
+
+_SAFE_BUILTINS = {"set", "frozenset", "complex", "slice", "range", "bytearray", "list", "dict", "tuple"}
+_SAFE_TORCH = {
+    ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor"),
+    ("torch._utils", "_rebuild_parameter"), ("torch._utils", "_rebuild_parameter_with_state"),
+    ("torch", "Size"), ("torch", "device"), ("torch", "dtype"),
+    ("collections", "OrderedDict"), ("collections", "defaultdict"),
+}
+
+
+def _reconstruct(cls: type, base: type, state: Any) -> Any:
+    """Safe replacement of ``copyreg._reconstructor``: only ever builds a Replaced stand-in."""
+    if isinstance(cls, type) and issubclass(cls, Replaced):
+        return cls()
+    raise CheckpointError(f"checkpoint pickle reconstructs {cls!r}, which is not allowed")
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    replaced: list[str] = []
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "builtins" and name in _SAFE_BUILTINS:
+            return super().find_class(module, name)
+        if (module, name) in _SAFE_TORCH:
+            return super().find_class(module, name)
+        if module == "torch" and (name.endswith("Storage") or isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        if module in ("copyreg", "copy_reg") and name == "_reconstructor":
+            return _reconstruct
+        type(self).replaced.append(f"{module}.{name}")
+        return type(name, (Replaced,), {"source": f"{module}.{name}"})
+
+
+class _RestrictedPickleModule:
+    """What torch.load expects of a ``pickle_module``: Unpickler, load and the usual names."""
+
+    Unpickler = _RestrictedUnpickler
+    __name__ = "ralbook_restricted_pickle"
+
+    @staticmethod
+    def load(f: Any, **kwargs: Any) -> Any:
+        return _RestrictedUnpickler(f, **kwargs).load()
+
+
+def load_file(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Any:
+    """Load a torch checkpoint without executing pickled code; clear errors for broken files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): it was probably cut off while being written")
+    _RestrictedUnpickler.replaced = []
+    try:
+        return torch.load(path, map_location=map_location, pickle_module=_RestrictedPickleModule,
+                          weights_only=False)
+    except CheckpointError:
+        raise
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError,
+            AttributeError, TypeError, IndexError, OSError) as err:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {err})") from err
+
+
+def replaced_classes() -> list[str]:
+    """Classes that the last ``load_file`` call replaced by inert stand-ins."""
+    return list(_RestrictedUnpickler.replaced)
+
+
+# --------------------------------------------------------------------------- the authors' key names
+
+# (pattern, replacement) applied in order to each key of the authors' state dict (SPEC section 10).
+REFERENCE_KEY_RULES: list[tuple[str, str]] = [
+    (r"^frame_branch_query_encoder\.", "word_encoder."),
+    (r"^frame_branch_query_proj\.", "word_proj."),
+    (r"^query_input_proj\.", "query_proj."),
+    (r"^clip_input_proj\.", "clip_proj."),
+    (r"^frame_input_proj\.", "frame_proj."),
+    (r"^frame_encoder_1\.", "frame_encoder."),
+    (r"^(query|clip|frame)_pos_embed\.position_embeddings\.", r"\1_pos.table."),
+    (r"^(query|clip|frame)_pos_embed\.LayerNorm\.", r"\1_pos.norm."),
+    (r"^modular_vector_mapping\.", "query_pool."),
+    (r"^text_weight_fc\.", "word_confidence_mlp."),
+    (r"^pie_net_(video|text)\.attention\.w_(\d)\.", r"\1_mean.pool.w\2."),
+    (r"^pie_net_(video|text)\.layer_norm\.", r"\1_mean.norm."),
+    (r"^pie_net_(video|text)\.fc\.", r"\1_mean.fc."),
+    (r"^uncertain_net_(video|text)\.attention\.w_(\d)\.", r"\1_sigma.pool.w\2."),
+    (r"^uncertain_net_(video|text)\.fc2\.", r"\1_sigma.fc_pooled."),
+    (r"^uncertain_net_(video|text)\.fc\.", r"\1_sigma.fc_tokens."),
+    (r"^(clip|frame)_encoder\.attn(\d)\.", r"\1_encoder.branches.\2."),
+    (r"^(clip|frame)_encoder\.ca\.", r"\1_encoder.summary."),
+    (r"^(clip|frame)_encoder\.layer1\.", r"\1_encoder.gate.0."),
+    (r"^(clip|frame)_encoder\.layer2\.", r"\1_encoder.gate.3."),
+    (r"\.LayerNorm\.", ".norm."),
+    (r"\.net\.1\.", ".linear."),
+    (r"\.self\.query\.", ".attn.q."),
+    (r"\.self\.key\.", ".attn.k."),
+    (r"\.self\.value\.", ".attn.v."),
+    (r"\.output\.layer1\.", ".ffn.up."),
+    (r"\.output\.layer2\.", ".ffn.down."),
+]
+
+
+def reference_to_ralbook_key(key: str) -> str:
+    """Name of the ralbook parameter that holds the authors' tensor ``key``."""
+    for pattern, replacement in REFERENCE_KEY_RULES:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
+def _state_dict_of(source: Union[PathLike, Mapping[str, Any]]) -> Mapping[str, Any]:
+    obj = load_file(source) if isinstance(source, (str, os.PathLike)) else source
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    elif isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+        obj = obj["model"]
+    if not isinstance(obj, Mapping) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise CheckpointError("no state dict found: expected a dict of tensors, or a checkpoint dict "
+                              "holding one under 'state_dict'")
+    return obj
+
+
+def convert_reference_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip DataParallel ``module.`` prefixes and rename the authors' keys to ralbook's."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        key = key[len("module."):] if key.startswith("module.") else key
+        out[reference_to_ralbook_key(key)] = value
+    return out
+
+
+def load_reference(model: nn.Module, source: Union[PathLike, Mapping[str, Any]]) -> nn.Module:
+    """Load the authors' weights (a state dict, a checkpoint dict, or a file of either) into ``model``.
+
+    Strict: every tensor must find a parameter of the same shape and every parameter must be filled;
+    otherwise CheckpointError lists the problems with both shapes.
+    """
+    state = convert_reference_state_dict(_state_dict_of(source))
+    own = model.state_dict()
+    unexpected = sorted(set(state) - set(own))
+    missing = sorted(set(own) - set(state))
+    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in sorted(set(state) & set(own)) if state[k].shape != own[k].shape]
+    if unexpected or missing or mismatched:
+        lines = []
+        if mismatched:
+            lines.append(f"{len(mismatched)} shape mismatch(es) (is the preset right?): " + "; ".join(mismatched[:8]))
+        if unexpected:
+            lines.append(f"{len(unexpected)} checkpoint tensor(s) unused: " + ", ".join(unexpected[:8]))
+        if missing:
+            lines.append(f"{len(missing)} model parameter(s) not in the checkpoint: " + ", ".join(missing[:8]))
+        raise CheckpointError("checkpoint does not fit the model: " + " | ".join(lines))
+    model.load_state_dict(state, strict=True)
+    return model
