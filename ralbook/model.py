@@ -145,7 +145,7 @@ class GMMBlock(nn.Module):
         flat_mask = None if mask is None else mask.repeat_interleave(n, dim=0)
         summaries = self.summary(token.expand(b * n, 1, d), flat_mask, keys=flat).view(b, n, d)
         weights = (self.gate(summaries).transpose(1, 2) / self.sft_factor).softmax(dim=-1)  # (B, L, 8)
-        return torch.einsum("bnld,bln->bld", outs, weights)
+        return (outs * weights.transpose(1, 2).unsqueeze(-1)).sum(dim=1)
 
 
 class AttentionPool(nn.Module):
@@ -202,14 +202,21 @@ def _chunk_rows(a: Tensor, b: Tensor) -> int:
 
 
 def _chunked_max(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """max and argmax over b's rows of <a[q, t], b[v, f]>: two (Nq, Nv, Lq) tensors."""
+    """max and argmax over b's rows of <a[q, t], b[v, f]>: two (Nq, Nv, Lq) tensors.
+
+    Each chunk is one matrix product laid out (q, t, v, f), so the max runs over the contiguous
+    last axis and no 4-D tensor is ever permuted or copied.
+    """
+    (nq, lq, d), (nv, lf, _) = a.shape, b.shape
     step = _chunk_rows(a, b)
-    values = a.new_empty(a.shape[0], b.shape[0], a.shape[1])
+    flat_b = b.reshape(nv * lf, d)
+    values = a.new_empty(nq, lq, nv)
     index = torch.empty(values.shape, dtype=torch.long, device=a.device)
-    for i in range(0, a.shape[0], step):
-        sims = torch.einsum("qtd,vfd->qvtf", a[i:i + step], b)
-        values[i:i + step], index[i:i + step] = sims.max(dim=-1)
-    return values, index
+    for i in range(0, nq, step):
+        chunk = a[i:i + step]
+        sims = (chunk.reshape(-1, d) @ flat_b.t()).view(chunk.shape[0], lq, nv, lf)
+        torch.max(sims, dim=-1, out=(values[i:i + step], index[i:i + step]))
+    return values.transpose(1, 2), index.transpose(1, 2)
 
 
 class _MaskedMaxSim(torch.autograd.Function):
@@ -228,14 +235,19 @@ class _MaskedMaxSim(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
         a, b, index = ctx.saved_tensors
-        step, lf = _chunk_rows(a, b), b.shape[1]
-        grad_a, grad_b = torch.zeros_like(a), torch.zeros_like(b)
-        for i in range(0, a.shape[0], step):
-            g = grad[i:i + step]
-            sparse = g.new_zeros(*g.shape, lf).scatter_(-1, index[i:i + step].unsqueeze(-1), g.unsqueeze(-1))
-            grad_a[i:i + step] = torch.einsum("qvtf,vfd->qtd", sparse, b)
-            grad_b += torch.einsum("qvtf,qtd->vfd", sparse, a[i:i + step])
-        return grad_a, grad_b
+        (nq, lq, d), (nv, lf, _) = a.shape, b.shape
+        step = _chunk_rows(a, b)
+        flat_b = b.reshape(nv * lf, d)
+        grad_a, grad_b = torch.empty_like(a), torch.zeros(nv * lf, d, dtype=b.dtype, device=b.device)
+        grad, index = grad.transpose(1, 2), index.transpose(1, 2)  # (Nq, Lq, Nv) views
+        for i in range(0, nq, step):
+            g, idx = grad[i:i + step], index[i:i + step]
+            # one non-zero per (q, t, v): the gradient goes to the frame that won the max
+            sparse = g.new_zeros(*g.shape, lf).scatter_(-1, idx.unsqueeze(-1), g.unsqueeze(-1))
+            sparse = sparse.view(-1, nv * lf)
+            grad_a[i:i + step] = (sparse @ flat_b).view(-1, lq, d)
+            grad_b += sparse.t() @ a[i:i + step].reshape(-1, d)
+        return grad_a, grad_b.view(nv, lf, d)
 
 
 def masked_max_sim(a: Tensor, a_mask: Tensor, b: Tensor, b_mask: Tensor) -> Tensor:

@@ -1,0 +1,41 @@
+"""environment.yml (conda) and pyproject.toml declare the same dependencies."""
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONDA_NAMES = {"pytorch": "torch"}  # conda package name -> PyPI name
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~ ;\[]", requirement.strip(), maxsplit=1)[0].lower()
+
+
+def test_environment_yml_and_pyproject_agree():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pip_side = {_name(r): r for r in project["dependencies"] + project["optional-dependencies"]["test"]}
+    conda_side = {}
+    in_deps = False
+    for line in (ROOT / "environment.yml").read_text().splitlines():
+        if line.startswith("dependencies:"):
+            in_deps = True
+            continue
+        if in_deps and line.startswith("  - "):
+            item = line[4:].strip()
+            name = CONDA_NAMES.get(_name(item), _name(item))
+            if name not in ("python", "pip"):
+                conda_side[name] = item
+    assert set(pip_side) == set(conda_side)
+    for name, req in pip_side.items():  # same lower bounds
+        pin = re.search(r">=\s*([\w.]+)", req)
+        conda_pin = re.search(r">=\s*([\w.]+)", conda_side[name])
+        assert (pin and pin.group(1)) == (conda_pin and conda_pin.group(1)), name
+
+
+def test_declared_dependencies_cover_the_design():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = {_name(r) for r in project["dependencies"]}
+    assert {"torch", "numpy", "scipy", "h5py", "matplotlib", "seaborn", "jupyterlab", "ipykernel", "papermill",
+            "ipywidgets", "tqdm"} <= names
