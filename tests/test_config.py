@@ -33,7 +33,7 @@ SPEC_TABLE = {
 }
 
 
-@pytest.mark.parametrize("column,name", enumerate(["tvr", "act", "cha"]))
+@pytest.mark.parametrize("column,name", list(enumerate(["tvr", "act", "cha"])))
 def test_paper_presets_match_spec(column, name):
     cfg = preset(name)
     for (section, key), values in SPEC_TABLE.items():
