@@ -21,6 +21,7 @@ from typing import Optional, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor
 
 from ralbook.config import ModelConfig
@@ -100,7 +101,7 @@ class FeedForward(nn.Module):
         self.up, self.down, self.dropout = nn.Linear(d, d_ff), nn.Linear(d_ff, d), nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down(self.dropout(F.relu(self.up(x))))
+        return self.down(self.dropout(F.relu(self.up(x), inplace=True)))
 
 
 class TransformerLayer(nn.Module):
@@ -126,8 +127,10 @@ class GMMBlock(nn.Module):
     per-position logits over the branches (softmax with temperature ``sft_factor``).
     """
 
-    def __init__(self, length: int, d: int, n_heads: int, dropout: float, sft_factor: float):
+    def __init__(self, length: int, d: int, n_heads: int, dropout: float, sft_factor: float,
+                 checkpoint: bool = False):
         super().__init__()
+        self.checkpoint = checkpoint
         self.branches = nn.ModuleList(
             TransformerLayer(d, n_heads, dropout, window=None if w is None else gaussian_window(length, w))
             for w in GMM_WIDTHS
@@ -138,7 +141,11 @@ class GMMBlock(nn.Module):
 
     def forward(self, x: Tensor, mask: Optional[Tensor], token: Tensor) -> Tensor:
         b, length, d = x.shape
-        outs = torch.stack([branch(x, mask) for branch in self.branches], dim=1)  # (B, 8, L, d)
+        if self.checkpoint and torch.is_grad_enabled():  # keep only branch inputs/outputs for backward
+            run = [torch.utils.checkpoint.checkpoint(branch, x, mask, use_reentrant=False) for branch in self.branches]
+        else:
+            run = [branch(x, mask) for branch in self.branches]
+        outs = torch.stack(run, dim=1)  # (B, 8, L, d)
         n = outs.shape[1]
         # all eight summaries in one cross-attention call: the batch is (B * 8)
         flat = outs.reshape(b * n, length, d)
@@ -371,10 +378,10 @@ class RALModel(nn.Module):
         # videos: clip branch (32 rows) and frame branch (128 rows)
         self.clip_pos = PositionalEncoding(cfg.max_frames, d, p_in)
         self.clip_proj = LinearLayer(cfg.visual_dim, d, p_in)
-        self.clip_encoder = GMMBlock(cfg.n_clips, d, h, p, cfg.sft_factor)
+        self.clip_encoder = GMMBlock(cfg.n_clips, d, h, p, cfg.sft_factor, cfg.checkpoint_branches)
         self.frame_pos = PositionalEncoding(cfg.max_frames, d, p_in)
         self.frame_proj = LinearLayer(cfg.visual_dim, d, p_in)
-        self.frame_encoder = GMMBlock(cfg.max_frames, d, h, p, cfg.sft_factor)
+        self.frame_encoder = GMMBlock(cfg.max_frames, d, h, p, cfg.sft_factor, cfg.checkpoint_branches)
         # MSRA: mean and sigma heads per modality
         self.video_mean, self.video_sigma = MeanHead(d), SigmaHead(d)
         self.text_mean, self.text_sigma = MeanHead(d), SigmaHead(d)

@@ -341,3 +341,17 @@ def test_tvr_model_has_the_reference_keys_and_shapes(capsys):
     assert n == sum(int(r[2]) for r in rows)
     print(f"TVR configuration: {len(own)} tensors, {n:,} parameters")
     assert "35,529,377" in capsys.readouterr().out
+
+
+def test_branch_checkpointing_gives_the_same_loss_and_gradients():
+    batch = _batch()
+    results = []
+    for flag in (False, True):
+        torch.manual_seed(8)
+        model = build_model(_small_config(checkpoint_branches=flag, drop=0.1, input_drop=0.1)).train()
+        torch.manual_seed(9)
+        total, _, grads = _loss_and_grads(model, batch)
+        results.append((total.detach(), grads))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for name, g in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], g, atol=1e-6, rtol=1e-5, msg=name)
