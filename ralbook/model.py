@@ -56,8 +56,37 @@ class PositionalEncoding(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, L, d)
-        return self.dropout(self.norm(x + self.table.weight[: x.shape[1]]))
+    def forward(self, x: Tensor, positions: Optional[Tensor] = None) -> Tensor:
+        """x (B, L, d), or packed rows (N, d) with their ``positions`` (N,)."""
+        table = self.table.weight[: x.shape[1]] if positions is None else self.table.weight[positions]
+        return self.dropout(self.norm(x + table))
+
+
+@dataclass
+class Packing:
+    """The valid rows of a (B, L) mask, so that position-wise layers skip padding.
+
+    Exact, not an approximation: padded keys get zero attention weight anyway (their logit is
+    -10000 below the rest), and the outputs at padded positions are discarded.
+    """
+
+    index: Tensor           # (N,) flat positions of the valid rows in B * L
+    shape: tuple[int, int]  # (B, L)
+
+    @classmethod
+    def from_mask(cls, mask: Tensor) -> "Packing":
+        return cls(torch.nonzero(mask.reshape(-1) > 0).squeeze(1), (mask.shape[0], mask.shape[1]))
+
+    @property
+    def positions(self) -> Tensor:
+        return self.index % self.shape[1]
+
+    def pack(self, x: Tensor) -> Tensor:  # (B, L, ...) -> (N, ...)
+        return x.reshape(-1, *x.shape[2:])[self.index]
+
+    def unpack(self, x: Tensor) -> Tensor:  # (N, ...) -> (B, L, ...), zeros at padding
+        out = x.new_zeros(self.shape[0] * self.shape[1], *x.shape[1:])
+        return out.index_copy(0, self.index, x).view(*self.shape, *x.shape[1:])
 
 
 def gaussian_window(length: int, width: float) -> Tensor:
@@ -84,15 +113,20 @@ class Attention(nn.Module):
     def _heads(self, x: Tensor) -> Tensor:  # (B, L, d) -> (B, h, L, dh)
         return x.view(x.shape[0], x.shape[1], self.n_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, query: Tensor, keys: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
-        q, k, v = self._heads(self.q(query)), self._heads(self.k(keys)), self._heads(self.v(keys))
+    def forward(self, query: Tensor, keys: Tensor, key_mask: Optional[Tensor] = None,
+                packing: Optional[Packing] = None) -> Tensor:
+        q, k, v = self.q(query), self.k(keys), self.v(keys)
+        if packing is not None:  # the projections ran on valid rows only; attention needs (B, L, d)
+            q, k, v = packing.unpack(q), packing.unpack(k), packing.unpack(v)
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, h, Lq, Lk)
         if self.window is not None:
             scores = scores * self.window  # shrinks distant logits towards 0 (not a log-bias)
         if key_mask is not None:
             scores = scores + (1.0 - key_mask[:, None, None, :]) * -10000.0
         context = self.dropout(scores.softmax(dim=-1)) @ v
-        return context.transpose(1, 2).reshape(query.shape[0], query.shape[1], -1)
+        context = context.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
+        return context if packing is None else packing.pack(context)
 
 
 class FeedForward(nn.Module):
@@ -114,9 +148,11 @@ class TransformerLayer(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, mask: Optional[Tensor] = None, keys: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None, keys: Optional[Tensor] = None,
+                packing: Optional[Packing] = None) -> Tensor:
+        """x (B, L, d), or packed valid rows (N, d) with their ``packing``."""
         keys = x if keys is None else keys
-        x = self.norm1(x + self.dropout1(self.attn(x, keys, mask)))
+        x = self.norm1(x + self.dropout1(self.attn(x, keys, mask, packing)))
         return self.norm2(x + self.dropout2(self.ffn(x)))
 
 
@@ -139,20 +175,24 @@ class GMMBlock(nn.Module):
         self.gate = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Dropout(dropout), nn.Linear(d, length))
         self.sft_factor = sft_factor
 
-    def forward(self, x: Tensor, mask: Optional[Tensor], token: Tensor) -> Tensor:
-        b, length, d = x.shape
+    def forward(self, x: Tensor, mask: Optional[Tensor], token: Tensor, packing: Optional[Packing] = None) -> Tensor:
+        """x (B, L, d), or its valid rows (N, d) with ``packing``; returns (B, L, d), zeros at padding."""
         if self.checkpoint and torch.is_grad_enabled():  # keep only branch inputs/outputs for backward
-            run = [torch.utils.checkpoint.checkpoint(branch, x, mask, use_reentrant=False) for branch in self.branches]
+            run = [torch.utils.checkpoint.checkpoint(branch, x, mask, None, packing, use_reentrant=False)
+                   for branch in self.branches]
         else:
-            run = [branch(x, mask) for branch in self.branches]
-        outs = torch.stack(run, dim=1)  # (B, 8, L, d)
-        n = outs.shape[1]
+            run = [branch(x, mask, packing=packing) for branch in self.branches]
+        outs = torch.stack(run, dim=-2)  # (B, L, 8, d) or packed (N, 8, d)
+        padded = outs if packing is None else packing.unpack(outs)
+        b, length, n, d = padded.shape
         # all eight summaries in one cross-attention call: the batch is (B * 8)
-        flat = outs.reshape(b * n, length, d)
+        flat = padded.transpose(1, 2).reshape(b * n, length, d)
         flat_mask = None if mask is None else mask.repeat_interleave(n, dim=0)
         summaries = self.summary(token.expand(b * n, 1, d), flat_mask, keys=flat).view(b, n, d)
         weights = (self.gate(summaries).transpose(1, 2) / self.sft_factor).softmax(dim=-1)  # (B, L, 8)
-        return (outs * weights.transpose(1, 2).unsqueeze(-1)).sum(dim=1)
+        if packing is None:
+            return (outs * weights.unsqueeze(-1)).sum(dim=-2)
+        return packing.unpack((outs * packing.pack(weights).unsqueeze(-1)).sum(dim=-2))
 
 
 class AttentionPool(nn.Module):
@@ -412,8 +452,10 @@ class RALModel(nn.Module):
             frame_feats = F.pad(frame_feats, (0, 0, 0, pad))
             frame_mask = F.pad(frame_mask, (0, pad))
         clips = self.clip_encoder(self.clip_pos(self.clip_proj(clip_feats)), None, self.weight_token)
-        frames = self.frame_encoder(self.frame_pos(self.frame_proj(frame_feats)), frame_mask, self.weight_token)
-        frames = frames * frame_mask.unsqueeze(-1)
+        # position-wise layers of the frame branch run on valid frames only (see Packing)
+        packing = Packing.from_mask(frame_mask)
+        x = self.frame_pos(self.frame_proj(packing.pack(frame_feats)), packing.positions)
+        frames = self.frame_encoder(x, frame_mask, self.weight_token, packing)
         return VideoEncoding(clips, frames, frame_mask)
 
     def encode_queries(self, query_feats: Tensor, query_mask: Tensor) -> QueryEncoding:
