@@ -1,0 +1,428 @@
+"""The data layer: a feature release on disk (``data/README.md``) as a :class:`Collection`, the
+torch datasets and collate functions the training and evaluation code use, a validator that
+turns every known kind of broken copy into one clear :class:`DataError`, and the ``inspect``
+command.
+
+Everything is read on demand (frame rows through a memory map, text rows from HDF5), so the
+multi-GB releases work on machines with less memory than the files.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ralbook.errors import DataError
+from ralbook.features import (FrameStore, H5Rows, PathLike, bin_rows, convert_bin_to_hdf5,
+                              l2_normalize, open_frame_store, query_input, require_file, video_inputs)
+
+__all__ = ["Collection", "CollectionSummary", "SplitSummary", "TrainDataset", "VideoDataset", "QueryDataset",
+           "collate_train", "collate_videos", "collate_queries", "bin_rows", "video_inputs", "query_input",
+           "l2_normalize", "convert_bin_to_hdf5", "DEFAULT_FEATURES", "SPLITS", "video_of"]
+
+SPLITS = ("train", "val", "test")
+# Visual feature folder of each released collection (data/README.md); others name theirs with --feature.
+DEFAULT_FEATURES: dict[str, str] = {"tvr": "i3d_resnet", "activitynet": "i3d", "charades": "i3d_rgb_lgi",
+                                    "demo": "synthetic"}
+
+
+def video_of(cap_id: str) -> str:
+    """Caption ids are VIDEOID#enc#N: the video id is everything before the first '#'."""
+    return cap_id.split("#", 1)[0]
+
+
+# ----------------------------------------------------------------------------- caption files
+
+@dataclass
+class CaptionFile:
+    """One parsed ``COLLECTION{split}.caption.txt``."""
+
+    path: Path
+    cap_ids: list[str]
+    texts: list[str]
+    by_video: dict[str, list[str]]      # insertion order = order of first appearance
+
+    @classmethod
+    def read(cls, path: Path) -> "CaptionFile":
+        require_file(path, '"CAPID caption text" lines')
+        cap_ids, texts, line_of, by_video = [], [], {}, {}
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for number, line in enumerate(fh, 1):
+                parts = line.strip().split(maxsplit=1)
+                if not parts:
+                    continue
+                cap = parts[0]
+                if cap in line_of:
+                    raise DataError(f"{path}: line {number}: caption id {cap!r} already appears on line "
+                                    f"{line_of[cap]} (expected unique caption ids)")
+                line_of[cap] = number
+                cap_ids.append(cap)
+                texts.append(parts[1] if len(parts) > 1 else "")
+                by_video.setdefault(video_of(cap), []).append(cap)
+        return cls(path, cap_ids, texts, by_video)
+
+
+# ----------------------------------------------------------------------------- the collection
+
+def _resolve(path: PathLike, base: Path) -> Path:
+    """A path as given when it exists, else relative to ``base`` (the folder it normally lives in)."""
+    p = Path(path)
+    return p if p.is_absolute() or p.exists() else base / p
+
+
+def default_feature(collection_dir: Path, collection: str) -> str:
+    """The released feature folder of a known collection, or the only folder under FeatureData/."""
+    if collection in DEFAULT_FEATURES:
+        return DEFAULT_FEATURES[collection]
+    base = collection_dir / "FeatureData"
+    have = sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+    if len(have) == 1:
+        return have[0]
+    raise DataError(f"{base}: no default feature for collection {collection!r}; name one with --feature "
+                    f"(found {have or 'no feature folders'})")
+
+
+class Collection:
+    """A release-layout directory ``root/collection/``: captions, text features and frame features.
+
+    ``feature`` defaults per collection (DEFAULT_FEATURES). ``text_feature_file`` overrides
+    TextData/roberta_COLLECTION_query_feat.hdf5; ``video_feature_file`` selects a per-video HDF5
+    file instead of FeatureData/FEATURE/feature.bin (which is preferred when present, else
+    feature.hdf5). ``n_clips``/``max_frames``/``max_desc_len`` are the SPEC section 2 lengths.
+    """
+
+    def __init__(self, root: PathLike, collection: str, feature: Optional[str] = None,
+                 text_feature_file: Optional[PathLike] = None, *, video_feature_file: Optional[PathLike] = None,
+                 n_clips: int = 32, max_frames: int = 128, max_desc_len: int = 30):
+        self.root, self.name = Path(root), collection
+        self.dir = self.root / collection
+        if not self.dir.is_dir():
+            if self.root.is_dir():
+                found = f"{self.root} holds {sorted(p.name for p in self.root.iterdir() if p.is_dir()) or 'nothing'}"
+            else:
+                found = f"{self.root} does not exist"
+            raise DataError(f"{self.dir}: missing collection folder (expected ROOT/{collection}/ in the release "
+                            f"layout; {found})")
+        self.feature = feature or default_feature(self.dir, collection)
+        self.text_dir = self.dir / "TextData"
+        self.feature_dir = self.dir / "FeatureData" / self.feature
+        video_file = _resolve(video_feature_file, self.feature_dir) if video_feature_file else None
+        self.frames: FrameStore = open_frame_store(self.feature_dir, video_file)
+        text_file = _resolve(text_feature_file, self.text_dir) if text_feature_file else \
+            self.text_dir / f"roberta_{collection}_query_feat.hdf5"
+        self.text = H5Rows(text_file, "text features", "caption id")
+        self.n_clips, self.max_frames, self.max_desc_len = n_clips, max_frames, max_desc_len
+        self._captions: dict[str, CaptionFile] = {}
+        self._words: Optional[dict[str, list[str]]] = None
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "Collection":
+        """From a :class:`ralbook.config.DataConfig`."""
+        return cls(cfg.data_root, cfg.collection, cfg.feature, cfg.text_feature_file or None,
+                   n_clips=cfg.n_clips, max_frames=cfg.max_frames, max_desc_len=cfg.max_desc_len)
+
+    def __repr__(self) -> str:
+        return (f"Collection({str(self.root)!r}, {self.name!r}, {self.feature!r}, variant={self.frames.variant!r}, "
+                f"Dv={self.visual_dim}, Dt={self.text_dim})")
+
+    def close(self) -> None:
+        """Close this process's file handles (they reopen on the next read)."""
+        self.frames.close()
+        self.text.close()
+
+    @property
+    def visual_dim(self) -> int:
+        return self.frames.dim
+
+    @property
+    def text_dim(self) -> int:
+        return self.text.dim
+
+    # --- captions
+    def caption_file(self, split: str) -> Path:
+        return self.text_dir / f"{self.name}{split}.caption.txt"
+
+    def _split(self, split: str) -> CaptionFile:
+        if split not in self._captions:
+            self._captions[split] = CaptionFile.read(self.caption_file(split))
+        return self._captions[split]
+
+    def videos(self, split: str) -> list[str]:
+        """Video ids of a split, in order of first appearance in its caption file."""
+        return list(self._split(split).by_video)
+
+    def captions(self, split: str) -> list[tuple[str, str]]:
+        """(cap_id, text) in file order."""
+        cf = self._split(split)
+        return list(zip(cf.cap_ids, cf.texts))
+
+    def captions_of(self, video_id: str, split: str) -> list[str]:
+        """Caption ids of one video in a split's caption file (file order)."""
+        cf = self._split(split)
+        if video_id not in cf.by_video:
+            raise DataError(f"{cf.path}: video {video_id!r} has no caption (expected at least one line "
+                            f"'{video_id}#...')")
+        return list(cf.by_video[video_id])
+
+    video_of = staticmethod(video_of)
+
+    def same_captions(self, split_a: str, split_b: str) -> bool:
+        """True when two caption files hold the same (cap_id, text) pairs (some releases ship val == test)."""
+        return set(self.captions(split_a)) == set(self.captions(split_b))
+
+    # --- features
+    def raw_frames(self, video_id: str) -> np.ndarray:
+        """Frame rows (n, Dv) float32 of one video: only its rows are read (a copy, not a view of the file)."""
+        return self.frames.read(video_id)
+
+    def n_frames(self, video_id: str) -> int:
+        return self.frames.n_frames(video_id)
+
+    def text_features(self, cap_id: str) -> np.ndarray:
+        """Token rows (L, Dt) float32 of one caption."""
+        return self.text.read(cap_id)
+
+    def n_tokens(self, cap_id: str) -> int:
+        return self.text.n_rows(cap_id)
+
+    def words(self, cap_id: str) -> Optional[list[str]]:
+        """The caption's words, one per token row, from the optional TextData/COLLECTION_words.json."""
+        if self._words is None:
+            path = self.text_dir / f"{self.name}_words.json"
+            try:
+                self._words = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}: expected a JSON object {{cap_id: [word, ...]}}, found invalid JSON "
+                                f"({err})") from None
+        return self._words.get(cap_id)
+
+    def video_arrays(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """Model inputs of one video: (clips (n_clips, Dv), frames (<= max_frames, Dv)), normalised rows."""
+        return video_inputs(self.raw_frames(video_id), self.n_clips, self.max_frames)
+
+    def query_array(self, cap_id: str) -> np.ndarray:
+        """Model input of one caption: (<= max_desc_len, Dt) normalised rows."""
+        return query_input(self.text_features(cap_id), self.max_desc_len)
+
+    # --- checks and statistics
+    def validate(self, splits: Sequence[str] = SPLITS, progress: bool = True) -> None:
+        """Check every caption, video, frame id and feature row the splits use; DataError on the first problem.
+
+        Normal reads check only what they touch; this reads every used row (chunked) and every caption.
+        """
+        from tqdm.auto import tqdm
+
+        parsed = {split: self._split(split) for split in splits}
+        for cf in parsed.values():
+            if not cf.cap_ids:
+                raise DataError(f"{cf.path}: expected at least one \"CAPID caption text\" line, found none")
+            absent = [v for v in cf.by_video if not self.frames.has_video(v)]
+            if absent:
+                v = absent[0]
+                raise DataError(f"{cf.path}: video {v!r} (caption {cf.by_video[v][0]!r}) is not listed in "
+                                f"{self.frames.listing_path} (expected every captioned video there; {len(absent)} "
+                                f"of the {len(cf.by_video)} videos of this file are missing)")
+        videos = list(dict.fromkeys(v for cf in parsed.values() for v in cf.by_video))
+        for video in videos:
+            self.frames.check_video(video)
+        self.frames.validate_rows(videos, progress)
+        cap_ids = [c for cf in parsed.values() for c in cf.cap_ids]
+        for cap in tqdm(cap_ids, desc="check text features", unit="caption", disable=not progress):
+            self.text.read(cap)
+
+    def summary(self, splits: Sequence[str] = SPLITS, norm_videos: int = 200, seed: int = 0,
+                progress: bool = False) -> "CollectionSummary":
+        """Counts and distributions per split (notebook 01 plots them); warns when val and test are identical."""
+        from tqdm.auto import tqdm
+
+        rng = np.random.default_rng(seed)
+        out: dict[str, SplitSummary] = {}
+        for split in splits:
+            cf, videos = self._split(split), self.videos(split)
+            frames = np.array([self.n_frames(v) for v in tqdm(videos, desc=f"{split} videos", disable=not progress)],
+                              dtype=np.int64)
+            tokens = np.array([self.n_tokens(c) for c in tqdm(cf.cap_ids, desc=f"{split} captions",
+                                                                 disable=not progress)], dtype=np.int64)
+            sample = rng.choice(len(videos), size=min(norm_videos, len(videos)), replace=False) if videos else []
+            norms = [np.linalg.norm(self.raw_frames(videos[i]), axis=1) for i in sorted(sample)]
+            out[split] = SplitSummary(split, str(cf.path), len(videos), len(cf.cap_ids), frames,
+                                      np.array([len(cf.by_video[v]) for v in videos], dtype=np.int64), tokens,
+                                      np.concatenate(norms).astype(np.float32) if norms else np.zeros(0, np.float32))
+        notes = []
+        for i, a in enumerate(splits):
+            for b in splits[i + 1:]:
+                if out[a].n_captions and self.same_captions(a, b):
+                    notes.append(f"the {a} and {b} caption files hold the same {out[a].n_captions} captions: "
+                                 f"model selection on {a} is selection on {b}")
+                    warnings.warn(f"collection {self.name!r}: {notes[-1]}", UserWarning, stacklevel=2)
+        return CollectionSummary(self.name, self.feature, self.frames.variant, self.visual_dim, self.text_dim,
+                                 out, notes)
+
+
+@dataclass
+class SplitSummary:
+    """Counts and per-item distributions of one split (arrays for plotting)."""
+
+    split: str
+    caption_file: str
+    n_videos: int
+    n_captions: int
+    frames_per_video: np.ndarray
+    captions_per_video: np.ndarray
+    tokens_per_caption: np.ndarray
+    frame_norms: np.ndarray     # L2 norms of raw frame rows of a sample of videos
+
+    def stats(self, name: str) -> dict[str, float]:
+        """min / mean / median / max of one of the array fields."""
+        a = np.asarray(getattr(self, name), dtype=np.float64)
+        if not a.size:
+            return {"min": float("nan"), "mean": float("nan"), "median": float("nan"), "max": float("nan")}
+        return {"min": float(a.min()), "mean": float(a.mean()), "median": float(np.median(a)), "max": float(a.max())}
+
+
+@dataclass
+class CollectionSummary:
+    """What :meth:`Collection.summary` found; ``format()`` gives the text table ``inspect`` prints."""
+
+    collection: str
+    feature: str
+    variant: str
+    visual_dim: int
+    text_dim: int
+    splits: dict[str, SplitSummary]
+    notes: list[str] = field(default_factory=list)
+
+    def format(self) -> str:
+        head = (f"collection {self.collection!r}, feature {self.feature!r} ({self.variant}), "
+                f"Dv {self.visual_dim}, Dt {self.text_dim}")
+        cols = ["split", "videos", "captions", "frames/video min-median-max (mean)", "captions/video (mean)",
+                "tokens/caption min-max (mean)", "frame norm (mean)"]
+        rows = [cols]
+        for s in self.splits.values():
+            f, c, t, nrm = (s.stats(k) for k in ("frames_per_video", "captions_per_video", "tokens_per_caption",
+                                                 "frame_norms"))
+            rows.append([s.split, str(s.n_videos), str(s.n_captions),
+                         f"{f['min']:.0f}-{f['median']:.0f}-{f['max']:.0f} ({f['mean']:.1f})",
+                         f"{c['mean']:.2f}", f"{t['min']:.0f}-{t['max']:.0f} ({t['mean']:.1f})", f"{nrm['mean']:.3g}"])
+        widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
+        lines = [head] + ["  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths)))
+                          for r in rows]
+        return "\n".join(lines + [f"note: {n}" for n in self.notes])
+
+
+# ----------------------------------------------------------------------------- torch datasets
+
+class VideoDataset(Dataset):
+    """One item per video: its clip and frame inputs (SPEC section 2)."""
+
+    def __init__(self, collection: Collection, video_ids: Iterable[str]):
+        self.collection, self.video_ids = collection, list(video_ids)
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        video = self.video_ids[index]
+        clip, frames = self.collection.video_arrays(video)
+        return {"video_id": video, "clip_feats": torch.from_numpy(clip), "frame_feats": torch.from_numpy(frames),
+                "max_frames": self.collection.max_frames}
+
+
+class TrainDataset(VideoDataset):
+    """One item per video with ALL its captions of ``split`` (the batch's queries are grouped by video)."""
+
+    def __init__(self, collection: Collection, video_ids: Iterable[str], split: str = "train"):
+        super().__init__(collection, video_ids)
+        self.split = split
+        self.cap_ids = [collection.captions_of(v, split) for v in self.video_ids]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = super().__getitem__(index)
+        item["cap_ids"] = list(self.cap_ids[index])
+        item["query_feats"] = [torch.from_numpy(self.collection.query_array(c)) for c in item["cap_ids"]]
+        return item
+
+
+class QueryDataset(Dataset):
+    """One item per caption: its query input and its ground-truth video id."""
+
+    def __init__(self, collection: Collection, cap_ids: Iterable[str]):
+        self.collection, self.cap_ids = collection, list(cap_ids)
+
+    def __len__(self) -> int:
+        return len(self.cap_ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        cap = self.cap_ids[index]
+        return {"cap_id": cap, "video_id": video_of(cap),
+                "query_feats": torch.from_numpy(self.collection.query_array(cap))}
+
+
+def _pad(seqs: Sequence[torch.Tensor], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-pad (n_i, D) rows to (B, length, D) with a float 0/1 mask (B, length)."""
+    out = torch.zeros(len(seqs), length, seqs[0].shape[-1], dtype=torch.float32)
+    mask = torch.zeros(len(seqs), length, dtype=torch.float32)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = s
+        mask[i, : len(s)] = 1.0
+    return out, mask
+
+
+def collate_videos(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """clip_feats (B, 32, Dv), frame_feats (B, 128, Dv) zero padded to max_frames always, frame_mask (B, 128)."""
+    frames = [it["frame_feats"] for it in items]
+    length = max([it["max_frames"] for it in items] + [len(f) for f in frames])
+    frame_feats, frame_mask = _pad(frames, length)
+    return {"clip_feats": torch.stack([it["clip_feats"] for it in items]).float(), "frame_feats": frame_feats,
+            "frame_mask": frame_mask, "video_ids": [it["video_id"] for it in items]}
+
+
+def collate_queries(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """query_feats (Nq, Lq, Dt) zero padded to the longest query, query_mask (Nq, Lq), ids."""
+    feats, mask = _pad([it["query_feats"] for it in items], max(len(it["query_feats"]) for it in items))
+    return {"query_feats": feats, "query_mask": mask, "cap_ids": [it["cap_id"] for it in items],
+            "video_ids": [it["video_id"] for it in items]}
+
+
+def collate_train(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Videos plus all their queries; ``labels[i]`` = batch index of query i's video (contiguous per video)."""
+    batch = collate_videos(items)
+    queries = [q for it in items for q in it["query_feats"]]
+    batch["query_feats"], batch["query_mask"] = _pad(queries, max(len(q) for q in queries))
+    batch["labels"] = torch.tensor([b for b, it in enumerate(items) for _ in it["cap_ids"]], dtype=torch.long)
+    batch["cap_ids"] = [c for it in items for c in it["cap_ids"]]
+    return batch
+
+
+# ----------------------------------------------------------------------------- inspect command
+
+def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-root", default="data", help="folder that holds COLLECTION/ (default: data)")
+    parser.add_argument("--collection", default="demo", help="collection folder name (default: demo)")
+    parser.add_argument("--feature", default=None,
+                        help=f"FeatureData sub-folder (default per collection: {DEFAULT_FEATURES})")
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS),
+                        help="caption files to check (default: %(default)s)")
+    parser.add_argument("--text-feature-file", default=None, help="text-feature HDF5 (default: the release name)")
+    parser.add_argument("--video-feature-file", default=None, help="per-video HDF5 instead of feature.bin")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    """Validate the collection, then print its summary; broken data raises DataError (exit 2 in the CLI)."""
+    collection = Collection(args.data_root, args.collection, args.feature, args.text_feature_file,
+                            video_feature_file=args.video_feature_file)
+    collection.validate(args.splits, progress=not args.no_progress)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the notes are printed with the table
+        summary = collection.summary(args.splits, progress=not args.no_progress)
+    print(summary.format())
+    print(f"ok: {collection.dir} passed all checks for splits {', '.join(args.splits)}")
+    return 0
