@@ -297,13 +297,30 @@ class _MaskedMaxSim(torch.autograd.Function):
         return grad_a, grad_b.view(nv, lf, d)
 
 
+def _used_length(mask: Tensor) -> int:
+    """1 + the last position that is valid in any row (at least 1)."""
+    used = torch.nonzero(mask.any(dim=0))
+    return int(used.max()) + 1 if used.numel() else 1
+
+
 def masked_max_sim(a: Tensor, a_mask: Tensor, b: Tensor, b_mask: Tensor) -> Tensor:
-    """(Nq, Nv, La): max over b's rows of m_a * m_b * <a, b>; a masked pair counts as similarity 0."""
-    a = a * a_mask.unsqueeze(-1).to(a.dtype)
-    b = b * b_mask.unsqueeze(-1).to(b.dtype)
+    """(Nq, Nv, La): max over b's rows of m_a * m_b * <a, b>; a masked pair counts as similarity 0.
+
+    Trailing positions that are padding in every row are cut before the products (sort videos by
+    length to make this pay); the result is unchanged because a padded frame's similarity is
+    exactly 0, so any video that has padding keeps 0 as a candidate of its max.
+    """
+    length_a = a.shape[1]
+    has_padding = (b_mask == 0).any(dim=1)  # (Nv,)
+    ka, kb = _used_length(a_mask), _used_length(b_mask)
+    a = a[:, :ka] * a_mask[:, :ka].unsqueeze(-1).to(a.dtype)
+    b = b[:, :kb] * b_mask[:, :kb].unsqueeze(-1).to(b.dtype)
     if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
-        return _MaskedMaxSim.apply(a, b)
-    return _chunked_max(a, b)[0]
+        values = _MaskedMaxSim.apply(a, b)
+    else:
+        values = _chunked_max(a, b)[0]
+    values = torch.where(has_padding[None, :, None], values.clamp(min=0), values)
+    return F.pad(values, (0, length_a - ka))  # padded query words score 0
 
 
 # ----------------------------------------------------------------------------- encodings

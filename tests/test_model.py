@@ -355,3 +355,21 @@ def test_branch_checkpointing_gives_the_same_loss_and_gradients():
     torch.testing.assert_close(results[0][0], results[1][0])
     for name, g in results[0][1].items():
         torch.testing.assert_close(results[1][1][name], g, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_trimming_padding_keeps_masked_max_semantics():
+    """All-negative similarities: a video with padding scores 0 (its padded frame), one without keeps its max."""
+    a = -torch.ones(2, 5, 3)
+    a_mask = torch.tensor([[1, 1, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.float32)
+    b = torch.ones(2, 6, 3)
+    b_mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.float32)
+    out = masked_max_sim(a, a_mask, b, b_mask)
+    assert out.shape == (2, 2, 5)
+    expected = torch.zeros(2, 2, 5)
+    expected[0, 1, :2] = -3.0
+    expected[1, 1, :1] = -3.0
+    torch.testing.assert_close(out, expected)
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(4, 5, 3, generator=g), torch.randn(2, 6, 3, generator=g)
+    dense = torch.einsum("qtd,vfd->qvtf", a * a_mask.repeat(2, 1)[..., None], b * b_mask[..., None]).max(-1).values
+    torch.testing.assert_close(masked_max_sim(a, a_mask.repeat(2, 1), b, b_mask), dense)
