@@ -322,9 +322,14 @@ def word_frame_similarity(model: torch.nn.Module, query_feats: torch.Tensor, que
     """
     q = model.encode_queries(query_feats, query_mask)
     v = model.encode_videos(clip_feats, frame_feats, frame_mask)
-    w = torch.nn.functional.normalize(q.words[0], dim=-1)[q.mask[0] > 0]
-    f = torch.nn.functional.normalize(v.frames[0], dim=-1)[v.mask[0] > 0]
-    return (w @ f.T).cpu().numpy()
+    return _word_frame_matrix(q, 0, v, 0)
+
+
+def _word_frame_matrix(queries: Any, i: int, videos: Any, j: int) -> np.ndarray:
+    """Cosines (valid words of encoded query i) x (valid frames of encoded video j)."""
+    w = torch.nn.functional.normalize(queries.words[i], dim=-1)[queries.mask[i] > 0]
+    f = torch.nn.functional.normalize(videos.frames[j], dim=-1)[videos.mask[j] > 0]
+    return (w @ f.T).float().cpu().numpy()
 
 
 def batched(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
@@ -482,28 +487,44 @@ def query_video_similarity(model: torch.nn.Module, collection: Any, cap_id: str,
             "n_raw_frames": int(collection.raw_frames(video_id).shape[0])}
 
 
+@torch.no_grad()
 def moment_hit_rates(model: torch.nn.Module, collection: Any, cap_ids: Sequence[str], truth: Any,
-                     fillers: set[str] | frozenset[str], max_frames: int = 128) -> dict[str, float]:
+                     fillers: set[str] | frozenset[str], max_frames: int = 128,
+                     batch_size: int = 64) -> dict[str, float]:
     """Share of words whose best frame (in their own video) lies in the caption's ground-truth moment.
 
     Reported separately for content and filler words, next to ``chance``: the mean share of frame
     rows inside the moment (what a word pointing at a random frame would score). ``truth`` is a
     :class:`ralbook.demo.GroundTruth`; captions it does not know are skipped.
     """
+    from ralbook.data import QueryDataset, VideoDataset, collate_queries, collate_videos
+
+    device = _device_of(model)
+    known = [c for c in cap_ids if c in truth.captions]
     hits: dict[str, list[float]] = {"content": [], "filler": []}
     chance = []
-    for cap in cap_ids:
-        gt = truth.captions.get(cap)
-        if gt is None:
-            continue
-        sim = query_video_similarity(model, collection, cap)
-        lo, hi = frame_span_to_rows((gt.start, gt.end), sim["n_raw_frames"], max_frames)
-        best = sim["similarity"].argmax(axis=1)
-        inside = (best >= lo) & (best < hi)
-        n_rows = sim["similarity"].shape[1]
-        for t, w in enumerate(gt.words[: len(best)]):
-            hits["filler" if w.lower() in fillers else "content"].append(float(inside[t]))
-        chance.append((hi - lo) / n_rows)
+    was_training = model.training
+    model.eval()
+    try:
+        for chunk in batched(known, batch_size):
+            videos = list(dict.fromkeys(collection.video_of(c) for c in chunk))
+            qds, vds = QueryDataset(collection, chunk), VideoDataset(collection, videos)
+            qb = _on(collate_queries([qds[i] for i in range(len(qds))]), device)
+            vb = _on(collate_videos([vds[i] for i in range(len(vds))]), device)
+            with torch.no_grad():
+                q = model.encode_queries(qb["query_feats"], qb["query_mask"])
+                v = model.encode_videos(vb["clip_feats"], vb["frame_feats"], vb["frame_mask"])
+            for i, cap in enumerate(chunk):
+                gt, j = truth.captions[cap], videos.index(collection.video_of(cap))
+                sim = _word_frame_matrix(q, i, v, j)
+                lo, hi = frame_span_to_rows((gt.start, gt.end), collection.n_frames(videos[j]), max_frames)
+                best = sim.argmax(axis=1)
+                inside = (best >= lo) & (best < hi)
+                for t, w in enumerate(gt.words[: len(best)]):
+                    hits["filler" if w.lower() in fillers else "content"].append(float(inside[t]))
+                chance.append((hi - lo) / sim.shape[1])
+    finally:
+        model.train(was_training)
     return {"content_hit_rate": float(np.mean(hits["content"])) if hits["content"] else float("nan"),
             "filler_hit_rate": float(np.mean(hits["filler"])) if hits["filler"] else float("nan"),
             "chance": float(np.mean(chance)) if chance else float("nan"), "n_captions": len(chance)}

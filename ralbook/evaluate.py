@@ -148,15 +148,22 @@ def format_metrics(metrics: Union[EvalResult, dict[str, dict[str, float]]], titl
 
 
 class RankAccumulator:
-    """Collects per-chunk score rows into ranks, top-k indices and (optionally) full score matrices."""
+    """Collects per-chunk score rows into ranks, top-k indices and (optionally) full score matrices.
+
+    Chunks may arrive in any query order: ``positions`` says where each row belongs.
+    """
 
     def __init__(self, n_videos: int, topk: int = 10, keep_scores: bool = False):
         self.n_videos, self.k, self.keep_scores = n_videos, topk, keep_scores
         self.ranks: dict[str, list[Tensor]] = {kind: [] for kind in SCORE_KINDS}
         self.top: dict[str, list[Tensor]] = {kind: [] for kind in SCORE_KINDS}
         self.rows: dict[str, list[Tensor]] = {kind: [] for kind in SCORE_KINDS}
+        self.positions: list[Tensor] = []
 
-    def add(self, scores: dict[str, Tensor], relevant: Tensor) -> None:
+    def add(self, scores: dict[str, Tensor], relevant: Tensor, positions: Optional[Tensor] = None) -> None:
+        n = scores["fused"].shape[0]
+        start = sum(len(p) for p in self.positions)
+        self.positions.append(positions.cpu() if positions is not None else torch.arange(start, start + n))
         for kind in SCORE_KINDS:
             s = scores[kind].float()
             self.ranks[kind].append(ranks_from_scores(s, relevant).cpu())
@@ -165,9 +172,10 @@ class RankAccumulator:
                 self.rows[kind].append(s.cpu())
 
     def result(self, cap_ids: list[str], video_ids: list[str], split: str = "") -> EvalResult:
-        ranks = {k: torch.cat(v).numpy() for k, v in self.ranks.items()}
-        top = {k: torch.cat(v).numpy() for k, v in self.top.items()}
-        kept = {k: torch.cat(v).numpy() for k, v in self.rows.items()} if self.keep_scores else None
+        order = torch.argsort(torch.cat(self.positions))  # back to the callers' query order
+        ranks = {k: torch.cat(v)[order].numpy() for k, v in self.ranks.items()}
+        top = {k: torch.cat(v)[order].numpy() for k, v in self.top.items()}
+        kept = {k: torch.cat(v)[order].numpy() for k, v in self.rows.items()} if self.keep_scores else None
         metrics = {k: recall_metrics(r) for k, r in ranks.items()}
         return EvalResult(metrics, ranks, top, list(cap_ids), list(video_ids), split, kept)
 
@@ -181,26 +189,55 @@ def concat_encodings(parts: Sequence[Any]) -> Any:
     return type(first)(*(torch.cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(first)))
 
 
-def score_rows(model: Any, queries: Any, videos: Any, video_chunk: int) -> dict[str, Tensor]:
+def length_order(mask: Tensor) -> Tensor:
+    """Indices that sort rows by their number of valid positions (stable)."""
+    return torch.argsort(mask.sum(dim=1).cpu(), stable=True)
+
+
+class SortedVideos:
+    """Encoded videos sorted by length, so that each scoring chunk cuts its common trailing padding
+    (see ``ralbook.model.masked_max_sim``); scores come back in the original video order."""
+
+    def __init__(self, videos: Any):
+        order = length_order(videos.mask)
+        self.videos = videos.select(order.to(videos.mask.device))
+        self.inverse = torch.argsort(order).to(videos.mask.device)
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+
+def score_rows(model: Any, queries: Any, videos: Union[Any, SortedVideos], video_chunk: int) -> dict[str, Tensor]:
     """clip, frame and fused scores (n, Nv) of some encoded queries against all encoded videos."""
+    sorted_ = isinstance(videos, SortedVideos)
+    encoded = videos.videos if sorted_ else videos
     clips, frames = [], []
-    for start in range(0, len(videos), video_chunk):
-        c, f = model.score_encoded(queries, videos.select(slice(start, start + video_chunk)))
+    for start in range(0, len(encoded), video_chunk):
+        c, f = model.score_encoded(queries, encoded.select(slice(start, start + video_chunk)))
         clips.append(c.float())
         frames.append(f.float())
     clip, frame = torch.cat(clips, dim=1), torch.cat(frames, dim=1)
+    if sorted_:
+        clip, frame = clip[:, videos.inverse], frame[:, videos.inverse]
     return {"clip": clip, "frame": frame, "fused": model.fuse(clip, frame)}
 
 
 def rank_encoded(model: Any, queries: Any, videos: Any, relevant: Tensor, query_chunk: int = 500,
                  video_chunk: int = 500, topk: int = 10, keep_scores: bool = False,
                  cap_ids: Optional[list[str]] = None, video_ids: Optional[list[str]] = None) -> EvalResult:
-    """Rank already-encoded queries against encoded videos, ``query_chunk x video_chunk`` pairs at a time."""
+    """Rank already-encoded queries against encoded videos, ``query_chunk x video_chunk`` pairs at a time.
+
+    Queries and videos are processed sorted by length (less padding per chunk); results are in
+    the given order.
+    """
     acc = RankAccumulator(len(videos), topk, keep_scores)
+    by_length = SortedVideos(videos)
+    order = length_order(queries.mask)
     with torch.no_grad():
         for start in range(0, len(queries), query_chunk):
-            part = slice(start, start + query_chunk)
-            acc.add(score_rows(model, queries.select(part), videos, video_chunk), relevant[part])
+            part = order[start:start + query_chunk]
+            rows = score_rows(model, queries.select(part.to(queries.mask.device)), by_length, video_chunk)
+            acc.add(rows, relevant[part], part)
     cap_ids = cap_ids if cap_ids is not None else [str(i) for i in range(len(queries))]
     video_ids = video_ids if video_ids is not None else [str(i) for i in range(len(videos))]
     return acc.result(cap_ids, video_ids)
@@ -316,6 +353,9 @@ def evaluate(model: Any, collection: Any, split: str = "test", cfg: Optional[Con
     num_workers = cfg.data.num_workers if cfg is not None else 0
     video_ids = list(video_ids) if video_ids is not None else collection.videos(split)
     cap_ids = list(cap_ids) if cap_ids is not None else [c for c, _ in collection.captions(split)]
+    # queries of similar length share a chunk (less padding); results return to cap_ids order
+    n_tokens = getattr(collection, "n_tokens", None)
+    order = sorted(range(len(cap_ids)), key=lambda i: n_tokens(cap_ids[i])) if n_tokens else list(range(len(cap_ids)))
     if keep_scores and len(cap_ids) * len(video_ids) > MAX_KEPT_SCORES:
         raise RalbookError(f"keep_scores: {len(cap_ids)} x {len(video_ids)} score matrix is too large to keep "
                            f"(limit {MAX_KEPT_SCORES} entries); evaluate a subset instead")
@@ -325,18 +365,23 @@ def evaluate(model: Any, collection: Any, split: str = "test", cfg: Optional[Con
     model.eval()
     try:
         with torch.no_grad():
-            videos = encode_video_set(model, collection, video_ids, device, video_batch, num_workers, amp, progress)
-            loader = DataLoader(QueryDataset(collection, cap_ids), batch_size=query_chunk, shuffle=False,
-                                num_workers=num_workers, collate_fn=collate_queries, generator=_seeded_generator())
+            videos = SortedVideos(encode_video_set(model, collection, video_ids, device, video_batch, num_workers,
+                                                   amp, progress))
+            loader = DataLoader(QueryDataset(collection, [cap_ids[i] for i in order]), batch_size=query_chunk,
+                                shuffle=False, num_workers=num_workers, collate_fn=collate_queries,
+                                generator=_seeded_generator())
             acc = RankAccumulator(len(video_ids), topk, keep_scores)
+            done = 0
             for batch in tqdm(loader, desc=f"score {split} queries", leave=False, disable=not progress):
                 rel = relevant_indices(batch["cap_ids"], batch["video_ids"], video_ids, extra,
                                        source=str(relevant) if isinstance(relevant, (str, Path)) else "relevant")
+                positions = torch.tensor(order[done:done + len(rel)], dtype=torch.long)
+                done += len(rel)
                 batch = _to_device(batch, device)
                 with autocast(device, amp):
                     queries = model.encode_queries(batch["query_feats"], batch["query_mask"])
                     rows = score_rows(model, queries, videos, video_chunk)
-                acc.add(rows, rel)
+                acc.add(rows, rel, positions)
     finally:
         model.train(was_training)
     return acc.result(cap_ids, video_ids, split)

@@ -197,11 +197,34 @@ def test_filler_content_split_and_per_query_auc():
         A.split_by_word_class(values, words[:2], fillers)
 
 
-def test_frame_span_to_rows():
+def spec_bin_centres(n: int, k: int) -> np.ndarray:
+    """Mean raw index of the frames averaged into each of k bins, by the SPEC section 2 rule written out."""
+    edges = [min(int(np.round(i * n / k)), n - 1) for i in range(k + 1)]  # np.round: half to even
+    return np.array([np.mean(range(edges[i], edges[i + 1])) if edges[i] < edges[i + 1] else edges[i]
+                     for i in range(k)])
+
+
+def test_frame_span_to_rows_short_videos_keep_rows():
     assert A.frame_span_to_rows((3, 9), 20) == (3.0, 9.0)
+    # 256 frames into 128 rows: row i averages frames 2i and 2i+1 (centre 2i + 0.5)
     assert A.frame_span_to_rows((0, 128), 256) == (0.0, 64.0)
     with pytest.raises(ValueError, match="inside"):
         A.frame_span_to_rows((5, 30), 20)
+
+
+@pytest.mark.parametrize("n", [129, 171, 200, 513])
+def test_frame_span_to_rows_binned_videos(n):
+    rng = np.random.default_rng(n)
+    centres = spec_bin_centres(n, 128)
+    for _ in range(20):
+        start = int(rng.integers(0, n - 2))
+        end = int(rng.integers(start + 1, n + 1))
+        lo, hi = A.frame_span_to_rows((start, end), n)
+        inside = np.flatnonzero((centres >= start) & (centres <= end - 1))
+        if inside.size:
+            assert (lo, hi) == (inside[0], inside[-1] + 1)
+        else:  # narrower than a bin: one row, the one nearest the span's centre
+            assert hi - lo == 1
 
 
 def test_batched_and_optional_float():
@@ -271,3 +294,111 @@ def test_query_sigmas_equal_singleton_support_sets(tiny_model):
         q = tiny_model.encode_queries(qb, mb)
         ref = tiny_model.text_distribution(q, torch.tensor([0]), 1)["log_sigma"]
     torch.testing.assert_close(both[1], ref[0], atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- probes over a collection
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    """A generated demo collection of a few videos and a small untrained model for it."""
+    from ralbook.config import ModelConfig
+    from ralbook.data import Collection
+    from ralbook.demo import generate_demo, load_ground_truth
+    from ralbook.model import build_model
+
+    root = tmp_path_factory.mktemp("micro")
+    generate_demo(root, n_train=3, n_val=2, n_test=6)
+    coll = Collection(root, "demo")
+    torch.manual_seed(1)
+    model = build_model(ModelConfig(visual_dim=coll.visual_dim, text_dim=coll.text_dim, hidden_size=16, n_heads=2,
+                                    input_drop=0.0, drop=0.0)).eval()
+    return coll, model, load_ground_truth(root, "demo")
+
+
+def test_collect_word_confidence_matches_one_query_at_a_time(micro):
+    from ralbook.data import QueryDataset, collate_queries
+
+    coll, model, _ = micro
+    caps = [c for c, _ in coll.captions("test")]
+    conf, mask = A.collect_word_confidence(model, coll, caps, batch_size=5, progress=False)
+    assert conf.shape == mask.shape and conf.shape[0] == len(caps)
+    for i, cap in enumerate(caps):
+        n = coll.n_tokens(cap)
+        assert mask[i].sum() == n and np.all(conf[i, n:] == 0)
+        q = collate_queries([QueryDataset(coll, [cap])[0]])
+        with torch.no_grad():
+            alone = model.word_confidence(q["query_feats"], q["query_mask"])[0].numpy()
+        np.testing.assert_allclose(conf[i, :n], alone, atol=1e-6)
+        assert conf[i].sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_collect_distributions_matches_the_model_on_one_batch(micro):
+    from ralbook.data import TrainDataset, collate_train
+
+    coll, model, _ = micro
+    videos = coll.videos("test")
+    dist = A.collect_distributions(model, coll, videos, "test", batch_size=4, progress=False)
+    ds = TrainDataset(coll, videos, split="test")
+    batch = collate_train([ds[i] for i in range(len(ds))])
+    with torch.no_grad():
+        ref = model.distributions(batch)
+    torch.testing.assert_close(dist.video_log_sigma, ref.video_log_sigma, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dist.support_log_sigma, ref.text_log_sigma, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dist.support_mu, ref.text_mu, atol=1e-5, rtol=1e-5)
+    assert dist.cap_ids == batch["cap_ids"]
+    assert [dist.video_ids[j] for j in dist.query_video] == [coll.video_of(c) for c in dist.cap_ids]
+    assert dist.query_length.tolist() == [coll.n_tokens(c) for c in dist.cap_ids]
+    with torch.no_grad():
+        single = A.query_sigmas(model, batch["query_feats"], batch["query_mask"])
+    torch.testing.assert_close(dist.query_log_sigma, single, atol=1e-5, rtol=1e-5)
+
+
+def test_moment_hit_rates_batched_equals_one_by_one(micro):
+    coll, model, truth = micro
+    caps = [c for c, _ in coll.captions("test")][:6]
+    fillers = {w for w, t in truth.word_types.items() if t == "filler"}
+    got = A.moment_hit_rates(model, coll, caps + ["not#a#caption"], truth, fillers, batch_size=4)
+    hits = {"content": [], "filler": []}
+    chance = []
+    for cap in caps:
+        sim = A.query_video_similarity(model, coll, cap)
+        gt = truth.captions[cap]
+        lo, hi = A.frame_span_to_rows((gt.start, gt.end), sim["n_raw_frames"])
+        best = sim["similarity"].argmax(axis=1)
+        for t, word in enumerate(gt.words):
+            hits["filler" if word in fillers else "content"].append(lo <= best[t] < hi)
+        chance.append((hi - lo) / sim["similarity"].shape[1])
+    assert got["n_captions"] == len(caps)
+    assert got["content_hit_rate"] == pytest.approx(np.mean(hits["content"]))
+    assert got["filler_hit_rate"] == pytest.approx(np.mean(hits["filler"]))
+    assert got["chance"] == pytest.approx(np.mean(chance))
+
+
+def test_projection_points_layout(micro):
+    coll, model, _ = micro
+    videos = coll.videos("test")
+    dist = A.collect_distributions(model, coll, videos, "test", progress=False)
+    pts = A.projection_points(dist, [0, 2], n_samples=4, seed=0)
+    n_means = 2 + sum(int((dist.query_video == v).sum()) for v in (0, 2))
+    assert pts["means"].shape == (n_means, 2) and pts["proxies"].shape == (4 * n_means, 2)
+    assert pts["mean_kind"].count("video") == 2 and pts["owner_names"] == [videos[0], videos[2]]
+    assert len(pts["proxy_owner"]) == len(pts["proxy_kind"]) == 4 * n_means
+
+
+def test_values_by_word_type():
+    values = np.array([[0.5, 1.5, 1.0], [2.0, 0.0, 0.0]])
+    got = A.values_by_word_type(values, [["the", "red", "ball"], ["Ball"]], {"the": "filler", "red": "specific"})
+    assert {k: v.tolist() for k, v in got.items()} == {"filler": [0.5], "specific": [1.5], "unknown": [1.0, 2.0]}
+
+
+def test_training_history_and_example_rows():
+    records = [{"epoch": 0, "loss": {"total": 3.0, "a": 1.0}, "val": {"fused": {"SumR": 10.0}}},
+               {"epoch": 1, "loss": {"total": 2.0, "a": 0.5, "b": 0.1}, "val": {"fused": {"SumR": 20.0}}}]
+    epochs, losses, sumr = A.training_history(records)
+    assert epochs == [0, 1] and sumr == [10.0, 20.0]
+    assert losses["a"] == [1.0, 0.5] and math.isnan(losses["b"][0]) and "total" not in losses
+    rows = A.example_rows([1], np.array([1, 3]), [["v1", "v2"], ["v5", "v6", "v2"]], ["v1#enc#0", "v2#enc#0"],
+                          {"v2#enc#0": "a caption"}, lambda c: c.split("#")[0], k=3)
+    assert rows == [{"cap_id": "v2#enc#0", "caption": "a caption", "video": "v2", "rank": 3,
+                     "top-3": "v5 v6 *v2*"}]

@@ -1,0 +1,421 @@
+"""The main job (``python -m ralbook demo``) and the plumbing the notebooks share.
+
+* Paths: every relative path a notebook parameter names (``data``, ``runs/demo``, ``figures``)
+  is taken relative to the repository root (:func:`repo_root`), so a notebook gives the same
+  result whether Jupyter starts it in ``notebooks/`` or papermill starts it in the repository.
+* :func:`run_notebook` executes one notebook headlessly with papermill, kernel ``python3``, with
+  the notebook's own folder as working directory (what JupyterLab does).
+* :func:`ensure_run` lets notebooks 03-05 run alone: when the run directory they are given holds
+  no trained model, they train a tiny one through :func:`ralbook.train.train`, saying so.
+* :func:`run_demo` trains the demo model with the demo preset, then executes every notebook in
+  order into ``OUT/notebooks/`` with figures in ``figures/``, and prints where everything is.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+
+from ralbook.errors import RalbookError
+
+# The numbered notebooks the main job executes, in order.
+NOTEBOOKS: tuple[str, ...] = (
+    "00_quickstart.ipynb",
+    "01_data_inspection.ipynb",
+    "02_train.ipynb",
+    "03_evaluate.ipynb",
+    "04_uncertainty.ipynb",
+    "05_word_confidence.ipynb",
+    "06_ablation_sweep.ipynb",
+)
+KERNEL_NAME = "python3"
+# Files a finished run directory holds (written by ralbook.train); the first is enough to load a model.
+RUN_MARKERS: tuple[str, ...] = ("best.pt", "last.pt")
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+def _looks_like_repo(path: Path) -> bool:
+    return (path / "pyproject.toml").is_file() and (path / "ralbook").is_dir()
+
+
+def repo_root(start: Optional[str | os.PathLike] = None) -> Path:
+    """The ralbook checkout: the nearest folder at or above ``start`` (default: the working
+    directory) holding ``pyproject.toml`` and ``ralbook/``; failing that, the folder above the
+    installed package when it is a checkout (editable install); failing that, the working directory.
+    """
+    here = Path(start if start is not None else os.getcwd()).resolve()
+    for candidate in (here, *here.parents):
+        if _looks_like_repo(candidate):
+            return candidate
+    package_parent = Path(__file__).resolve().parent.parent
+    if _looks_like_repo(package_parent):
+        return package_parent
+    return here
+
+
+def resolve_path(path: str | os.PathLike, root: Optional[Path] = None) -> Path:
+    """Absolute paths unchanged (``~`` expanded); relative ones taken from the repository root."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (root or repo_root()) / p
+
+
+# ----------------------------------------------------------------------------- notebooks
+
+
+def run_notebook(path: str | os.PathLike, out_path: str | os.PathLike, parameters: Optional[Mapping[str, Any]] = None,
+                 cwd: Optional[str | os.PathLike] = None, timeout: Optional[int] = None,
+                 log_output: bool = False) -> Path:
+    """Execute a notebook with papermill (kernel ``python3``) and write the executed copy to ``out_path``.
+
+    ``cwd`` defaults to the notebook's folder. A failing cell raises ``RalbookError`` naming the
+    notebook, the executed copy (which holds the traceback) and the error.
+    """
+    import papermill as pm
+
+    src = Path(path).resolve()
+    if not src.is_file():
+        raise RalbookError(f"notebook {src} does not exist")
+    out = Path(out_path).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        pm.execute_notebook(str(src), str(out), parameters=dict(parameters or {}), kernel_name=KERNEL_NAME,
+                            cwd=str(Path(cwd).resolve() if cwd else src.parent), progress_bar=False,
+                            log_output=log_output, execution_timeout=timeout)
+    except pm.PapermillExecutionError as err:
+        raise RalbookError(f"notebook {src.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue} "
+                           f"(executed copy with the traceback: {out})") from err
+    return out
+
+
+def strip_notebook(path: str | os.PathLike) -> bool:
+    """Remove outputs and execution counts (how notebooks are stored in git); True if the file changed."""
+    import nbformat
+
+    p = Path(path)
+    nb = nbformat.read(p, as_version=4)
+    changed = False
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            if cell.get("outputs") or cell.get("execution_count") is not None:
+                changed = True
+            cell.outputs = []
+            cell.execution_count = None
+        for key in ("execution", "collapsed", "scrolled"):
+            if key in cell.metadata:
+                del cell.metadata[key]
+                changed = True
+    for key in ("papermill", "widgets"):
+        if key in nb.metadata:
+            del nb.metadata[key]
+            changed = True
+    if changed:
+        nbformat.write(nb, p)
+    return changed
+
+
+def json_ready(obj: Any) -> Any:
+    """Convert numpy/torch scalars and arrays to plain JSON values; NaN and infinities become null."""
+    if isinstance(obj, Mapping):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if hasattr(obj, "tolist"):
+        return json_ready(obj.tolist())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_summary(path: str | os.PathLike, data: Mapping[str, Any]) -> Optional[Path]:
+    """Write a notebook's key numbers as JSON (read by tests and by the main job); '' writes nothing."""
+    if not str(path):
+        return None
+    out = resolve_path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(json_ready(data), indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return out
+
+
+def read_summary(path: str | os.PathLike) -> dict[str, Any]:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def has_model(run_dir: str | os.PathLike) -> bool:
+    """True when ``run_dir`` holds a checkpoint that :func:`ralbook.train.load_run` can read."""
+    p = Path(run_dir)
+    return any((p / name).is_file() for name in RUN_MARKERS)
+
+
+Overrides = Union[Mapping[str, Any], Iterable[str]]
+
+
+def override_strings(overrides: Overrides) -> list[str]:
+    """``{"model.msra": False}`` -> ``["model.msra=false"]`` (JSON values); a list of strings is kept as is.
+
+    Notebooks take the dict form: papermill cannot parse '=' inside a parameter's value.
+    """
+    if isinstance(overrides, Mapping):
+        return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+    return [str(o) for o in overrides]
+
+
+def build_config(preset_name: str = "demo", data_root: str = "", collection: str = "", feature: str = "",
+                 epochs: int = 0, seed: Optional[int] = None, device: str = "", hidden_size: int = 0,
+                 overrides: Overrides = ()) -> Any:
+    """A Config from a preset plus the knobs notebooks expose (0 / '' / None = keep the preset's value).
+
+    A relative ``data_root`` is resolved against the repository root (see :func:`resolve_path`);
+    ``overrides`` sets any other value, as ``{"section.key": value}`` or ``["section.key=value"]``.
+    """
+    from ralbook.config import preset
+
+    try:
+        cfg = preset(preset_name)
+    except KeyError as err:
+        raise RalbookError(str(err)) from err
+    if data_root:
+        cfg.data.data_root = data_root
+    cfg.data.data_root = str(resolve_path(cfg.data.data_root)) if cfg.data.data_root else cfg.data.data_root
+    for value, section, key in ((collection, "data", "collection"), (feature, "data", "feature"),
+                                (epochs, "train", "n_epoch"), (seed, "train", "seed"), (device, "train", "device"),
+                                (hidden_size, "model", "hidden_size")):
+        if value not in ("", 0, None):
+            setattr(getattr(cfg, section), key, value)
+    for assignment in override_strings(overrides):
+        try:
+            cfg = cfg.override(assignment)
+        except (KeyError, ValueError) as err:
+            raise RalbookError(f"bad override {assignment!r}: {err}") from err
+    cfg.sync()
+    return cfg
+
+
+def ensure_run(run_dir: str | os.PathLike, preset_name: str = "demo", data_root: str = "", epochs: int = 2,
+               hidden_size: int = 0, seed: Optional[int] = None, device: str = "auto",
+               overrides: Overrides = (), progress: bool = True) -> Path:
+    """Return ``run_dir`` (resolved); if it holds no trained model, train a small one there first.
+
+    This is what makes notebooks 03-05 runnable on their own from a fresh kernel. The message
+    says plainly that the numbers then come from a tiny run, not from notebook 02's.
+    """
+    path = resolve_path(run_dir)
+    if has_model(path):
+        return path
+    from ralbook.train import train
+
+    cfg = build_config(preset_name, data_root=data_root, epochs=epochs, seed=seed, device=device,
+                       hidden_size=hidden_size, overrides=overrides)
+    print(f"NOTE: no trained model in {path}; training a small {preset_name!r} run there now "
+          f"({cfg.train.n_epoch} epochs, hidden size {cfg.model.hidden_size}). For real numbers, run "
+          f"02_train.ipynb first and pass its run_dir.", flush=True)
+    train(cfg, path, resume=False, progress=progress)
+    return path
+
+
+def open_run(run_dir: str | os.PathLike, device: str = "auto", data_root: str = "", collection: str = "",
+             feature: str = "") -> tuple[Any, Any, Any]:
+    """(config, model in eval mode on ``device``, Collection) of a run; data location overridable."""
+    from ralbook.data import Collection
+    from ralbook.evaluate import check_dims, resolve_device
+    from ralbook.train import load_run
+
+    cfg, model = load_run(resolve_path(run_dir))
+    return _with_data(cfg, model, device, data_root, collection, feature, Collection, check_dims, resolve_device)
+
+
+def open_checkpoint(checkpoint: str | os.PathLike, preset_name: str = "", device: str = "auto", data_root: str = "",
+                    collection: str = "", feature: str = "") -> tuple[Any, Any, Any]:
+    """Like :func:`open_run` for a single checkpoint file (a ralbook one, or the authors' with ``preset_name``)."""
+    from ralbook.data import Collection
+    from ralbook.evaluate import check_dims, model_from_checkpoint, resolve_device
+
+    cfg, model, _ = model_from_checkpoint(resolve_path(checkpoint), preset_name or None)
+    return _with_data(cfg, model, device, data_root, collection, feature, Collection, check_dims, resolve_device)
+
+
+def _with_data(cfg: Any, model: Any, device: str, data_root: str, collection: str, feature: str,
+               collection_cls: Any, check_dims: Any, resolve_device: Any) -> tuple[Any, Any, Any]:
+    if data_root:
+        cfg.data.data_root = data_root
+    cfg.data.data_root = str(resolve_path(cfg.data.data_root or "data"))
+    if collection:
+        cfg.data.collection = collection
+    if feature:
+        cfg.data.feature = feature
+    coll = collection_cls.from_config(cfg.data)
+    check_dims(cfg, coll)
+    model.to(resolve_device(device or cfg.train.device)).eval()
+    return cfg, model, coll
+
+
+def run_name(run_dir: str | os.PathLike) -> str:
+    """A short tag for figure names: the run folder's name."""
+    return Path(run_dir).name or "run"
+
+
+def ground_truth(data_root: str | os.PathLike, collection: str) -> Any:
+    """The generator's ground truth of a collection (:class:`ralbook.demo.GroundTruth`), or None.
+
+    Real releases record none; a generated collection has ``GroundTruth/`` next to ``TextData/``.
+    """
+    from ralbook.demo import load_ground_truth
+    from ralbook.errors import DataError
+
+    root = resolve_path(data_root or "data")
+    if not (root / collection / "GroundTruth").is_dir():
+        return None
+    try:
+        return load_ground_truth(root, collection)
+    except DataError as err:
+        print(f"ground truth present but unreadable; the analyses that need it are skipped: {err}")
+        return None
+
+
+def captions_by_video(collection: Any, split: str) -> dict[str, list[str]]:
+    """Video id -> caption texts of one split, in file order."""
+    out: dict[str, list[str]] = {}
+    for cap_id, text in collection.captions(split):
+        out.setdefault(collection.video_of(cap_id), []).append(text)
+    return out
+
+
+def caption_words(collection: Any, cap_ids: Sequence[str]) -> dict[str, list[str]]:
+    """Caption id -> one label per token row the model sees (at most ``max_desc_len``).
+
+    Uses the collection's word file when it has one (the demo data); otherwise (real releases,
+    whose token rows are sub-word pieces) placeholders ``#0, #1, ...``.
+    """
+    limit = collection.max_desc_len
+    out: dict[str, list[str]] = {}
+    for cap in cap_ids:
+        ws = collection.words(cap)
+        if ws is None:
+            ws = [f"#{i}" for i in range(collection.n_tokens(cap))]
+        out[cap] = list(ws)[:limit]
+    return out
+
+
+def evaluate_runs(run_dirs: Iterable[str | os.PathLike], split: str = "test", device: str = "auto",
+                  data_root: str = "", known: Optional[Mapping[str, Any]] = None) -> dict[str, dict[str, dict[str, float]]]:
+    """Metrics (score kind -> R@K) of several runs on one split, keyed by run folder name.
+
+    ``known`` entries (name -> metrics, e.g. the run a notebook just evaluated) come first; a run
+    whose folder name is taken is keyed by its full path; runs without a model are skipped with a note.
+    """
+    from ralbook.evaluate import evaluate
+
+    out: dict[str, dict[str, dict[str, float]]] = dict(known or {})
+    for run in run_dirs:
+        path = resolve_path(run)
+        if not has_model(path):
+            print(f"skipping {path}: no trained model there")
+            continue
+        cfg, model, coll = open_run(path, device, data_root)
+        name = run_name(path) if run_name(path) not in out else str(path)
+        out[name] = evaluate(model, coll, split, cfg, progress=False).metrics
+    return out
+
+
+# ----------------------------------------------------------------------------- the main job
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
+    parser.add_argument("--data-root", default="data", help="folder holding demo/ (default: data)")
+    parser.add_argument("--figures", default="figures", help="figure folder (default: figures)")
+    parser.add_argument("--epochs", type=int, default=0, help="training epochs (default: the demo preset's)")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    parser.add_argument("--notebooks", nargs="*", default=None, metavar="NAME",
+                        help="run only these notebooks (e.g. 01 04); default: all")
+    parser.add_argument("--retrain", action="store_true",
+                        help="delete OUT/run and train again (default: reuse or resume the run there)")
+
+
+def _selected(names: Optional[Sequence[str]], available: Sequence[str]) -> list[str]:
+    if not names:
+        return list(available)
+    chosen = [nb for nb in available if any(nb.startswith(n) or nb == n for n in names)]
+    if not chosen:
+        raise RalbookError(f"no notebook matches {list(names)}; available: {list(available)}")
+    return chosen
+
+
+def demo_parameters(name: str, out: Path, run_dir: Path, data_root: Path, figures: Path, device: str,
+                    epochs: int) -> dict[str, Any]:
+    """Papermill parameters of each notebook in the main job (every path absolute)."""
+    summary = str(out / "notebooks" / name.replace(".ipynb", "_summary.json"))
+    common = {"figures_dir": str(figures), "summary_path": summary}
+    per_run = {"run_dir": str(run_dir), "device": device, "data_root": str(data_root)}
+    if name.startswith("00"):
+        return {**common, **per_run}  # reuses the demo run
+    if name.startswith("01"):
+        return {**common, "data_root": str(data_root)}
+    if name.startswith("02"):
+        return {**common, **per_run, "preset": "demo", "epochs": epochs, "resume": True}
+    if name.startswith("06"):
+        return {**common, "data_root": str(data_root), "device": device, "sweep_dir": str(out / "ablation")}
+    return {**common, **per_run}
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Train the demo model, execute the notebooks in order, print where the results are."""
+    from ralbook.train import train
+
+    start = time.perf_counter()
+    root = repo_root()
+    out = resolve_path(args.out, root)
+    data_root = resolve_path(args.data_root, root)
+    figures = resolve_path(args.figures, root)
+    run_dir = out / "run"
+    nb_dir = root / "notebooks"
+    names = _selected(args.notebooks, [n for n in NOTEBOOKS if (nb_dir / n).is_file()])
+    if not (data_root / "demo").is_dir():
+        raise RalbookError(f"demo data not found in {data_root}/demo (regenerate it: python -m ralbook make-demo)")
+
+    if args.retrain and run_dir.exists():
+        print(f"--retrain: removing the previous run {run_dir}", flush=True)
+        shutil.rmtree(run_dir)
+    cfg = build_config("demo", data_root=str(data_root), epochs=args.epochs, device=args.device)
+    resume = (run_dir / "config.json").is_file()
+    print(f"[1/2] {'checking / resuming' if resume else 'training'} the demo model ({cfg.train.n_epoch} epochs) "
+          f"in {run_dir}", flush=True)
+    try:
+        train(cfg, run_dir, resume=resume, progress=True)
+    except RalbookError as err:
+        raise RalbookError(f"{err} (python -m ralbook demo --retrain starts the demo run afresh)") from err
+    print(f"      training done after {time.perf_counter() - start:.0f} s", flush=True)
+
+    executed = []
+    for i, name in enumerate(names, 1):
+        t0 = time.perf_counter()
+        print(f"[2/2] notebook {i}/{len(names)}: {name} ...", end=" ", flush=True)
+        params = demo_parameters(name, out, run_dir, data_root, figures, args.device, args.epochs)
+        executed.append(run_notebook(nb_dir / name, out / "notebooks" / name, params))
+        print(f"{time.perf_counter() - t0:.0f} s", flush=True)
+
+    print(f"\nDone in {time.perf_counter() - start:.0f} s.")
+    print(f"  executed notebooks: {out / 'notebooks'}")
+    print(f"  run directory:      {run_dir}")
+    print(f"  figures:            {figures}")
+    for path in sorted((out / "notebooks").glob("*_summary.json")):
+        print(f"  summary:            {path}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - convenience: python -m ralbook.pipeline == ralbook demo
+    parser = argparse.ArgumentParser(prog="ralbook.pipeline")
+    add_demo_arguments(parser)
+    sys.exit(run_demo(parser.parse_args()))

@@ -1,0 +1,594 @@
+"""Training: the authors' loop (SPEC sections 7-8) made device-agnostic, resumable and reproducible.
+
+A run directory holds
+
+* ``config.json``     the resolved configuration;
+* ``metrics.jsonl``   one JSON line per epoch: mean of every weighted loss part, learning rate,
+  validation R@1/5/10/100/SumR for the clip, frame and fused scores, wall time;
+* ``best.pt``         model weights + config of the best validation epoch (fused SumR);
+* ``last.pt``         the whole training state: model, optimizer (with its schedule position),
+  gradient scaler, epoch, step within the epoch, early-stopping state, loss sums of the current
+  epoch and the random states of Python, NumPy and torch (CUDA/MPS when present);
+* ``test_metrics.json`` the test split evaluated with ``best.pt``, written at the end.
+
+Everything is written atomically, so a run killed at any moment resumes (``resume=True`` /
+``--resume``) from its last checkpoint and ends with the same numbers as an uninterrupted run:
+the data order of epoch e is a permutation drawn from ``seed + e`` alone, and the RNG states
+are restored. Early stopping follows the authors' main.py: an epoch improves when its fused SumR
+is strictly higher than the best so far; training stops once more than ``patience`` epochs in a
+row did not improve. Epochs count from 0; hard negatives are used from epoch
+``hard_negative_start_epoch`` on (as in main.py).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ralbook.config import Config, preset
+from ralbook.errors import CheckpointError, DataError, RalbookError
+from ralbook.evaluate import (EvalResult, add_data_arguments, apply_data_arguments, autocast, check_dims, evaluate,
+                              format_metrics, load_model_state, require_data_root, resolve_device)
+
+PathLike = Union[str, os.PathLike]
+CONFIG_FILE, METRICS_FILE, BEST_FILE, LAST_FILE, TEST_FILE = (
+    "config.json", "metrics.jsonl", "best.pt", "last.pt", "test_metrics.json")
+STATE_FORMAT, MODEL_FORMAT, FORMAT_VERSION = "ralbook-train-state", "ralbook-model", 1
+# settings that may change between a run and its resumption (where the data lives, the machine)
+RESUMABLE_CHANGES = {("data", "data_root"), ("data", "num_workers"), ("train", "device")}
+Callback = Callable[[str, dict[str, Any]], None]
+
+# ----------------------------------------------------------------------------- random state
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Random states as plain lists, ints and tensors (the checkpoint loader refuses other objects)."""
+    version, words, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "python": [version, list(words), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    mps = getattr(torch, "mps", None)
+    if mps is not None and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        state["mps"] = mps.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, words, gauss = state["python"]
+    random.setstate((version, tuple(words), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "mps" in state and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(state["mps"])
+
+
+def epoch_batches(n_items: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The batches of one epoch: a permutation drawn from ``seed + epoch`` only, cut into batches (last one short)."""
+    order = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    return [order[i:i + batch_size] for i in range(0, n_items, batch_size)]
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+@dataclass
+class Splits:
+    """Which videos train, and which videos/captions select the model."""
+
+    train_videos: list[str]
+    val_videos: list[str]
+    val_captions: list[str]
+    val_name: str  # caption file the validation captions come from
+
+
+def carve_validation(videos: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Split videos (not captions) into (train, val) with a seeded permutation; both keep the input order."""
+    if not 0.0 < fraction < 1.0:
+        raise RalbookError(f"data.val_from_train must be a fraction in (0, 1), got {fraction}")
+    if len(videos) < 2:
+        raise DataError(f"cannot carve a validation set out of {len(videos)} training video(s)")
+    n_val = min(len(videos) - 1, max(1, round(fraction * len(videos))))
+    chosen = set(np.random.default_rng(seed).permutation(len(videos))[:n_val].tolist())
+    train = [v for i, v in enumerate(videos) if i not in chosen]
+    val = [v for i, v in enumerate(videos) if i in chosen]
+    return train, val
+
+
+def overlap_warning(collection: Any, name: str, val_split: str, test_split: str = "test") -> Optional[str]:
+    """A warning text when the val and test caption files share captions (model selection on test data)."""
+    try:
+        val = {c for c, _ in collection.captions(val_split)}
+        test = {c for c, _ in collection.captions(test_split)}
+    except (DataError, FileNotFoundError):
+        return None
+    shared = len(val & test)
+    if not shared:
+        return None
+    what = f"hold the same {shared} captions" if val == test else f"share {shared} of {len(val)} captions"
+    return (f"the {val_split} and {test_split} caption files of collection {name!r} {what}: selecting the model "
+            f"on {val_split} then selects it on the test set. For honest model selection carve validation videos "
+            f"out of the training set: --set data.val_from_train=0.1")
+
+
+def plan_splits(collection: Any, cfg: Config) -> Splits:
+    """Training videos and validation set: the release's val file, or videos held out of train."""
+    train_videos = collection.videos("train")
+    if cfg.data.val_from_train > 0:
+        train_videos, val_videos = carve_validation(train_videos, cfg.data.val_from_train, cfg.train.seed)
+        held = set(val_videos)
+        captions = [c for c, _ in collection.captions("train") if collection.video_of(c) in held]
+        return Splits(train_videos, val_videos, captions, "train")
+    message = overlap_warning(collection, cfg.data.collection, cfg.data.val_split)
+    if message:
+        warnings.warn(message, UserWarning, stacklevel=3)
+    return Splits(train_videos, collection.videos(cfg.data.val_split),
+                  [c for c, _ in collection.captions(cfg.data.val_split)], cfg.data.val_split)
+
+
+# ----------------------------------------------------------------------------- state and results
+
+
+@dataclass
+class TrainState:
+    """Where a run stands; saved in last.pt (plain numbers and dicts only)."""
+
+    epoch: int = 0                 # epoch in progress (or the next one, when step_in_epoch == 0)
+    step_in_epoch: int = 0         # batches of ``epoch`` already done
+    global_step: int = 0
+    best_sumr: float = -math.inf   # -inf: the first epoch always becomes best.pt
+    best_epoch: int = -1
+    best_val: dict = field(default_factory=dict)
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    finished: bool = False
+    elapsed_s: float = 0.0         # wall time spent in training so far (informative only)
+
+
+@dataclass
+class RunResult:
+    """What a finished run gives back; the files in ``run_dir`` hold the details."""
+
+    run_dir: Path
+    best_epoch: int
+    best_val: dict[str, dict[str, float]]
+    test: Optional[dict[str, dict[str, float]]]
+    epochs_run: int
+    stopped_early: bool
+
+
+def read_metrics(run_dir: PathLike) -> list[dict[str, Any]]:
+    """The epoch records of a run (metrics.jsonl), in order."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_metrics(run_dir: Path, records: list[dict[str, Any]]) -> None:
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    tmp = run_dir / f".{METRICS_FILE}.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, run_dir / METRICS_FILE)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    out = []
+    for section, values in current.items():
+        if not isinstance(values, dict):
+            if saved.get(section) != values:
+                out.append(f"{section}: run has {saved.get(section)!r}, now {values!r}")
+            continue
+        for key, value in values.items():
+            before = saved.get(section, {}).get(key)
+            if (section, key) not in RESUMABLE_CHANGES and before != value:
+                out.append(f"{section}.{key}: run has {before!r}, now {value!r}")
+    return out
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+
+def _float_output(out: Any) -> Any:
+    """Cast every floating tensor of a ModelOutput to float32 (losses and the Hungarian step run in fp32)."""
+    for f in dataclasses.fields(out):
+        value = getattr(out, f.name)
+        if torch.is_tensor(value) and value.is_floating_point() and value.dtype != torch.float32:
+            setattr(out, f.name, value.float())
+    return out
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+class Trainer:
+    """One run: builds data, model, optimizer; trains epoch by epoch; checkpoints; resumes."""
+
+    def __init__(self, cfg: Config, run_dir: PathLike, progress: bool = True,
+                 callbacks: Optional[Iterable[Callback]] = None, checkpoint_every: int = 0):
+        from ralbook.data import Collection
+        from ralbook.losses import Objective
+        from ralbook.model import build_model
+        from ralbook.optim import build_optimizer
+
+        self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+        self.callbacks = list(callbacks or [])
+        self.checkpoint_every = max(0, int(checkpoint_every))
+        self.device = resolve_device(cfg.train.device)
+        self.amp = cfg.train.amp or "none"
+        autocast(self.device, self.amp)  # validates the amp setting before anything runs
+        require_data_root(cfg)
+        self.collection = Collection.from_config(cfg.data)
+        check_dims(cfg, self.collection)
+        if cfg.train.n_epoch < 1 or cfg.train.batch_size < 1:
+            raise RalbookError(f"train.n_epoch and train.batch_size must be >= 1, got {cfg.train.n_epoch} and "
+                               f"{cfg.train.batch_size}")
+        self.splits = plan_splits(self.collection, cfg)
+        if not self.splits.train_videos:
+            raise DataError(f"collection {cfg.data.collection!r} has no training videos")
+        seed_everything(cfg.train.seed)
+        self.model = build_model(cfg.model).to(self.device)
+        self.forward_model = torch.compile(self.model) if cfg.train.compile else self.model
+        self.objective = Objective(cfg.loss)
+        self.steps_per_epoch = math.ceil(len(self.splits.train_videos) / cfg.train.batch_size)
+        self.optimizer = build_optimizer(self.model, cfg.train.lr, cfg.train.warmup, cfg.train.weight_decay,
+                                         self.steps_per_epoch * cfg.train.n_epoch, cfg.train.grad_clip)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp == "fp16" else None
+        self.state = TrainState()
+        self.part_names: list[str] = []
+        self.sums: Optional[Tensor] = None  # (1 + parts,) loss sums of the current epoch, on device
+
+    # --- checkpoints ---
+
+    def _training_state(self) -> dict[str, Any]:
+        return {
+            "format": STATE_FORMAT, "version": FORMAT_VERSION, "config": self.cfg.to_dict(),
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "state": dataclasses.asdict(self.state), "part_names": list(self.part_names),
+            "sums": None if self.sums is None else self.sums.detach().cpu(),
+            "rng": rng_state(), "train_videos": len(self.splits.train_videos),
+        }
+
+    def save_last(self) -> None:
+        from ralbook.checkpoint import save_atomic
+
+        save_atomic(self._training_state(), self.run_dir / LAST_FILE)
+
+    def save_best(self, epoch: int, val: dict[str, dict[str, float]]) -> None:
+        from ralbook.checkpoint import save_atomic
+
+        save_atomic({"format": MODEL_FORMAT, "version": FORMAT_VERSION, "config": self.cfg.to_dict(),
+                     "model": self.model.state_dict(), "epoch": epoch, "val_metrics": val},
+                    self.run_dir / BEST_FILE)
+
+    def restore(self, path: Path) -> None:
+        """Continue exactly where ``path`` (a last.pt) left off; CheckpointError when it cannot."""
+        from ralbook.checkpoint import load_file
+
+        ckpt = load_file(path)
+        if not isinstance(ckpt, dict) or ckpt.get("format") != STATE_FORMAT:
+            raise CheckpointError(f"{path} is not a ralbook training state (last.pt of a ralbook run)")
+        diffs = _config_differences(ckpt["config"], self.cfg.to_dict())
+        if diffs:
+            raise RalbookError(f"cannot resume {self.run_dir}: the configuration differs from the run's: "
+                               + "; ".join(diffs[:6]))
+        if ckpt.get("train_videos") != len(self.splits.train_videos):
+            raise CheckpointError(f"cannot resume {self.run_dir}: it trained on {ckpt.get('train_videos')} videos, "
+                                  f"the collection now gives {len(self.splits.train_videos)}")
+        try:
+            load_model_state(self.model, ckpt["model"], path)
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            if self.scaler is not None and ckpt.get("scaler"):
+                self.scaler.load_state_dict(ckpt["scaler"])
+            self.state = TrainState(**ckpt["state"])
+            self.part_names = list(ckpt.get("part_names") or [])
+            sums = ckpt.get("sums")
+            self.sums = sums.to(self.device) if sums is not None else None
+            set_rng_state(ckpt["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"{path} is incomplete or inconsistent ({type(err).__name__}: {err})") from err
+
+    # --- events ---
+
+    def _emit(self, event: str, **info: Any) -> None:
+        for callback in self.callbacks:
+            callback(event, info)
+
+    # --- one step / one epoch ---
+
+    def _accumulate(self, total: Tensor, parts: dict[str, Tensor]) -> None:
+        if not self.part_names:
+            self.part_names = list(parts)
+        values = torch.stack([total.detach().float()] + [parts[n].detach().float() for n in self.part_names])
+        self.sums = values if self.sums is None else self.sums + values
+
+    def train_step(self, batch: dict[str, Any], hard_negatives: bool) -> Tensor:
+        batch = _to_device(batch, self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, self.amp):
+            out = self.forward_model(batch)
+        total, parts = self.objective(_float_output(out), batch["labels"], hard_negatives=hard_negatives)
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            total.backward()
+            self.optimizer.step()
+        self._accumulate(total, parts)
+        return total
+
+    def _loader(self, batches: list[list[int]]) -> Any:
+        from torch.utils.data import DataLoader
+
+        from ralbook.data import TrainDataset, collate_train
+
+        return DataLoader(TrainDataset(self.collection, self.splits.train_videos), batch_sampler=batches,
+                          num_workers=self.cfg.data.num_workers, collate_fn=collate_train,
+                          pin_memory=self.device.type == "cuda",
+                          generator=torch.Generator().manual_seed(self.cfg.train.seed))
+
+    def train_epoch(self, epoch: int) -> None:
+        from tqdm.auto import tqdm
+
+        batches = epoch_batches(len(self.splits.train_videos), self.cfg.train.batch_size, self.cfg.train.seed, epoch)
+        start = self.state.step_in_epoch
+        hard = epoch >= self.cfg.train.hard_negative_start_epoch
+        self.model.train()
+        bar = tqdm(total=len(batches), initial=start, desc=f"epoch {epoch}", leave=False, unit="batch",
+                   disable=not self.progress)
+        for index, batch in enumerate(self._loader(batches[start:]), start=start + 1):
+            total = self.train_step(batch, hard)
+            self.state.step_in_epoch = index
+            self.state.global_step += 1
+            bar.update(1)
+            if index % 10 == 0 or index == len(batches):
+                bar.set_postfix(loss=f"{total.item():.4f}")
+            if self.checkpoint_every and self.state.global_step % self.checkpoint_every == 0 \
+                    and index < len(batches):
+                self.save_last()
+            self._emit("step", epoch=epoch, step_in_epoch=index, global_step=self.state.global_step)
+        bar.close()
+
+    def epoch_losses(self) -> dict[str, float]:
+        if self.sums is None or self.state.step_in_epoch == 0:
+            return {}
+        means = (self.sums.double() / self.state.step_in_epoch).cpu().tolist()
+        out = dict(zip(["total"] + self.part_names, means))
+        bad = [k for k, v in out.items() if not math.isfinite(v)]
+        if bad:
+            raise RalbookError(f"the training loss became non-finite in epoch {self.state.epoch} ({', '.join(bad)}); "
+                               "lower train.lr or turn off train.amp")
+        return out
+
+    def validate(self) -> EvalResult:
+        s = self.splits
+        return evaluate(self.model, self.collection, s.val_name, self.cfg, self.device, video_ids=s.val_videos,
+                        cap_ids=s.val_captions, progress=self.progress)
+
+    def finish_epoch(self, epoch: int, started: float) -> dict[str, Any]:
+        """Validate, update early stopping and best.pt, append the epoch record, save last.pt."""
+        losses = self.epoch_losses()
+        val = self.validate().metrics
+        sumr = val["fused"]["SumR"]
+        improved = sumr > self.state.best_sumr
+        if improved:
+            self.state.best_sumr, self.state.best_epoch, self.state.best_val = sumr, epoch, val
+            self.state.bad_epochs = 0
+            self.save_best(epoch, val)
+        else:
+            self.state.bad_epochs += 1
+        elapsed = time.perf_counter() - started
+        self.state.elapsed_s += elapsed
+        record = {"epoch": epoch, "global_step": self.state.global_step, "lr": self.optimizer.current_lr(),
+                  "hard_negatives": epoch >= self.cfg.train.hard_negative_start_epoch, "loss": losses, "val": val,
+                  "improved": improved, "best_epoch": self.state.best_epoch, "bad_epochs": self.state.bad_epochs,
+                  "time_s": round(elapsed, 3)}
+        records = [r for r in read_metrics(self.run_dir) if r["epoch"] < epoch] + [record]
+        _write_metrics(self.run_dir, records)
+        # the state now points at the next epoch
+        self.state.epoch, self.state.step_in_epoch, self.sums = epoch + 1, 0, None
+        if self.state.bad_epochs > self.cfg.train.patience:
+            self.state.stopped_early = True
+        if self.state.stopped_early or self.state.epoch >= self.cfg.train.n_epoch:
+            self.state.finished = True
+        self.save_last()
+        return record
+
+    def _summary(self, record: dict[str, Any]) -> str:
+        v = record["val"]["fused"]
+        best = " *" if record["improved"] else ""
+        loss = record["loss"].get("total", float("nan"))
+        return (f"epoch {record['epoch']:>3}/{self.cfg.train.n_epoch}  loss {loss:.4f}"
+                f"  lr {record['lr']:.2e}  val R@1 {v['R@1']:.1f} R@5 {v['R@5']:.1f} R@10 {v['R@10']:.1f} "
+                f"R@100 {v['R@100']:.1f} SumR {v['SumR']:.1f}{best}  (best {self.state.best_sumr:.1f} @ "
+                f"{self.state.best_epoch})  {record['time_s']:.1f}s")
+
+    # --- the whole run ---
+
+    def fit(self) -> int:
+        """Train until finished (epochs or early stop); returns the number of epochs run by this call."""
+        from tqdm.auto import tqdm
+
+        first = self.state.epoch
+        bar = tqdm(total=self.cfg.train.n_epoch, initial=self.state.epoch, desc="training", unit="epoch",
+                   disable=not self.progress)
+        while not self.state.finished:
+            epoch, started = self.state.epoch, time.perf_counter()
+            self.train_epoch(epoch)
+            record = self.finish_epoch(epoch, started)
+            bar.update(1)
+            if self.progress:
+                tqdm.write(self._summary(record))
+            self._emit("epoch", epoch=epoch, record=record)
+        bar.close()
+        if self.progress and self.state.stopped_early:
+            tqdm.write(f"early stop: no improvement for {self.state.bad_epochs} epochs")
+        return self.state.epoch - first
+
+    def test(self) -> dict[str, Any]:
+        """Evaluate best.pt on the test split and write test_metrics.json."""
+        from ralbook.checkpoint import load_file
+
+        best = load_file(self.run_dir / BEST_FILE)
+        load_model_state(self.model, best["model"], self.run_dir / BEST_FILE)
+        result = evaluate(self.model, self.collection, "test", self.cfg, self.device, progress=self.progress)
+        out = {"split": "test", "epoch": best["epoch"], "n_queries": len(result.cap_ids),
+               "n_videos": len(result.video_ids), "metrics": result.metrics}
+        _write_json(self.run_dir / TEST_FILE, out)
+        if self.progress:
+            print(format_metrics(result, title=f"test ({len(result.cap_ids)} queries x {len(result.video_ids)} "
+                                               f"videos), best epoch {best['epoch']}"))
+        return out
+
+
+def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> bool:
+    """Check the run directory against ``resume``; True when there is a last.pt to resume from."""
+    has_run = any((run_dir / name).exists() for name in (LAST_FILE, BEST_FILE, METRICS_FILE))
+    if resume:
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise RalbookError(f"nothing to resume in {run_dir}: it holds no {CONFIG_FILE}")
+        saved = json.loads((run_dir / CONFIG_FILE).read_text())
+        diffs = _config_differences(saved, cfg.to_dict())
+        if diffs:
+            raise RalbookError(f"cannot resume {run_dir}: the configuration differs from the run's: "
+                               + "; ".join(diffs[:6]))
+        if (run_dir / LAST_FILE).exists():
+            return True
+        if (run_dir / METRICS_FILE).exists() and read_metrics(run_dir):
+            raise CheckpointError(f"{run_dir} has epoch records but no {LAST_FILE}: cannot resume exactly")
+        return False
+    if has_run:
+        raise RalbookError(f"{run_dir} already holds a run; resume it (--resume) or choose another directory")
+    return False
+
+
+def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool = True,
+          callbacks: Optional[Iterable[Callback]] = None, checkpoint_every: int = 0) -> RunResult:
+    """Train ``cfg`` into ``run_dir`` (or continue it with ``resume=True``); evaluate best.pt on test.
+
+    ``callbacks``: functions ``f(event, info)`` called after every step (``"step"``) and epoch
+    (``"epoch"``, after the checkpoint is written); an exception raised there stops the run as a
+    kill would. ``checkpoint_every``: also write last.pt every that many steps (0: at epoch ends).
+    """
+    run_dir = Path(run_dir)
+    cfg.sync()
+    can_resume = _prepare_run_dir(cfg, run_dir, resume)
+    trainer = Trainer(cfg, run_dir, progress, callbacks, checkpoint_every)  # checks data and settings first
+    if not resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(run_dir / CONFIG_FILE, cfg.to_dict())
+    if can_resume:
+        trainer.restore(run_dir / LAST_FILE)
+    elif resume and progress:
+        print(f"{run_dir}: no checkpoint written yet; starting from the beginning")
+    epochs_run = trainer.fit()
+    test_file = run_dir / TEST_FILE
+    if epochs_run == 0 and test_file.is_file():  # resuming a run that had already finished
+        test = json.loads(test_file.read_text())
+    else:
+        test = trainer.test()
+    s = trainer.state
+    return RunResult(run_dir, s.best_epoch, s.best_val, test["metrics"], s.epoch, s.stopped_early)
+
+
+def load_run(run_dir: PathLike, device: Optional[Union[str, torch.device]] = None) -> tuple[Config, Any]:
+    """(config, model in eval mode) from a run's best.pt."""
+    from ralbook.checkpoint import load_file
+    from ralbook.model import build_model
+
+    path = Path(run_dir) / BEST_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} holds no {BEST_FILE}: has training finished its first epoch?")
+    ckpt = load_file(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != MODEL_FORMAT:
+        raise CheckpointError(f"{path} is not a ralbook model checkpoint")
+    cfg = Config.from_dict(ckpt["config"])
+    model = build_model(cfg.model)
+    load_model_state(model, ckpt["model"], path)
+    if device is not None:
+        model.to(resolve_device(device) if isinstance(device, str) else device)
+    return cfg, model.eval()
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=["demo", "tvr", "act", "cha"], default=None,
+                        help="dataset settings of SPEC section 8 (demo: the bundled collection on a CPU)")
+    parser.add_argument("--epochs", type=int, help="number of epochs (train.n_epoch)")
+    parser.add_argument("--batch-size", type=int, help="videos per batch (train.batch_size)")
+    parser.add_argument("--out", help="run directory (default runs/PRESET)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    parser.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
+                        help="also write last.pt every STEPS training steps (default: at epoch ends only)")
+    add_data_arguments(parser)
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[Config, Path]:
+    """The run's config: the preset (or, when resuming, the run's config.json) plus the command-line options."""
+    out = Path(args.out) if args.out else None
+    if args.resume:
+        if out is None:
+            raise RalbookError("--resume needs --out RUN_DIR (the run to continue)")
+        if not (out / CONFIG_FILE).is_file():
+            raise RalbookError(f"nothing to resume in {out}: it holds no {CONFIG_FILE}")
+        cfg = Config.from_dict(json.loads((out / CONFIG_FILE).read_text()))
+    else:
+        name = args.preset or "demo"
+        try:
+            cfg = preset(name)
+        except KeyError as err:
+            raise RalbookError(str(err)) from err
+        out = out or Path("runs") / name
+    for flag, key in (("epochs", "train.n_epoch"), ("batch_size", "train.batch_size")):
+        value = getattr(args, flag)
+        if value is not None:
+            cfg = cfg.override(f"{key}={value}")
+    cfg = apply_data_arguments(cfg, args)
+    return cfg, out
+
+
+def run_train(args: argparse.Namespace) -> int:
+    cfg, out = config_from_args(args)
+    result = train(cfg, out, resume=args.resume, progress=not args.no_progress,
+                   checkpoint_every=args.checkpoint_every)
+    nan = float("nan")
+    val_sumr = result.best_val.get("fused", {}).get("SumR", nan)
+    test_sumr = (result.test or {}).get("fused", {}).get("SumR", nan)
+    print(f"run {result.run_dir}: best epoch {result.best_epoch} (val SumR {val_sumr:.1f}); test SumR {test_sumr:.1f}")
+    return 0

@@ -1,0 +1,334 @@
+"""The notebooks, executed headlessly with papermill on a small generated demo collection.
+
+Each test checks what a notebook produced (run directory files, figure files, the numbers it
+recorded in its ``summary_path`` JSON), comparing with values computed here independently where
+that is cheap. One small model is trained once (by notebook 02) and shared by 00, 03, 04 and 05.
+
+Data: ``generate_demo`` with the shipped generator and its default difficulty, only fewer videos
+(so that a model trains in about a minute on two CPU cores). Run with ``-m "not slow"`` to skip.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+
+from ralbook import pipeline
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = REPO / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+# Small model settings shared by every training in this file (the demo preset otherwise).
+DEMO_SIZES = {"n_train": 300, "n_val": 50, "n_test": 100}
+TINY = {"hidden_size": 32}
+TINY_OVERRIDES = {"train.lr": 1e-3}
+TRAIN_EPOCHS = 3
+
+
+# ----------------------------------------------------------------------------- stored notebooks (fast)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_stored_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{path.name}: a code cell has outputs"
+            assert cell.execution_count is None, f"{path.name}: a code cell has an execution count"
+    assert "papermill" not in nb.metadata and "widgets" not in nb.metadata
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_parameters_cell_is_first_and_documented(path):
+    import papermill as pm
+
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and tagged[0] is code[0], f"{path.name}: the first code cell must be the only parameters cell"
+    params = pm.inspect_notebook(str(path))
+    # every assignment of the cell is a parameter papermill understands, each with a help comment
+    assignments = [line for line in tagged[0].source.splitlines() if line and not line.startswith((" ", "#", "}"))]
+    assert len(params) == len(assignments), f"{path.name}: papermill parsed {sorted(params)} from {assignments}"
+    undocumented = [name for name, p in params.items() if not p["help"]]
+    assert not undocumented, f"{path.name}: parameters without a comment: {undocumented}"
+    assert "figures_dir" in params and "summary_path" in params
+    if path.name[:2] in {"01", "03", "04", "05"}:
+        assert params["interactive"]["default"] == "False"
+
+
+def test_strip_notebook_removes_outputs(tmp_path):
+    src = NOTEBOOKS[0]
+    nb = nbformat.read(src, as_version=4)
+    code = next(c for c in nb.cells if c.cell_type == "code")
+    code.outputs = [nbformat.v4.new_output("stream", text="hello")]
+    code.execution_count = 3
+    dirty = tmp_path / src.name
+    nbformat.write(nb, dirty)
+    assert pipeline.strip_notebook(dirty) is True
+    assert pipeline.strip_notebook(dirty) is False
+    assert nbformat.read(dirty, as_version=4) == nbformat.read(src, as_version=4)
+
+
+def test_repo_root_and_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(NOTEBOOK_DIR)
+    assert pipeline.repo_root() == REPO
+    assert pipeline.resolve_path("data") == REPO / "data"
+    assert pipeline.resolve_path(tmp_path) == tmp_path
+    # outside any checkout: the editable install's checkout
+    monkeypatch.chdir(tmp_path)
+    assert pipeline.repo_root() == REPO
+
+
+def test_override_strings_and_build_config():
+    assert pipeline.override_strings({"model.msra": False, "train.lr": 1e-4}) == ["model.msra=false",
+                                                                                   "train.lr=0.0001"]
+    cfg = pipeline.build_config("demo", epochs=3, hidden_size=16, overrides={"model.msra": False})
+    assert (cfg.train.n_epoch, cfg.model.hidden_size, cfg.model.msra) == (3, 16, False)
+    assert Path(cfg.data.data_root).is_absolute()
+    with pytest.raises(pipeline.RalbookError, match="bad override"):
+        pipeline.build_config("demo", overrides=["nosuch.key=1"])
+
+
+# ----------------------------------------------------------------------------- executed notebooks (slow)
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory) -> Path:
+    from ralbook.demo import generate_demo
+
+    root = tmp_path_factory.mktemp("data")
+    generate_demo(root, **DEMO_SIZES)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory) -> Path:
+    """An even smaller collection for the tests that train their own model (fallback, sweep, main job)."""
+    from ralbook.demo import generate_demo
+
+    root = tmp_path_factory.mktemp("tiny_data")
+    generate_demo(root, n_train=40, n_val=10, n_test=20)
+    return root
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("outputs")
+
+
+def execute(name: str, out_dir: Path, **parameters) -> dict:
+    """Run notebooks/<name>.ipynb into out_dir with figures under out_dir/figures; return its summary JSON."""
+    summary = out_dir / f"{name}_summary.json"
+    params = {"figures_dir": str(out_dir / "figures"), "summary_path": str(summary), **parameters}
+    executed = pipeline.run_notebook(NOTEBOOK_DIR / f"{name}.ipynb", out_dir / f"{name}.ipynb", params)
+    assert executed.is_file()
+    return json.loads(summary.read_text())
+
+
+def assert_figures(summary: dict, *whats: str) -> None:
+    """Every named figure exists as a non-empty PNG and PDF, named <notebook>_<run>_<what>."""
+    paths = [Path(p) for p in summary["figures"]]
+    for what in whats:
+        for ext in (".png", ".pdf"):
+            hits = [p for p in paths if p.name.startswith(summary["notebook"]) and p.name.endswith(f"_{what}{ext}")]
+            assert hits, f"no {what}{ext} among {[p.name for p in paths]}"
+            assert hits[0].stat().st_size > 1000
+
+
+@pytest.fixture(scope="module")
+def trained(demo_root, out_dir) -> tuple[Path, dict]:
+    run = out_dir / "run"
+    summary = execute("02_train", out_dir, data_root=str(demo_root), run_dir=str(run), epochs=TRAIN_EPOCHS,
+                      overrides=TINY_OVERRIDES, progress=False, **TINY)
+    return run, summary
+
+
+@pytest.mark.slow
+def test_01_data_inspection(demo_root, out_dir):
+    from ralbook.data import Collection
+
+    s = execute("01_data_inspection", out_dir, data_root=str(demo_root))
+    coll = Collection(demo_root, "demo")
+    for split in ("train", "val", "test"):
+        assert s["splits"][split]["videos"] == len(coll.videos(split))
+        assert s["splits"][split]["captions"] == len(coll.captions(split))
+    assert s["has_ground_truth"] is True
+    assert (s["visual_dim"], s["text_dim"]) == (coll.visual_dim, coll.text_dim)
+    assert_figures(s, "counts", "distributions", "moments")
+
+
+@pytest.mark.slow
+def test_02_train_leaves_a_run_directory(trained):
+    from ralbook.train import read_metrics
+
+    run, s = trained
+    for name in ("config.json", "metrics.jsonl", "best.pt", "last.pt", "test_metrics.json"):
+        assert (run / name).is_file(), name
+    records = read_metrics(run)
+    assert s["epochs"] == [r["epoch"] for r in records] == list(range(TRAIN_EPOCHS))
+    assert s["val_sumr"] == pytest.approx([r["val"]["fused"]["SumR"] for r in records])
+    assert set(s["loss_parts"]) == set(records[0]["loss"]) - {"total"}
+    assert s["test"] == json.loads((run / "test_metrics.json").read_text())["metrics"]
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["hidden_size"] == TINY["hidden_size"] and config["train"]["lr"] == TINY_OVERRIDES["train.lr"]
+    assert_figures(s, "curves")
+
+
+@pytest.mark.slow
+def test_03_evaluate_reports_metrics_and_compares_runs(trained, demo_root, out_dir):
+    from ralbook.evaluate import evaluate
+
+    run, _ = trained
+    missing = out_dir / "no_such_run"
+    s = execute("03_evaluate", out_dir, run_dir=str(run), compare_runs=[str(missing), str(run)], n_examples=3)
+    # the same numbers as evaluating the run here
+    cfg, model, coll = pipeline.open_run(run, "cpu")
+    ref = evaluate(model, coll, "test", cfg, progress=False)
+    for kind in ("clip", "frame", "fused"):
+        assert s["metrics"][kind] == pytest.approx(ref.metrics[kind])
+    assert s["n_videos"] == len(coll.videos("test")) and s["n_queries"] == len(coll.captions("test"))
+    # the trained model retrieves above chance: chance SumR = sum over K of 100 * min(K, Nv) / Nv (116 for
+    # 100 videos); this small run reached 126.5 (the full demo training: 240.9 on 200 videos, chance 58)
+    nv = s["n_videos"]
+    chance = sum(100 * min(k, nv) / nv for k in (1, 5, 10, 100))
+    assert s["metrics"]["fused"]["SumR"] > chance + 5
+    # a missing run is skipped, the duplicate is kept under its full path
+    assert list(s["comparison"]) == ["run", str(run)] and not missing.exists()
+    assert s["n_success_listed"] <= 3 and s["n_failure_listed"] <= 3
+    assert_figures(s, "recall", "rank_hist", "comparison")
+
+
+@pytest.mark.slow
+def test_04_uncertainty(trained, out_dir):
+    """Sigma per video / support set / caption, and its relation to the demo's recorded ambiguity.
+
+    What the numbers say (values observed on this machine, recorded in the report):
+
+    * The MSRA heads are trained: at initialisation log sigma is ~0 (all weights N(0, 0.02)), so every
+      sigma is ~1 (0.99 +- 0.01 measured on an untrained model); training shrinks it, to a mean of
+      0.76 for the single captions in this test's small run and 0.33 after the full demo training.
+      Threshold: mean caption sigma < 0.9.
+    * RAL's claim that sigma captures query *ambiguity* is NOT reproduced on the demo data: the AUC of
+      caption sigma separating ambiguous from specific captions is 0.56 here and 0.48 after the full
+      demo training (test split, 692 captions); support-set sigma against the share of ambiguous captions
+      gives Spearman -0.10; untrained models give AUCs from 0.30 to 0.60 (8 seeds). So no direction is
+      asserted; the test checks that the notebook's AUC is the right number, recomputed here by another
+      path (one forward pass per batch of captions, pairwise AUC by definition).
+    """
+    from ralbook.analysis import query_sigmas, sigma_summary
+    from ralbook.data import QueryDataset, collate_queries
+    from ralbook.demo import load_ground_truth
+
+    run, _ = trained
+    s = execute("04_uncertainty", out_dir, run_dir=str(run), n_projection_videos=3, n_samples=10)
+    cfg, model, coll = pipeline.open_run(run, "cpu")
+    caps = [c for c, _ in coll.captions("test")]
+    assert s["n_videos"] == len(coll.videos("test")) and s["n_captions"] == len(caps)
+    assert s["sigma"]["videos"]["n"] == s["n_videos"] and s["sigma"]["single captions"]["n"] == len(caps)
+    for group in s["sigma"].values():
+        assert group["p05"] > 0 and np.isfinite(group["mean"])
+    assert s["sigma"]["single captions"]["mean"] < 0.9
+    # the ambiguity AUC, recomputed independently
+    batch = collate_queries([QueryDataset(coll, caps)[i] for i in range(len(caps))])
+    sigma = sigma_summary(query_sigmas(model, batch["query_feats"], batch["query_mask"]))
+    truth = load_ground_truth(cfg.data.data_root, "demo")
+    amb = np.array([truth.captions[c].ambiguity for c in caps]) == 1
+    pairs = sigma[amb][:, None] - sigma[~amb][None, :]
+    # ties (differences below float noise) count half
+    expected = np.mean(np.where(np.abs(pairs) < 1e-6, 0.5, pairs > 0))
+    assert s["ambiguity_auc"] == pytest.approx(expected, abs=2e-3)
+    assert -1.0 <= s["length_spearman"] <= 1.0 and -1.0 <= s["support_ambiguity_spearman"] <= 1.0
+    assert_figures(s, "sigma_hist", "sigma_vs_ambiguity", "sigma_vs_length", "projection")
+
+
+@pytest.mark.slow
+def test_05_word_confidence(trained, out_dir):
+    """Word confidence learns to ignore filler words, and words find their moment's frames.
+
+    Thresholds, with the values observed on this machine:
+
+    * ``filler_auc`` (probability that a content word gets more confidence than a filler word, pooled over
+      the test captions): 0.5 means no preference. Untrained models give 0.46-0.60 (8 seeds); this test's
+      small run gives 0.79, short runs of the same size with other seeds 0.81-0.90, and the full demo
+      training 0.98. Threshold 0.7: well above every untrained value, with room for seed and platform noise.
+    * localisation (share of words whose best-matching frame lies inside the caption's ground-truth moment):
+      content words 0.45 against a chance level of 0.22 (the moment's share of the frames) and 0.29 for
+      filler words in this test's run; 0.70 / 0.22 / 0.42 after the full demo training. Thresholds: content
+      words at least 1.5 x chance, and above filler words.
+    """
+    run, _ = trained
+    s = execute("05_word_confidence", out_dir, run_dir=str(run), n_queries=4, n_frame_maps=2, n_localisation=40)
+    assert len(s["shown"]) == 4
+    assert set(s["relative_confidence"]) >= {"filler", "generic", "specific"}
+    # relative confidences of a query average to exactly 1 (g sums to 1 over its words)
+    counts = {k: v["n"] for k, v in s["relative_confidence"].items()}
+    means = {k: v["mean"] for k, v in s["relative_confidence"].items()}
+    assert sum(counts[k] * means[k] for k in counts) / sum(counts.values()) == pytest.approx(1.0, abs=1e-4)
+    assert s["filler_auc"] > 0.7
+    assert s["per_caption_auc"] > 0.7
+    loc = s["localisation"]
+    assert loc["n_captions"] == 40
+    assert loc["content_hit_rate"] > 1.5 * loc["chance"] and loc["content_hit_rate"] > loc["filler_hit_rate"]
+    assert_figures(s, "heatmaps", "word_frame_0", "word_frame_1", "filler_vs_content")
+
+
+@pytest.mark.slow
+def test_00_quickstart_reuses_a_run(trained, demo_root, out_dir):
+    run, train_summary = trained
+    s = execute("00_quickstart", out_dir, data_root=str(demo_root), run_dir=str(run))
+    assert s["metrics"]["fused"] == pytest.approx(train_summary["test"]["fused"])
+    assert_figures(s, "word_confidence", "word_frame")
+
+
+@pytest.mark.slow
+def test_notebook_runs_alone_training_a_tiny_run_when_needed(tiny_root, out_dir):
+    """04 from a fresh kernel with an empty run_dir: it trains a small run there itself and says so."""
+    run = out_dir / "fallback_run"
+    alone = out_dir / "alone"
+    s = execute("04_uncertainty", alone, run_dir=str(run), data_root=str(tiny_root), fallback_epochs=1,
+                n_projection_videos=2, n_samples=5)
+    assert (run / "best.pt").is_file() and (run / "test_metrics.json").is_file()
+    assert "NOTE: no trained model in" in (alone / "04_uncertainty.ipynb").read_text()
+    assert s["run_dir"] == str(run)
+
+
+@pytest.mark.slow
+def test_06_ablation_sweep_runs_02_per_variant(tiny_root, out_dir):
+    sweep = out_dir / "sweep"
+    variants = {"no_msra": {"model.msra": False}, "no_word_conf": {"model.word_confidence": False}}
+    s = execute("06_ablation_sweep", out_dir, data_root=str(tiny_root), sweep_dir=str(sweep), variants=variants,
+                epochs=1, hidden_size=16)
+    assert list(s["metrics"]) == list(variants)
+    for name, settings in variants.items():
+        config = json.loads((sweep / name / "config.json").read_text())
+        key = next(iter(settings)).split(".")[1]
+        assert config["model"][key] is False and config["train"]["n_epoch"] == 1
+        assert (sweep / name / "02_train_executed.ipynb").is_file()
+        assert s["metrics"][name] == pytest.approx(
+            json.loads((sweep / name / "test_metrics.json").read_text())["metrics"]["fused"])
+    assert_figures(s, "comparison")
+
+
+@pytest.mark.slow
+def test_main_job_runs_selected_notebooks_and_says_where(tiny_root, out_dir, capsys):
+    """``ralbook demo`` on the small collection, 1 epoch, only notebook 01 (the full job is measured by hand)."""
+    from ralbook.cli import main
+
+    out = out_dir / "main_job"
+    figures = out_dir / "main_figures"
+    code = main(["demo", "--out", str(out), "--data-root", str(tiny_root), "--figures", str(figures), "--epochs", "1",
+                 "--notebooks", "01"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert (out / "run" / "best.pt").is_file()
+    assert (out / "notebooks" / "01_data_inspection.ipynb").is_file()
+    assert json.loads((out / "notebooks" / "01_data_inspection_summary.json").read_text())["has_ground_truth"]
+    assert any(p.name.startswith("01_data_inspection_demo") for p in figures.iterdir())
+    for where in (out / "notebooks", out / "run", figures):
+        assert str(where) in printed
