@@ -82,8 +82,8 @@ class TrainConfig:
     device: str = "auto"               # auto: cuda, then mps, then cpu
     amp: str = "none"                  # none | bf16 | fp16
     compile: bool = False
-    eval_query_chunk: int = 500
-    eval_video_chunk: int = 500
+    eval_query_chunk: int = 100        # queries scored at once (bounds evaluation memory)
+    eval_video_chunk: int = 50         # videos scored at once
 
 
 @dataclass

@@ -252,18 +252,21 @@ def _chunked_max(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     """max and argmax over b's rows of <a[q, t], b[v, f]>: two (Nq, Nv, Lq) tensors.
 
     Each chunk is one matrix product laid out (q, t, v, f), so the max runs over the contiguous
-    last axis and no 4-D tensor is ever permuted or copied.
+    last axis and no 4-D tensor is ever permuted or copied. Under autocast the products (and so
+    the result) take the autocast dtype.
     """
     (nq, lq, d), (nv, lf, _) = a.shape, b.shape
     step = _chunk_rows(a, b)
     flat_b = b.reshape(nv * lf, d)
-    values = a.new_empty(nq, lq, nv)
-    index = torch.empty(values.shape, dtype=torch.long, device=a.device)
+    values: list[Tensor] = []
+    index: list[Tensor] = []
     for i in range(0, nq, step):
         chunk = a[i:i + step]
         sims = (chunk.reshape(-1, d) @ flat_b.t()).view(chunk.shape[0], lq, nv, lf)
-        torch.max(sims, dim=-1, out=(values[i:i + step], index[i:i + step]))
-    return values.transpose(1, 2), index.transpose(1, 2)
+        v, k = sims.max(dim=-1)
+        values.append(v)
+        index.append(k)
+    return torch.cat(values).transpose(1, 2), torch.cat(index).transpose(1, 2)
 
 
 class _MaskedMaxSim(torch.autograd.Function):
@@ -286,7 +289,7 @@ class _MaskedMaxSim(torch.autograd.Function):
         step = _chunk_rows(a, b)
         flat_b = b.reshape(nv * lf, d)
         grad_a, grad_b = torch.empty_like(a), torch.zeros(nv * lf, d, dtype=b.dtype, device=b.device)
-        grad, index = grad.transpose(1, 2), index.transpose(1, 2)  # (Nq, Lq, Nv) views
+        grad, index = grad.to(a.dtype).transpose(1, 2), index.transpose(1, 2)  # (Nq, Lq, Nv) views
         for i in range(0, nq, step):
             g, idx = grad[i:i + step], index[i:i + step]
             # one non-zero per (q, t, v): the gradient goes to the frame that won the max

@@ -373,3 +373,14 @@ def test_trimming_padding_keeps_masked_max_semantics():
     a, b = torch.randn(4, 5, 3, generator=g), torch.randn(2, 6, 3, generator=g)
     dense = torch.einsum("qtd,vfd->qvtf", a * a_mask.repeat(2, 1)[..., None], b * b_mask[..., None]).max(-1).values
     torch.testing.assert_close(masked_max_sim(a, a_mask.repeat(2, 1), b, b_mask), dense)
+
+
+def test_training_step_runs_under_bf16_autocast_on_cpu():
+    torch.manual_seed(10)
+    model = build_model(_small_config()).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(_batch())
+        total, _ = Objective(LossConfig())(out, hard_negatives=False)
+    total.float().backward()
+    assert torch.isfinite(total.float())
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in model.parameters())
