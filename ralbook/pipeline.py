@@ -24,7 +24,8 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from ralbook.errors import RalbookError
 
-# The numbered notebooks the main job executes, in order.
+# The numbered notebooks, in order. The main job runs all but the sweep, which trains four more models
+# (``--ablation`` adds it).
 NOTEBOOKS: tuple[str, ...] = (
     "00_quickstart.ipynb",
     "01_data_inspection.ipynb",
@@ -34,6 +35,7 @@ NOTEBOOKS: tuple[str, ...] = (
     "05_word_confidence.ipynb",
     "06_ablation_sweep.ipynb",
 )
+SWEEP_NOTEBOOK = "06_ablation_sweep.ipynb"
 KERNEL_NAME = "python3"
 # Files a finished run directory holds (written by ralbook.train); the first is enough to load a model.
 RUN_MARKERS: tuple[str, ...] = ("best.pt", "last.pt")
@@ -142,7 +144,7 @@ def write_summary(path: str | os.PathLike, data: Mapping[str, Any]) -> Optional[
         return None
     out = resolve_path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(json_ready(data), indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    out.write_text(json.dumps(json_ready(data), indent=1) + "\n", encoding="utf-8")
     return out
 
 
@@ -339,7 +341,10 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=0, help="training epochs (default: the demo preset's)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     parser.add_argument("--notebooks", nargs="*", default=None, metavar="NAME",
-                        help="run only these notebooks (e.g. 01 04); default: all")
+                        help="run only these notebooks (e.g. 01 04); default: 00-05")
+    parser.add_argument("--ablation", action="store_true",
+                        help="also run 06_ablation_sweep (trains 4 more models; adds several minutes)")
+    parser.add_argument("--ablation-epochs", type=int, default=3, help="epochs per ablation variant (default 3)")
     parser.add_argument("--retrain", action="store_true",
                         help="delete OUT/run and train again (default: reuse or resume the run there)")
 
@@ -354,7 +359,7 @@ def _selected(names: Optional[Sequence[str]], available: Sequence[str]) -> list[
 
 
 def demo_parameters(name: str, out: Path, run_dir: Path, data_root: Path, figures: Path, device: str,
-                    epochs: int) -> dict[str, Any]:
+                    epochs: int, ablation_epochs: int = 3) -> dict[str, Any]:
     """Papermill parameters of each notebook in the main job (every path absolute)."""
     summary = str(out / "notebooks" / name.replace(".ipynb", "_summary.json"))
     common = {"figures_dir": str(figures), "summary_path": summary}
@@ -366,7 +371,8 @@ def demo_parameters(name: str, out: Path, run_dir: Path, data_root: Path, figure
     if name.startswith("02"):
         return {**common, **per_run, "preset": "demo", "epochs": epochs, "resume": True}
     if name.startswith("06"):
-        return {**common, "data_root": str(data_root), "device": device, "sweep_dir": str(out / "ablation")}
+        return {**common, "data_root": str(data_root), "device": device, "sweep_dir": str(out / "ablation"),
+                "epochs": ablation_epochs}
     return {**common, **per_run}
 
 
@@ -381,7 +387,9 @@ def run_demo(args: argparse.Namespace) -> int:
     figures = resolve_path(args.figures, root)
     run_dir = out / "run"
     nb_dir = root / "notebooks"
-    names = _selected(args.notebooks, [n for n in NOTEBOOKS if (nb_dir / n).is_file()])
+    available = [n for n in NOTEBOOKS if (nb_dir / n).is_file()]
+    default = [n for n in available if n != SWEEP_NOTEBOOK or getattr(args, "ablation", False)]
+    names = _selected(args.notebooks, available) if args.notebooks else default
     if not (data_root / "demo").is_dir():
         raise RalbookError(f"demo data not found in {data_root}/demo (regenerate it: python -m ralbook make-demo)")
 
@@ -402,7 +410,8 @@ def run_demo(args: argparse.Namespace) -> int:
     for i, name in enumerate(names, 1):
         t0 = time.perf_counter()
         print(f"[2/2] notebook {i}/{len(names)}: {name} ...", end=" ", flush=True)
-        params = demo_parameters(name, out, run_dir, data_root, figures, args.device, args.epochs)
+        params = demo_parameters(name, out, run_dir, data_root, figures, args.device, args.epochs,
+                                 getattr(args, "ablation_epochs", 3))
         executed.append(run_notebook(nb_dir / name, out / "notebooks" / name, params))
         print(f"{time.perf_counter() - t0:.0f} s", flush=True)
 
@@ -410,9 +419,33 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"  executed notebooks: {out / 'notebooks'}")
     print(f"  run directory:      {run_dir}")
     print(f"  figures:            {figures}")
-    for path in sorted((out / "notebooks").glob("*_summary.json")):
-        print(f"  summary:            {path}")
+    for line in headline_numbers(out / "notebooks"):
+        print(f"  {line}")
     return 0
+
+
+def headline_numbers(summary_dir: Path) -> list[str]:
+    """The key numbers of the executed notebooks, read back from their summary files."""
+    def get(name: str, *keys: str) -> Any:
+        path = summary_dir / f"{name}_summary.json"
+        if not path.is_file():
+            return None
+        value: Any = read_summary(path)
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value
+
+    lines = []
+    sumr = get("03_evaluate", "metrics", "fused", "SumR")
+    if sumr is not None:
+        lines.append(f"test SumR (fused):  {sumr:.1f}")
+    filler = get("05_word_confidence", "filler_auc")
+    if filler is not None:
+        lines.append(f"word confidence, AUC content vs filler words: {filler:.3f} (0.5 = no preference)")
+    ambiguity = get("04_uncertainty", "ambiguity_auc")
+    if ambiguity is not None:
+        lines.append(f"sigma, AUC ambiguous vs specific captions:    {ambiguity:.3f} (0.5 = no relation)")
+    return lines
 
 
 if __name__ == "__main__":  # pragma: no cover - convenience: python -m ralbook.pipeline == ralbook demo

@@ -157,3 +157,12 @@ def test_two_group_distributions_reference_line():
                                     "relative confidence", reference=1.0)
     texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert texts[0].startswith("filler (n=2") and texts[-1] == "uniform = 1"
+
+
+def test_query_explorer_calls_render_for_each_choice(capsys):
+    seen = []
+    box = P.query_explorer({"first query": "q1", "second": "q2"}, seen.append, description="caption")
+    dropdown = box.children[0]
+    assert dropdown.description == "caption" and seen == ["q1"]
+    dropdown.value = "q2"
+    assert seen == ["q1", "q2"]
