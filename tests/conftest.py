@@ -10,3 +10,14 @@ from layout import TinySpec, write_random_collection
 def tiny_collection(tmp_path) -> TinySpec:
     """Twelve videos (6 train, 3 val, 3 test), Dv 8, Dt 6, feature.bin with contiguous rows."""
     return write_random_collection(tmp_path / "data")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors run faster on one thread (and suffer less from a busy machine)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -13,13 +13,7 @@ from ralbook.evaluate import (EvalResult, autocast, evaluate, format_metrics, ra
                               read_relevant_file, recall_metrics, relevant_indices, resolve_device, top_indices)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors run faster on one thread (and do not suffer as much from a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 
 
 def authors_rank(scores: torch.Tensor, relevant: list[list[int]]) -> list[int]:

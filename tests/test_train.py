@@ -26,13 +26,7 @@ N_TRAIN, N_VAL, N_TEST = 40, 8, 12          # the collection for the mechanics (
 LEARN_TRAIN, LEARN_VAL, LEARN_TEST = 300, 20, 40  # the collection on which a short run must learn
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors run faster on one thread (and timings do not suffer from a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 
 
 def easy_demo(root: Path, n_train: int, n_val: int, n_test: int) -> Path:
