@@ -409,11 +409,11 @@ def run_demo(args: argparse.Namespace) -> int:
     executed = []
     for i, name in enumerate(names, 1):
         t0 = time.perf_counter()
-        print(f"[2/2] notebook {i}/{len(names)}: {name} ...", end=" ", flush=True)
+        print(f"[2/2] notebook {i}/{len(names)}: {name}", flush=True)
         params = demo_parameters(name, out, run_dir, data_root, figures, args.device, args.epochs,
                                  getattr(args, "ablation_epochs", 3))
         executed.append(run_notebook(nb_dir / name, out / "notebooks" / name, params))
-        print(f"{time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"      {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
 
     print(f"\nDone in {time.perf_counter() - start:.0f} s.")
     print(f"  executed notebooks: {out / 'notebooks'}")

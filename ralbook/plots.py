@@ -18,6 +18,7 @@ import numpy as np
 import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 PALETTE = "colorblind"
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._+-]+")
@@ -151,6 +152,7 @@ def training_curves(epochs: Sequence[int], losses: Mapping[str, Sequence[float]]
     if all_vals.size and np.all(all_vals > 0):
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("loss (weighted, epoch mean)")
     ax.set_title("Training loss parts")
     ax.legend(fontsize=7, ncol=2)
@@ -161,6 +163,7 @@ def training_curves(epochs: Sequence[int], losses: Mapping[str, Sequence[float]]
             ax.axvline(best_epoch, color="0.4", ls="--", lw=1, label=f"best (epoch {best_epoch})")
             ax.legend(fontsize=8)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("SumR")
         ax.set_title("Validation SumR")
     fig.tight_layout()
@@ -174,7 +177,7 @@ def grouped_bars(table: Mapping[str, Mapping[str, float]], title: str, ylabel: s
     """Bars of metrics (inner keys, on the x axis) for each row (outer key: score kind or run), labelled with values."""
     rows = list(table)
     metrics = list(dict.fromkeys(k for r in rows for k in table[r]))
-    fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(metrics) * max(1, len(rows)) ** 0.5, 3.8))
+    fig, ax = plt.subplots(figsize=(min(12.0, max(5.0, 1.5 + 0.4 * len(metrics) * max(1, len(rows)))), 3.8))
     width = 0.8 / max(len(rows), 1)
     x = np.arange(len(metrics))
     for i, (row, color) in enumerate(zip(rows, _colors(len(rows)))):
