@@ -6,6 +6,7 @@ Synthetic in-memory inputs of the sizes used for the reference figures in issue 
     python benchmarks/bench_engine.py                          # batch 32 and 128, eval 200x1000 and 1000x5000
     python benchmarks/bench_engine.py --batch-sizes 32 --eval 200x1000 --steps 3
     python benchmarks/bench_engine.py --preset act --device cuda --amp bf16
+    python benchmarks/bench_engine.py --batch-sizes 128 --eval --set model.checkpoint_branches=true
 
 Each measurement runs in its own process, so that its peak memory (resident set size on CPU,
 ``max_memory_allocated`` on CUDA) is its own. This is a measurement script, not a test.
@@ -33,6 +34,8 @@ def bench_config(args: argparse.Namespace) -> Config:
     cfg = preset(args.preset, data={"visual_dim": args.visual_dim, "text_dim": args.text_dim},
                  model={"hidden_size": args.hidden, "n_heads": args.heads})
     cfg.train.amp = args.amp
+    for assignment in args.set:
+        cfg = cfg.override(assignment)
     args.query_chunk = args.query_chunk or cfg.train.eval_query_chunk
     args.video_chunk = args.video_chunk or cfg.train.eval_video_chunk
     return cfg
@@ -151,7 +154,7 @@ def child_args(args: argparse.Namespace, task: str, value: str) -> list[str]:
               "--captions", str(args.captions), "--query-chunk", str(args.query_chunk),
               "--video-chunk", str(args.video_chunk), "--video-batch", str(args.video_batch),
               "--threads", str(args.threads)] + (["--compile"] if args.compile else []) + (
-              ["--hard"] if args.hard else [])
+              ["--hard"] if args.hard else []) + [f"--set={a}" for a in args.set]
     extra = ["--batch-size", value] if task == "train" else ["--eval-size", value]
     return [sys.executable, __file__, "--child", task] + common + extra
 
@@ -177,6 +180,8 @@ def main() -> None:
     p.add_argument("--video-chunk", type=int, default=0, help="videos scored at once (0: the preset's)")
     p.add_argument("--video-batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set model.checkpoint_branches=true (repeatable)")
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--child", choices=["train", "eval"], help=argparse.SUPPRESS)
     p.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
@@ -189,7 +194,7 @@ def main() -> None:
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {resolve_device(args.device)}, "
           f"preset {args.preset}: hidden {args.hidden}, heads {args.heads}, Dv {args.visual_dim}, Dt {args.text_dim}, "
-          f"amp {args.amp}, compile {args.compile}", flush=True)
+          f"amp {args.amp}, compile {args.compile}" + "".join(f", {a}" for a in args.set), flush=True)
     results = []
     jobs = [("train", str(b)) for b in args.batch_sizes] + [("eval", s) for s in args.eval_sizes]
     for task, value in jobs:

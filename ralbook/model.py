@@ -34,13 +34,58 @@ MAX_SIM_CHUNK_ELEMENTS = 1 << 24
 
 # ----------------------------------------------------------------------------- building blocks
 
+class _CPUDropout(torch.autograd.Function):
+    """Dropout whose random mask comes from 15-bit slices of 64-bit random numbers (4 per draw).
+
+    torch's CPU ``bernoulli_`` draws one random number per element and took ~20% of a CPU training
+    step; this draws a quarter as many. The drop probability is rounded to a multiple of 2**-15
+    (0.2 -> 0.20001) and the scale is the inverse of the actual keep probability, so E[out] = x.
+    The backward pass keeps only the boolean mask.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, p: float) -> Tensor:
+        cut = round(p * 32768)
+        n = x.numel()
+        draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_()
+        keep = draws.view(torch.int16)[:n].view(x.shape).bitwise_and(0x7FFF) >= cut
+        ctx.scale = 32768 / (32768 - cut)
+        ctx.save_for_backward(keep)
+        return x * keep.to(x.dtype).mul_(ctx.scale)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (keep,) = ctx.saved_tensors
+        return grad * keep.to(grad.dtype).mul_(ctx.scale), None
+
+
+class Dropout(nn.Module):
+    """nn.Dropout, with a faster mask on the CPU (see _CPUDropout); other devices use torch's kernel."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu" or self.p >= 1.0:
+            return F.dropout(x, self.p, training=True)
+        return _CPUDropout.apply(x, self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class LinearLayer(nn.Module):
     """LayerNorm -> Dropout -> Linear -> ReLU: projects input features to the hidden size."""
 
     def __init__(self, d_in: int, d_out: int, dropout: float):
         super().__init__()
         self.norm = nn.LayerNorm(d_in)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.linear = nn.Linear(d_in, d_out)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -54,7 +99,7 @@ class PositionalEncoding(nn.Module):
         super().__init__()
         self.table = nn.Embedding(max_len, d)
         self.norm = nn.LayerNorm(d)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, positions: Optional[Tensor] = None) -> Tensor:
         """x (B, L, d), or packed rows (N, d) with their ``positions`` (N,)."""
@@ -107,7 +152,7 @@ class Attention(nn.Module):
             raise ValueError(f"hidden_size {d} is not a multiple of n_heads {n_heads}")
         self.n_heads, self.head_dim = n_heads, d // n_heads
         self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.register_buffer("window", window, persistent=False)
 
     def _heads(self, x: Tensor) -> Tensor:  # (B, L, d) -> (B, h, L, dh)
@@ -128,11 +173,33 @@ class Attention(nn.Module):
         context = context.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
         return context if packing is None else packing.pack(context)
 
+    def single_query(self, token: Tensor, keys: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
+        """forward(token.expand(B, 1, d), keys, key_mask)[:, 0] for one query token shared by all B key sets.
+
+        The keys are never projected: q . (W_k x + b_k) = (W_k^T q) . x + q . b_k, where q . b_k is the
+        same for every key and cancels in the softmax (so b_k gets no gradient, in the public code's
+        arithmetic too), and sum_l p_l (W_v x_l + b_v) = W_v (sum_l p_l x_l) + b_v sum_l p_l.
+        token (d,), keys (B, L, d), key_mask (B, L) -> (B, d).
+        """
+        if self.window is not None:
+            raise ValueError("single_query does not support a Gaussian window")
+        h, dh, d = self.n_heads, self.head_dim, keys.shape[-1]
+        q = self.q(token).view(h, dh) / math.sqrt(dh)
+        folded = torch.einsum("he,hed->hd", q, self.k.weight.view(h, dh, d))  # (h, d)
+        scores = (keys @ folded.t()).transpose(1, 2)  # (B, h, L)
+        if key_mask is not None:
+            scores = scores + (1.0 - key_mask[:, None, :]) * -10000.0
+        probs = self.dropout(scores.softmax(dim=-1))
+        pooled = probs @ keys  # (B, h, d)
+        context = torch.einsum("bhd,hed->bhe", pooled, self.v.weight.view(h, dh, d))
+        context = context + self.v.bias.view(h, dh) * probs.sum(dim=-1, keepdim=True)
+        return context.reshape(keys.shape[0], d)
+
 
 class FeedForward(nn.Module):
     def __init__(self, d: int, d_ff: int, dropout: float):
         super().__init__()
-        self.up, self.down, self.dropout = nn.Linear(d, d_ff), nn.Linear(d_ff, d), nn.Dropout(dropout)
+        self.up, self.down, self.dropout = nn.Linear(d, d_ff), nn.Linear(d_ff, d), Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down(self.dropout(F.relu(self.up(x), inplace=True)))
@@ -146,13 +213,21 @@ class TransformerLayer(nn.Module):
         self.attn = Attention(d, n_heads, dropout, window)
         self.ffn = FeedForward(d, ffn_mult * d, dropout)
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
+        self.dropout1, self.dropout2 = Dropout(dropout), Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None, keys: Optional[Tensor] = None,
                 packing: Optional[Packing] = None) -> Tensor:
         """x (B, L, d), or packed valid rows (N, d) with their ``packing``."""
         keys = x if keys is None else keys
-        x = self.norm1(x + self.dropout1(self.attn(x, keys, mask, packing)))
+        return self._residuals(x, self.attn(x, keys, mask, packing))
+
+    def summarise(self, token: Tensor, keys: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
+        """forward(token.expand(B, 1, d), key_mask, keys)[:, 0]: one shared query token over B key sets -> (B, d)."""
+        context = self.attn.single_query(token.reshape(-1), keys, key_mask)
+        return self._residuals(token.reshape(1, -1).expand_as(context), context)
+
+    def _residuals(self, x: Tensor, context: Tensor) -> Tensor:
+        x = self.norm1(x + self.dropout1(context))
         return self.norm2(x + self.dropout2(self.ffn(x)))
 
 
@@ -172,7 +247,7 @@ class GMMBlock(nn.Module):
             for w in GMM_WIDTHS
         )
         self.summary = TransformerLayer(d, n_heads, dropout, ffn_mult=1)
-        self.gate = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Dropout(dropout), nn.Linear(d, length))
+        self.gate = nn.Sequential(nn.Linear(d, d), nn.ReLU(), Dropout(dropout), nn.Linear(d, length))
         self.sft_factor = sft_factor
 
     def forward(self, x: Tensor, mask: Optional[Tensor], token: Tensor, packing: Optional[Packing] = None) -> Tensor:
@@ -182,17 +257,15 @@ class GMMBlock(nn.Module):
                    for branch in self.branches]
         else:
             run = [branch(x, mask, packing=packing) for branch in self.branches]
-        outs = torch.stack(run, dim=-2)  # (B, L, 8, d) or packed (N, 8, d)
-        padded = outs if packing is None else packing.unpack(outs)
-        b, length, n, d = padded.shape
-        # all eight summaries in one cross-attention call: the batch is (B * 8)
-        flat = padded.transpose(1, 2).reshape(b * n, length, d)
+        if packing is not None:
+            run = [packing.unpack(out) for out in run]
+        outs = torch.stack(run, dim=1)  # (B, 8, L, d)
+        b, n, length, d = outs.shape
+        # the shared token summarises each (video, branch) by cross-attention: a batch of B * 8 key sets
         flat_mask = None if mask is None else mask.repeat_interleave(n, dim=0)
-        summaries = self.summary(token.expand(b * n, 1, d), flat_mask, keys=flat).view(b, n, d)
-        weights = (self.gate(summaries).transpose(1, 2) / self.sft_factor).softmax(dim=-1)  # (B, L, 8)
-        if packing is None:
-            return (outs * weights.unsqueeze(-1)).sum(dim=-2)
-        return packing.unpack((outs * packing.pack(weights).unsqueeze(-1)).sum(dim=-2))
+        summaries = self.summary.summarise(token, outs.view(b * n, length, d), flat_mask).view(b, n, d)
+        weights = (self.gate(summaries) / self.sft_factor).softmax(dim=1)  # (B, 8, L): softmax over branches
+        return (outs * weights.unsqueeze(-1)).sum(dim=1)
 
 
 class AttentionPool(nn.Module):
@@ -272,8 +345,9 @@ def _chunked_max(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
 class _MaskedMaxSim(torch.autograd.Function):
     """Autograd for the chunked max: the backward pass needs only the argmax, not the 4-D tensor.
 
-    The public code keeps several (Nq, Nv, Lq, Lf) tensors alive for autograd; here peak memory
-    is one chunk in the forward and one in the backward pass.
+    The public code keeps several (Nq, Nv, Lq, Lf) tensors alive for autograd. Here the backward
+    pass gathers the winning frame of each (query word, video) pair, so it costs Nq*Lq*Nv*d
+    multiply-adds instead of the forward's Nq*Lq*Nv*Lf*d.
     """
 
     @staticmethod
@@ -286,17 +360,17 @@ class _MaskedMaxSim(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
         a, b, index = ctx.saved_tensors
         (nq, lq, d), (nv, lf, _) = a.shape, b.shape
-        step = _chunk_rows(a, b)
         flat_b = b.reshape(nv * lf, d)
-        grad_a, grad_b = torch.empty_like(a), torch.zeros(nv * lf, d, dtype=b.dtype, device=b.device)
-        grad, index = grad.to(a.dtype).transpose(1, 2), index.transpose(1, 2)  # (Nq, Lq, Nv) views
+        # (Nq, Lq, Nv) layouts; row of flat_b that won each max
+        rows = index.transpose(1, 2) + torch.arange(0, nv * lf, lf, device=b.device)
+        grad = grad.to(a.dtype).transpose(1, 2)
+        grad_a, grad_b = torch.empty_like(a), torch.zeros_like(flat_b)
+        step = max(1, MAX_SIM_CHUNK_ELEMENTS // max(1, lq * nv * d))
         for i in range(0, nq, step):
-            g, idx = grad[i:i + step], index[i:i + step]
-            # one non-zero per (q, t, v): the gradient goes to the frame that won the max
-            sparse = g.new_zeros(*g.shape, lf).scatter_(-1, idx.unsqueeze(-1), g.unsqueeze(-1))
-            sparse = sparse.view(-1, nv * lf)
-            grad_a[i:i + step] = (sparse @ flat_b).view(-1, lq, d)
-            grad_b += sparse.t() @ a[i:i + step].reshape(-1, d)
+            r, g = rows[i:i + step], grad[i:i + step]
+            won = flat_b[r]  # (c, Lq, Nv, d)
+            grad_a[i:i + step] = (g.unsqueeze(-2) @ won).squeeze(-2)
+            grad_b.index_add_(0, r.reshape(-1), (g.unsqueeze(-1) * a[i:i + step].unsqueeze(2)).reshape(-1, d))
         return grad_a, grad_b.view(nv, lf, d)
 
 
@@ -352,7 +426,7 @@ class VideoEncoding(_Encoding):
 @dataclass
 class QueryEncoding(_Encoding):
     pooled: Tensor  # (Nq, d) clip-branch query
-    words: Tensor   # (Nq, Lq, d) frame-branch (CSA) word tokens; padded positions NOT zeroed
+    words: Tensor   # (Nq, Lq, d) frame-branch (CSA) word tokens, exactly 0 at padding
     mask: Tensor    # (Nq, Lq)
 
 
@@ -481,12 +555,16 @@ class RALModel(nn.Module):
     def encode_queries(self, query_feats: Tensor, query_mask: Tensor) -> QueryEncoding:
         """Pooled clip-branch query (Nq, d) and CSA word tokens (Nq, Lq, d)."""
         query_mask = query_mask.to(query_feats.dtype)
-        tokens = self.query_encoder(self.query_pos(self.query_proj(query_feats)), query_mask)
+        # position-wise layers run on valid tokens only (see Packing); padded tokens come out as 0
+        packing = Packing.from_mask(query_mask)
+        feats, positions = packing.pack(query_feats), packing.positions
+        tokens = self.query_encoder(self.query_pos(self.query_proj(feats), positions), query_mask, packing=packing)
+        tokens = packing.unpack(tokens)
         logits = self.query_pool(tokens).squeeze(-1)
         logits = logits * query_mask + (1.0 - query_mask) * -1e10
         pooled = torch.einsum("bl,bld->bd", logits.softmax(dim=-1), tokens)
-        words = self.word_encoder(self.query_pos(self.word_proj(query_feats)), query_mask)
-        return QueryEncoding(pooled, words, query_mask)
+        words = self.word_encoder(self.query_pos(self.word_proj(feats), positions), query_mask, packing=packing)
+        return QueryEncoding(pooled, packing.unpack(words), query_mask)
 
     # --- scores (SPEC sections 4-5) ---
 
