@@ -1,4 +1,4 @@
-"""Measure the engine on this machine: training step time, peak memory, evaluation time.
+"""Measure the engine on this machine: training step time, peak memory, evaluation time, feature reading.
 
 Synthetic in-memory inputs of the sizes used for the reference figures in issue 4 (hidden 384,
 4 heads, Dv 1024, Dt 768, 5 captions per video, 20-200 frames per video), so no data is needed:
@@ -7,6 +7,7 @@ Synthetic in-memory inputs of the sizes used for the reference figures in issue 
     python benchmarks/bench_engine.py --batch-sizes 32 --eval 200x1000 --steps 3
     python benchmarks/bench_engine.py --preset act --device cuda --amp bf16
     python benchmarks/bench_engine.py --batch-sizes 128 --eval --set model.checkpoint_branches=true
+    python benchmarks/bench_engine.py --batch-sizes --eval --read 500     # feature reading only
 
 Each measurement runs in its own process, so that its peak memory (resident set size on CPU,
 ``max_memory_allocated`` on CUDA) is its own. This is a measurement script, not a test.
@@ -18,6 +19,7 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -147,6 +149,27 @@ def measure_eval(args: argparse.Namespace) -> dict[str, Any]:
             "fused_SumR_random_model": result.metrics["fused"]["SumR"]}
 
 
+def measure_read(args: argparse.Namespace) -> dict[str, Any]:
+    """ms per video to read one video's inputs (32 clips + up to 128 frames) from a release-layout feature.bin."""
+    from ralbook.data import Collection
+    from ralbook.demo import generate_demo
+
+    with tempfile.TemporaryDirectory() as tmp:
+        generate_demo(tmp, n_train=args.read, n_val=2, n_test=2, visual_dim=args.visual_dim, text_dim=args.text_dim,
+                      min_frames=20, max_frames=200, frames_median=100)
+        collection = Collection(tmp, "demo")
+        videos = collection.videos("train")
+        collection.video_arrays(videos[0])  # opens the memory map and the id index
+        start = time.perf_counter()
+        for video in videos:
+            collection.video_arrays(video)
+        elapsed = time.perf_counter() - start
+        frames = sum(collection.n_frames(v) for v in videos) / len(videos)
+        collection.close()
+    return {"task": "read", "videos": len(videos), "ms_per_video": 1e3 * elapsed / len(videos),
+            "frames_per_video": frames}
+
+
 def child_args(args: argparse.Namespace, task: str, value: str) -> list[str]:
     common = ["--preset", args.preset, "--hidden", str(args.hidden), "--heads", str(args.heads),
               "--visual-dim", str(args.visual_dim), "--text-dim", str(args.text_dim), "--device", args.device,
@@ -155,7 +178,7 @@ def child_args(args: argparse.Namespace, task: str, value: str) -> list[str]:
               "--video-chunk", str(args.video_chunk), "--video-batch", str(args.video_batch),
               "--threads", str(args.threads)] + (["--compile"] if args.compile else []) + (
               ["--hard"] if args.hard else []) + [f"--set={a}" for a in args.set]
-    extra = ["--batch-size", value] if task == "train" else ["--eval-size", value]
+    extra = {"train": ["--batch-size", value], "eval": ["--eval-size", value], "read": ["--read", value]}[task]
     return [sys.executable, __file__, "--child", task] + common + extra
 
 
@@ -170,6 +193,7 @@ def main() -> None:
     p.add_argument("--batch-sizes", type=int, nargs="*", default=[32, 128])
     p.add_argument("--eval", dest="eval_sizes", nargs="*", default=["200x1000", "1000x5000"],
                    help="VIDEOSxQUERIES evaluation sizes")
+    p.add_argument("--read", type=int, default=200, help="videos for the feature-reading measurement (0: skip)")
     p.add_argument("--steps", type=int, default=3, help="timed training steps (after the warm-up ones)")
     p.add_argument("--warmup-steps", type=int, default=1)
     p.add_argument("--hard", action="store_true", help="hard-negative triplets (epochs >= 20)")
@@ -183,20 +207,22 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set model.checkpoint_branches=true (repeatable)")
     p.add_argument("--json", help="also write the results to this file")
-    p.add_argument("--child", choices=["train", "eval"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["train", "eval", "read"], help=argparse.SUPPRESS)
     p.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--eval-size", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
-        print(json.dumps(measure_train(args) if args.child == "train" else measure_eval(args)))
+        measure = {"train": measure_train, "eval": measure_eval, "read": measure_read}[args.child]
+        print(json.dumps(measure(args)))
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {resolve_device(args.device)}, "
           f"preset {args.preset}: hidden {args.hidden}, heads {args.heads}, Dv {args.visual_dim}, Dt {args.text_dim}, "
           f"amp {args.amp}, compile {args.compile}" + "".join(f", {a}" for a in args.set), flush=True)
     results = []
     jobs = [("train", str(b)) for b in args.batch_sizes] + [("eval", s) for s in args.eval_sizes]
+    jobs += [("read", str(args.read))] if args.read else []
     for task, value in jobs:
         run = subprocess.run(child_args(args, task, value), capture_output=True, text=True)
         if run.returncode != 0:
@@ -205,7 +231,10 @@ def main() -> None:
         r = json.loads(run.stdout.strip().splitlines()[-1])
         results.append(r)
         dev = f", device peak {r['peak_device_gb']:.2f} GB" if r.get("peak_device_gb") is not None else ""
-        if task == "train":
+        if task == "read":
+            print(f"feature reading: {r['ms_per_video']:.2f} ms per video ({r['videos']} videos, "
+                  f"{r['frames_per_video']:.0f} frames of Dv {args.visual_dim} on average)", flush=True)
+        elif task == "train":
             print(f"train batch {r['batch']:>4} ({r['queries']} queries): {r['step_s']:.2f} s/step "
                   f"(min {r['min_step_s']:.2f}), peak RSS {r['peak_rss_gb']:.2f} GB "
                   f"(before the steps {r['rss_before_gb']:.2f} GB){dev}", flush=True)

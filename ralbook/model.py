@@ -40,27 +40,33 @@ class _CPUDropout(torch.autograd.Function):
     torch's CPU ``bernoulli_`` draws one random number per element and took ~20% of a CPU training
     step; this draws a quarter as many. The drop probability is rounded to a multiple of 2**-15
     (0.2 -> 0.20001) and the scale is the inverse of the actual keep probability, so E[out] = x.
-    The backward pass keeps only the boolean mask.
+    With ``relu`` the ReLU before the dropout is folded into the same mask. The backward pass
+    keeps only that boolean mask (not the ReLU output as well).
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, p: float) -> Tensor:
+    def forward(ctx, x: Tensor, p: float, relu: bool) -> Tensor:
         cut = round(p * 32768)
         n = x.numel()
         draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_()
         keep = draws.view(torch.int16)[:n].view(x.shape).bitwise_and(0x7FFF) >= cut
+        if relu:
+            keep &= x > 0
         ctx.scale = 32768 / (32768 - cut)
         ctx.save_for_backward(keep)
         return x * keep.to(x.dtype).mul_(ctx.scale)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
         (keep,) = ctx.saved_tensors
-        return grad * keep.to(grad.dtype).mul_(ctx.scale), None
+        return grad * keep.to(grad.dtype).mul_(ctx.scale), None, None
 
 
 class Dropout(nn.Module):
-    """nn.Dropout, with a faster mask on the CPU (see _CPUDropout); other devices use torch's kernel."""
+    """nn.Dropout, with a faster mask on the CPU (see _CPUDropout); other devices use torch's kernel.
+
+    ``forward(x, relu=True)`` is dropout(relu(x)), fused on the CPU.
+    """
 
     def __init__(self, p: float):
         super().__init__()
@@ -68,12 +74,12 @@ class Dropout(nn.Module):
             raise ValueError(f"dropout probability must be in [0, 1], got {p}")
         self.p = p
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, relu: bool = False) -> Tensor:
         if not self.training or self.p == 0.0:
-            return x
+            return F.relu(x) if relu else x
         if x.device.type != "cpu" or self.p >= 1.0:
-            return F.dropout(x, self.p, training=True)
-        return _CPUDropout.apply(x, self.p)
+            return F.dropout(F.relu(x) if relu else x, self.p, training=True)
+        return _CPUDropout.apply(x, self.p, relu)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -131,7 +137,8 @@ class Packing:
 
     def unpack(self, x: Tensor) -> Tensor:  # (N, ...) -> (B, L, ...), zeros at padding
         out = x.new_zeros(self.shape[0] * self.shape[1], *x.shape[1:])
-        return out.index_copy(0, self.index, x).view(*self.shape, *x.shape[1:])
+        # index_put, not index_copy: its backward keeps only the index, not a copy of x
+        return out.index_put((self.index,), x).view(*self.shape, *x.shape[1:])
 
 
 def gaussian_window(length: int, width: float) -> Tensor:
@@ -202,7 +209,7 @@ class FeedForward(nn.Module):
         self.up, self.down, self.dropout = nn.Linear(d, d_ff), nn.Linear(d_ff, d), Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down(self.dropout(F.relu(self.up(x), inplace=True)))
+        return self.down(self.dropout(self.up(x), relu=True))
 
 
 class TransformerLayer(nn.Module):

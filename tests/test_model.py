@@ -442,3 +442,21 @@ def test_cpu_dropout_keeps_the_expected_share_and_mean():
     # 16-bit slices of the 64-bit draws: each position in a draw is unbiased (none always kept or dropped)
     share = (layer.train()(torch.ones(4 * 50_000)) != 0).view(-1, 4).double().mean(0)
     assert ((share - 0.8).abs() < 0.01).all()
+
+
+def test_fused_relu_dropout_equals_relu_then_the_same_mask():
+    from ralbook.model import Dropout
+
+    layer = Dropout(0.3).train()
+    x = torch.randn(1001, 7, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(5)
+    plain = layer(x)  # the mask of this draw, applied to x itself
+    torch.manual_seed(5)
+    fused = layer(x, relu=True)  # same draw: same mask, after the ReLU
+    torch.testing.assert_close(fused, torch.relu(plain))
+    upstream = torch.randn_like(x)
+    fused.backward(upstream)
+    scale = 32768 / (32768 - round(0.3 * 32768))
+    expected = upstream * ((plain != 0) & (x > 0)).double() * scale
+    torch.testing.assert_close(x.grad, expected)
+    assert torch.equal(layer.eval()(x, relu=True), torch.relu(x))
