@@ -365,20 +365,16 @@ class _MaskedMaxSim(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
-        a, b, index = ctx.saved_tensors
-        (nq, lq, d), (nv, lf, _) = a.shape, b.shape
-        flat_b = b.reshape(nv * lf, d)
-        # (Nq, Lq, Nv) layouts; row of flat_b that won each max
-        rows = index.transpose(1, 2) + torch.arange(0, nv * lf, lf, device=b.device)
-        grad = grad.to(a.dtype).transpose(1, 2)
-        grad_a, grad_b = torch.empty_like(a), torch.zeros_like(flat_b)
-        step = max(1, MAX_SIM_CHUNK_ELEMENTS // max(1, lq * nv * d))
-        for i in range(0, nq, step):
-            r, g = rows[i:i + step], grad[i:i + step]
-            won = flat_b[r]  # (c, Lq, Nv, d)
-            grad_a[i:i + step] = (g.unsqueeze(-2) @ won).squeeze(-2)
-            grad_b.index_add_(0, r.reshape(-1), (g.unsqueeze(-1) * a[i:i + step].unsqueeze(2)).reshape(-1, d))
-        return grad_a, grad_b.view(nv, lf, d)
+        a, b, index = ctx.saved_tensors  # index (Nq, Nv, Lq): the winning frame of each max
+        (nq, lq, d), nv = a.shape, b.shape[0]
+        grad = grad.to(a.dtype)
+        flat_a = a.reshape(nq * lq, d)
+        grad_a, grad_b = torch.zeros_like(flat_a), torch.zeros_like(b)
+        for v in range(nv):  # one video at a time: (Nq * Lq, d) temporaries, cache-sized
+            won, g = index[:, v].reshape(-1), grad[:, v].reshape(-1, 1)
+            grad_a.addcmul_(g, b[v].index_select(0, won))
+            grad_b[v].index_add_(0, won, flat_a * g)
+        return grad_a.view_as(a), grad_b
 
 
 def _used_length(mask: Tensor) -> int:
