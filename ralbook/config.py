@@ -51,7 +51,7 @@ class ModelConfig:
     csa: bool = True                   # RAL frame branch (off: GMMFormer v2 frame score)
     word_confidence: bool = True       # off: uniform weights over valid words
     msra: bool = True                  # off: no proxies, no L_PM / L_DA
-    checkpoint_branches: bool = False  # recompute GMM branches in backward: far less memory, ~30% more time
+    checkpoint_branches: bool = False  # recompute GMM branches in backward: half the memory, 15-20% more time
 
 
 @dataclass

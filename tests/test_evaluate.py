@@ -174,7 +174,7 @@ def test_format_metrics_and_json():
     json.dumps(out)
 
 
-def test_device_resolution_and_autocast():
+def test_device_resolution_and_autocast(monkeypatch):
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type in ("cpu", "cuda", "mps")
     from ralbook.errors import RalbookError
@@ -184,8 +184,26 @@ def test_device_resolution_and_autocast():
             resolve_device("cuda")
     with pytest.raises(RalbookError):
         autocast(torch.device("cpu"), "fp16")
+    monkeypatch.setattr("ralbook.evaluate.cpu_lacks_bf16", lambda: True)
+    with pytest.warns(RuntimeWarning, match="no bf16 instructions"):
+        with autocast(torch.device("cpu"), "bf16"):
+            pass
+    monkeypatch.setattr("ralbook.evaluate.cpu_lacks_bf16", lambda: False)
     with autocast(torch.device("cpu"), "bf16"):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def test_emulated_bf16_is_detected_from_cpu_flags(tmp_path):
+    from ralbook.evaluate import cpu_lacks_bf16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t\t: fpu sse2 avx avx2 fma\n")
+    assert cpu_lacks_bf16(info)
+    info.write_text("flags\t\t: fpu sse2 avx avx2 fma avx512f avx512_bf16\n")
+    assert not cpu_lacks_bf16(info)
+    info.write_text("flags\t\t: fpu sse2 avx avx2 amx_bf16 amx_tile\n")
+    assert not cpu_lacks_bf16(info)
+    assert not cpu_lacks_bf16(tmp_path / "missing")  # not Linux: no warning
 
 
 # ----------------------------------------------------------------------------- evaluate() on a collection
