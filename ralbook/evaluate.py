@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import warnings
 from dataclasses import dataclass
@@ -67,6 +68,11 @@ def cpu_lacks_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return " avx2" in flags and "avx512_bf16" not in flags and "amx_bf16" not in flags
 
 
+@functools.lru_cache(maxsize=None)
+def _host_lacks_bf16() -> bool:  # read /proc/cpuinfo once, not at every autocast step
+    return cpu_lacks_bf16()
+
+
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
     """Mixed-precision context: ``none``, ``bf16`` (any device) or ``fp16`` (CUDA/MPS only)."""
     if amp in ("none", "", None):
@@ -76,7 +82,7 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
         raise RalbookError(f"unknown amp mode {amp!r}; use none, bf16 or fp16")
     if amp == "fp16" and device.type == "cpu":
         raise RalbookError("amp=fp16 needs a GPU (it relies on a gradient scaler); use amp=bf16 on CPU")
-    if amp == "bf16" and device.type == "cpu" and cpu_lacks_bf16():
+    if amp == "bf16" and device.type == "cpu" and _host_lacks_bf16():
         warnings.warn("this CPU has no bf16 instructions (no avx512_bf16/amx_bf16 in /proc/cpuinfo): bf16 autocast "
                       "is emulated and several times slower than fp32 here (measured 8x on an AVX2 machine); "
                       "use amp=none", RuntimeWarning, stacklevel=2)

@@ -77,7 +77,7 @@ class Dropout(nn.Module):
     def forward(self, x: Tensor, relu: bool = False) -> Tensor:
         if not self.training or self.p == 0.0:
             return F.relu(x) if relu else x
-        if x.device.type != "cpu" or self.p >= 1.0:
+        if x.device.type != "cpu" or not 0 < round(self.p * 32768) < 32768:  # GPUs; p within 2**-16 of 0 or 1
             return F.dropout(F.relu(x) if relu else x, self.p, training=True)
         return _CPUDropout.apply(x, self.p, relu)
 
@@ -143,11 +143,13 @@ class Packing:
 
 def gaussian_window(length: int, width: float) -> Tensor:
     """(L, L) multiplicative attention window of GMMFormer: row i peaks at key i / L, rows max-normalised."""
-    centre = torch.arange(length, dtype=torch.float32).unsqueeze(1) / length
-    position = torch.linspace(0, 1, length).unsqueeze(0)
+    centre = torch.arange(length, dtype=torch.float64).unsqueeze(1) / length
+    position = torch.linspace(0, 1, length, dtype=torch.float64).unsqueeze(0)
     s = max(width, 0.01) / 9
-    g = 0.3989422804014327 / s * torch.exp(-((position - centre) ** 2) / (2 * s**2))
-    return g / g.max(dim=-1, keepdim=True).values
+    # the Gaussian density N(position; centre, s) divided by its row maximum, computed in log space
+    # (the density itself underflows to a row of zeros for narrow windows at short lengths)
+    log_density = -((position - centre) ** 2) / (2 * s**2)
+    return (log_density - log_density.max(dim=-1, keepdim=True).values).exp().float()
 
 
 class Attention(nn.Module):

@@ -326,6 +326,11 @@ def test_gaussian_window_properties():
             for j in range(length)] for i in range(length)]
     expected = torch.tensor([[x / max(row) for x in row] for row in raw])
     torch.testing.assert_close(gaussian_window(length, width), expected)
+    # short lengths with the narrowest window: no row underflows to 0/0
+    for length in (2, 4, 5, 8):
+        tiny = gaussian_window(length, 0.1)
+        assert torch.isfinite(tiny).all()
+        torch.testing.assert_close(tiny.max(dim=-1).values, torch.ones(length))
 
 
 def test_windows_are_buffers_not_parameters():
@@ -439,6 +444,9 @@ def test_cpu_dropout_keeps_the_expected_share_and_mean():
     torch.testing.assert_close(layer(x), y)
     assert not torch.equal(layer(x) != 0, keep)
     assert layer.eval()(x) is x
+    # probabilities within 2**-16 of 0 or 1 fall back to torch's dropout instead of dividing by zero
+    assert Dropout(0.99999).train()(torch.ones(1000)).abs().sum() < 1000 * 1e5
+    assert torch.equal(Dropout(1.0).train()(torch.ones(10)), torch.zeros(10))
     # 16-bit slices of the 64-bit draws: each position in a draw is unbiased (none always kept or dropped)
     share = (layer.train()(torch.ones(4 * 50_000)) != 0).view(-1, 4).double().mean(0)
     assert ((share - 0.8).abs() < 0.01).all()
