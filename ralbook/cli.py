@@ -1,4 +1,4 @@
-"""Command line: ``python -m ralbook {inspect,make-demo,train,evaluate,demo} ...``.
+"""Command line: ``python -m ralbook {inspect,make-demo,train,evaluate,demo,extract,search} ...``.
 
 Each sub-command lives in the module that owns its logic; that module exposes
 ``add_arguments(parser)`` and ``run(args) -> int`` under the names registered below.
@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("ralbook.train", "train a model"),
     "evaluate": ("ralbook.evaluate", "evaluate a checkpoint"),
     "demo": ("ralbook.pipeline", "the main job: train on the demo data and run all notebooks"),
+    "extract": ("ralbook.extract", "video files (+ captions) -> a collection of CLIP features"),
+    "search": ("ralbook.search", "rank a collection's videos for a free-text query"),
 }
 
 

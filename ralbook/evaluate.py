@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ralbook.config import Config, preset
+from ralbook.config import PRESETS, Config, preset
 from ralbook.errors import CheckpointError, DataError, RalbookError
 
 SCORE_KINDS: tuple[str, ...] = ("clip", "frame", "fused")
@@ -451,10 +451,12 @@ def load_model_state(model: torch.nn.Module, state: dict[str, Tensor], source: A
 
 
 def require_data_root(cfg: Config) -> None:
-    """The paper presets name no data folder: the user must give one."""
+    """The paper presets name no data folder (and ``clip`` no collection): the user must give them."""
     if not cfg.data.data_root:
         raise RalbookError(f"no data root for collection {cfg.data.collection!r}: pass --data-root ROOT (the folder "
                            f"that holds {cfg.data.collection}/) or set data.data_root")
+    if not cfg.data.collection:
+        raise RalbookError("no collection named: pass --collection NAME (the folder under the data root)")
 
 
 def check_dims(cfg: Config, collection: Any) -> None:
@@ -498,7 +500,7 @@ def apply_data_arguments(cfg: Config, args: argparse.Namespace) -> Config:
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="best.pt/last.pt of a run, or the authors' checkpoint")
-    parser.add_argument("--preset", choices=["demo", "tvr", "act", "cha"],
+    parser.add_argument("--preset", choices=sorted(PRESETS),
                         help="configuration of an authors' checkpoint (ralbook checkpoints carry their own)")
     parser.add_argument("--split", default="test", help="caption file to evaluate (default test)")
     parser.add_argument("--relevant", help="optional file: caption id -> relevant video ids (JSON or text lines)")

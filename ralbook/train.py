@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ralbook.config import Config, preset
+from ralbook.config import PRESETS, Config, preset
 from ralbook.errors import CheckpointError, DataError, RalbookError
 from ralbook.evaluate import (EvalResult, add_data_arguments, apply_data_arguments, autocast, check_dims, evaluate,
                               format_metrics, load_model_state, require_data_root, resolve_device)
@@ -548,7 +548,7 @@ def load_run(run_dir: PathLike, device: Optional[Union[str, torch.device]] = Non
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", choices=["demo", "tvr", "act", "cha"], default=None,
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="dataset settings of SPEC section 8 (demo: the bundled collection on a CPU)")
     parser.add_argument("--epochs", type=int, help="number of epochs (train.n_epoch)")
     parser.add_argument("--batch-size", type=int, help="videos per batch (train.batch_size)")

@@ -1,0 +1,314 @@
+"""The ``extract`` command: a folder of video files (and optional captions) becomes a collection in
+the release layout (``data/README.md``) with CLIP features, which ``inspect``, ``train``,
+``evaluate`` and ``search`` read unchanged.
+
+Output of ``extract --out ROOT/NAME``::
+
+    NAME/FeatureData/FEATURE/feature.bin id.txt shape.txt video2frames.txt   frame rows, one per sampled frame
+    NAME/TextData/NAME{split}.caption.txt                                     captions, "VIDEO#enc#N text"
+    NAME/TextData/roberta_NAME_query_feat.hdf5   CLIP token features per caption (the release's file name,
+                                                 so the readers need no option; the content is CLIP's)
+    NAME/TextData/NAME_words.json                the tokens of each caption, one per feature row
+    NAME/videos.json                             per video: source file, times (s) of its frames, duration
+    NAME/extract.json                            model, sampling, counts, and the videos that failed
+    NAME/.extract/                               resume state: one .npy per finished video + a progress log
+
+Extraction resumes: each finished video is saved to ``.extract/`` and logged before the next one
+starts, so a rerun with the same settings skips it. The layout files are rebuilt from that state
+at the end of every run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+
+from ralbook.analysis import batched
+from ralbook.clipfeatures import words_of
+from ralbook.data import SPLITS
+from ralbook.demo import _json_lines, _write_features, _write_text, _write_text_features
+from ralbook.errors import RalbookError
+from ralbook.video import Sampling, VideoReadError, decode, list_videos, unique_ids, video_id
+
+STATE_DIR = ".extract"
+PROGRESS_FILE = "progress.jsonl"
+SETTINGS_FILE = "settings.json"
+DEFAULT_FEATURE = "clip"
+DEFAULT_SPLIT = "test"   # the split of captions that name none: evaluate and search read it by default
+
+
+# ----------------------------------------------------------------------------- captions
+
+@dataclass
+class Caption:
+    cap_id: str
+    video: str
+    text: str
+    split: str
+
+
+def read_captions(path: Path, default_split: str = DEFAULT_SPLIT) -> list[Caption]:
+    """Tab-separated lines ``VIDEO<TAB>caption text[<TAB>split]`` (split: train, val or test).
+
+    VIDEO is the video's id (its file name without extension, see :func:`ralbook.video.video_id`)
+    or its file name. Caption ids become ``VIDEO#enc#N``, N counting the video's captions from 0.
+    """
+    out: list[Caption] = []
+    counts: dict[str, int] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = [p.strip() for p in line.split("\t")]
+        if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+            raise RalbookError(f"{path}: line {number}: expected 'VIDEO<TAB>caption[<TAB>split]', found "
+                               f"{line[:80]!r}")
+        split = parts[2] if len(parts) == 3 and parts[2] else default_split
+        if split not in SPLITS:
+            raise RalbookError(f"{path}: line {number}: split {split[:80]!r} is not one of {', '.join(SPLITS)}")
+        vid = video_id(Path(parts[0]))
+        n = counts.get(vid, 0)
+        counts[vid] = n + 1
+        out.append(Caption(f"{vid}#enc#{n}", vid, " ".join(parts[1].split()), split))
+    return out
+
+
+# ----------------------------------------------------------------------------- resume state
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary name, then rename: a kill leaves the old file or the new one, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class ExtractState:
+    """``NAME/.extract/``: the settings, one ``VIDEO.npy`` per finished video, and a progress log
+    with one JSON line per finished (or failed) video."""
+
+    def __init__(self, out: Path, settings: dict[str, Any]):
+        self.dir = out / STATE_DIR
+        self.dir.mkdir(parents=True, exist_ok=True)
+        settings_path = self.dir / SETTINGS_FILE
+        if settings_path.is_file():
+            saved = json.loads(settings_path.read_text())
+            diffs = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in settings.items() if saved.get(k) != v]
+            if diffs:
+                raise RalbookError(f"{out} was extracted with other settings ({'; '.join(diffs)[:200]}); use another "
+                                   f"--out, the same settings, or delete {self.dir} to start over")
+        else:
+            _write_atomic(settings_path, json.dumps(settings, indent=1).encode())
+        self.records = self._read_log()
+
+    def _read_log(self) -> dict[str, dict[str, Any]]:
+        path = self.dir / PROGRESS_FILE
+        records: dict[str, dict[str, Any]] = {}
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # the line being written when the process was killed
+                    continue
+                records[rec["video"]] = rec
+        return records
+
+    def done(self, vid: str) -> bool:
+        rec = self.records.get(vid)
+        return bool(rec and rec["status"] == "ok" and self.frames_path(vid).is_file())
+
+    def frames_path(self, vid: str) -> Path:
+        return self.dir / f"{vid}.npy"
+
+    def _log(self, rec: dict[str, Any]) -> None:
+        with open(self.dir / PROGRESS_FILE, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(rec) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.records[rec["video"]] = rec
+
+    def save(self, vid: str, features: np.ndarray, info: dict[str, Any]) -> None:
+        tmp = self.frames_path(vid).with_suffix(".tmp.npy")
+        np.save(tmp, features.astype(np.float32))
+        os.replace(tmp, self.frames_path(vid))
+        self._log({"video": vid, "status": "ok", **info})
+
+    def fail(self, vid: str, source: Path, error: str) -> None:
+        self._log({"video": vid, "status": "failed", "source": str(source), "error": error})
+
+
+class _LazyFrames(Mapping):
+    """{video: frame rows} read from the state folder one video at a time (writing needs no more memory)."""
+
+    def __init__(self, state: ExtractState, videos: list[str]):
+        self.state, self.videos = state, videos
+
+    def __getitem__(self, vid: str) -> np.ndarray:
+        return np.load(self.state.frames_path(vid))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.videos)
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+
+# ----------------------------------------------------------------------------- the extraction
+
+@dataclass
+class ExtractSummary:
+    """What a run did; ``failed`` maps a video id to the reason it was left out."""
+
+    out: Path
+    encoded: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    n_frames: int = 0
+    captions: dict[str, int] = field(default_factory=dict)
+    dropped_captions: int = 0
+
+    def format(self) -> str:
+        lines = [f"{self.out}: {len(self.encoded)} videos encoded, {len(self.skipped)} already done (skipped), "
+                 f"{len(self.failed)} unreadable or empty; {self.n_frames} frame rows in all"]
+        if self.captions:
+            lines.append("captions per split: " + ", ".join(f"{s} {n}" for s, n in self.captions.items()))
+        if self.dropped_captions:
+            lines.append(f"{self.dropped_captions} captions left out: their video is missing or unreadable")
+        lines.extend(f"  failed {vid}: {why}" for vid, why in sorted(self.failed.items()))
+        return "\n".join(lines)
+
+
+def extract(videos: str | Path, out: str | Path, encoder: Any, sampling: Sampling,
+            captions: Optional[str | Path] = None, feature: str = DEFAULT_FEATURE, batch_size: int = 64,
+            progress: bool = True, on_video: Optional[Callable[[str], None]] = None) -> ExtractSummary:
+    """Encode every video under ``videos`` (folder or list file) and the captions into ``out``.
+
+    ``encoder`` is a :class:`ralbook.clipfeatures.ClipEncoder` (or anything with ``encode_frames``,
+    ``encode_texts``, ``image_size`` and ``describe()``). ``on_video(video_id)`` is called after each
+    video is saved (tests interrupt the run there).
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    sources = unique_ids(list_videos(videos))
+    caps = read_captions(Path(captions)) if captions else []
+    settings = {"encoder": encoder.describe(), "fps": sampling.fps, "frames_per_video": sampling.per_video,
+                "feature": feature}
+    state = ExtractState(out, settings)
+    summary = ExtractSummary(out)
+    for vid, path in tqdm(sources.items(), desc="extract videos", unit="video", disable=not progress):
+        if state.done(vid):
+            summary.skipped.append(vid)
+            continue
+        try:
+            decoded = decode(path, sampling, encoder.image_size)
+        except VideoReadError as err:
+            state.fail(vid, path, str(err))
+            continue
+        rows = np.concatenate([encoder.encode_frames(chunk) for chunk in batched(decoded.frames, batch_size)])
+        state.save(vid, rows, {"source": str(path), "times": [round(t, 4) for t in decoded.times],
+                               "duration": round(decoded.duration, 4), "native_fps": decoded.native_fps})
+        summary.encoded.append(vid)
+        if on_video is not None:
+            on_video(vid)
+    summary.failed = {v: r["error"] for v, r in state.records.items() if r["status"] == "failed" and v in sources}
+    good = sorted(v for v in sources if state.done(v))
+    if not good:
+        raise RalbookError(f"{videos}: no readable video found ({len(sources)} files tried; expected at least one "
+                           f"of {', '.join(sorted(set(p.suffix for p in sources.values()))) or 'mp4, webm, mkv, avi'})")
+    write_collection(out, feature, state, good, caps, encoder, batch_size, summary, progress)
+    return summary
+
+
+def write_collection(out: Path, feature: str, state: ExtractState, videos: list[str], caps: list[Caption],
+                     encoder: Any, batch_size: int, summary: ExtractSummary, progress: bool = True) -> None:
+    """The release layout from the resume state: frame features, captions and their token features."""
+    from tqdm.auto import tqdm
+
+    frames = _LazyFrames(state, videos)
+    _write_features(out / "FeatureData" / feature, videos, frames)
+    summary.n_frames = sum(len(state.records[v]["times"]) for v in videos)
+    have = set(videos)
+    kept = [c for c in caps if c.video in have]
+    summary.dropped_captions = len(caps) - len(kept)
+    text_dir = out / "TextData"
+    text_dir.mkdir(parents=True, exist_ok=True)
+    features: dict[str, np.ndarray] = {}
+    words: dict[str, list[str]] = {}
+    for chunk in tqdm(list(batched(kept, batch_size)), desc="encode captions", disable=not progress or not kept):
+        for cap, tf in zip(chunk, encoder.encode_texts([c.text for c in chunk])):
+            features[cap.cap_id] = tf.features
+            words[cap.cap_id] = words_of(tf.tokens)
+    for split in SPLITS:
+        lines = [f"{c.cap_id} {c.text}\n" for c in kept if c.split == split]
+        path = text_dir / f"{out.name}{split}.caption.txt"
+        if lines:
+            _write_text(path, "".join(lines))
+            summary.captions[split] = len(lines)
+        elif path.exists():
+            path.unlink()
+    if kept:
+        _write_text_features(text_dir / f"roberta_{out.name}_query_feat.hdf5", features)
+        _write_text(text_dir / f"{out.name}_words.json", _json_lines(words))
+    meta = {v: {k: state.records[v][k] for k in ("source", "times", "duration", "native_fps")} for v in videos}
+    _write_text(out / "videos.json", _json_lines(meta))
+    info = {"encoder": encoder.describe(), "feature": feature, "n_videos": len(videos), "n_frames": summary.n_frames,
+            "captions": summary.captions, "failed": summary.failed}
+    _write_text(out / "extract.json", json.dumps(info, indent=1) + "\n")
+
+
+def read_video_times(collection_dir: str | Path) -> dict[str, list[float]]:
+    """{video: times (s) of its frame rows} from ``videos.json`` (empty when the collection has none)."""
+    path = Path(collection_dir) / "videos.json"
+    if not path.is_file():
+        return {}
+    return {v: m["times"] for v, m in json.loads(path.read_text(encoding="utf-8")).items()}
+
+
+# ----------------------------------------------------------------------------- command line
+
+def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options that choose the CLIP model (shared with ``search``)."""
+    from ralbook.clipfeatures import DEFAULT_MODEL, DEFAULT_REVISION
+
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="CLIP model on the model hub (default %(default)s)")
+    parser.add_argument("--revision", default=DEFAULT_REVISION, help="model revision: branch, tag or commit "
+                                                                     "(default %(default)s)")
+    parser.add_argument("--cache-dir", default=None, help="model-hub cache folder (default: the hub's own)")
+    parser.add_argument("--offline", action="store_true", help="use the cached copy only, never download")
+
+
+def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--videos", required=True, help="folder of video files, or a text file listing them")
+    parser.add_argument("--out", required=True, help="collection folder ROOT/NAME to write")
+    parser.add_argument("--captions", help="tab-separated 'VIDEO<TAB>caption[<TAB>train|val|test]' lines")
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--fps", type=float, default=None, help="frames sampled per second of video (default 1)")
+    how.add_argument("--frames-per-video", type=int, default=None, help="evenly spaced frames per video instead")
+    parser.add_argument("--feature", default=DEFAULT_FEATURE, help="FeatureData sub-folder (default %(default)s)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
+    parser.add_argument("--batch-size", type=int, default=64, help="frames (or captions) per forward pass")
+    add_encoder_arguments(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    from ralbook.clipfeatures import load_clip
+
+    if args.frames_per_video is not None:
+        sampling = Sampling(fps=None, per_video=args.frames_per_video)
+    else:
+        sampling = Sampling(fps=1.0 if args.fps is None else args.fps)
+    list_videos(args.videos)  # a wrong path fails before the model loads
+    encoder = load_clip(args.model, args.revision, args.device, args.cache_dir, args.offline)
+    summary = extract(args.videos, args.out, encoder, sampling, args.captions, args.feature, args.batch_size,
+                      progress=not args.no_progress)
+    print(summary.format())
+    return 0
