@@ -15,7 +15,8 @@ def _name(requirement: str) -> str:
 
 def test_environment_yml_and_pyproject_agree():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pip_side = {_name(r): r for r in project["dependencies"] + project["optional-dependencies"]["test"]}
+    extras = [r for group in project["optional-dependencies"].values() for r in group]
+    pip_side = {_name(r): r for r in project["dependencies"] + extras}
     conda_side = {}
     in_deps = False
     for line in (ROOT / "environment.yml").read_text().splitlines():
@@ -39,3 +40,12 @@ def test_declared_dependencies_cover_the_design():
     names = {_name(r) for r in project["dependencies"]}
     assert {"torch", "numpy", "scipy", "h5py", "matplotlib", "seaborn", "jupyterlab", "ipykernel", "papermill",
             "ipywidgets", "tqdm"} <= names
+
+
+def test_the_video_libraries_are_an_optional_extra_that_make_test_installs():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    video = {_name(r) for r in project["optional-dependencies"]["video"]}
+    assert {"av", "transformers"} <= video
+    assert not video & {_name(r) for r in project["dependencies"]}
+    install = [line for line in (ROOT / "Makefile").read_text().splitlines() if "pip install" in line and "-e" in line]
+    assert install and all("video" in line for line in install)
