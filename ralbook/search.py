@@ -20,7 +20,9 @@ import numpy as np
 import torch
 
 from ralbook.analysis import _word_frame_matrix, batched
+from ralbook.clipfeatures import words_of
 from ralbook.errors import CheckpointError, RalbookError
+from ralbook.extract import add_encoder_arguments, read_video_times
 from ralbook.features import bin_edges, open_frame_store, query_input, video_inputs
 
 
@@ -45,10 +47,15 @@ class Moment:
 
 @dataclass
 class Hit:
+    """One ranked video: fused score, its moment, and the (words, frame rows) cosines and word
+    confidences the moment was read from."""
+
     video: str
     score: float
     n_frames: int
     moment: Moment
+    similarity: Optional[np.ndarray] = None
+    confidence: Optional[np.ndarray] = None
 
 
 class FrameView:
@@ -148,9 +155,9 @@ def search(model: Any, view: FrameView, videos: Sequence[str], query: np.ndarray
         hits = []
         for j, (i, vid) in enumerate(zip(best, chosen)):
             n = view.n_frames(vid)
-            moment = moment_of(_word_frame_matrix(q, 0, encoded, j), confidence, n, model.cfg.max_frames,
-                               (times or {}).get(vid))
-            hits.append(Hit(vid, float(fused[i]), n, moment))
+            sim = _word_frame_matrix(q, 0, encoded, j)
+            moment = moment_of(sim, confidence, n, model.cfg.max_frames, (times or {}).get(vid))
+            hits.append(Hit(vid, float(fused[i]), n, moment, sim, confidence[: sim.shape[0]]))
     finally:
         model.train(was_training)
     return hits
@@ -162,6 +169,54 @@ def format_hits(query: str, hits: Sequence[Hit]) -> str:
     for rank, h in enumerate(hits, 1):
         lines.append(f"{rank:>3}. {h.video:<{width}}  score {h.score:.3f}  best moment {h.moment.format(h.n_frames)}")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- notebooks
+
+def collection_text_encoder(collection_dir: str | Path, device: str = "cpu") -> tuple[Any, str]:
+    """(the CLIP encoder ``extract`` used for this collection, "") from the local cache only, or
+    (None, why not): other collections, a missing extra or an uncached model leave it unavailable."""
+    from ralbook.clipfeatures import load_clip
+
+    saved = encoder_settings(Path(collection_dir))
+    if not saved.get("model"):
+        return None, f"{Path(collection_dir).name} was not written by `ralbook extract`, so it has no text encoder"
+    try:
+        return load_clip(saved["model"], saved.get("revision", "main"), device, offline=True), ""
+    except RalbookError as err:
+        return None, str(err)
+
+
+def free_text_explorer(model: Any, view: Any, videos: Sequence[str], encoder: Any,
+                       times: Optional[dict[str, list[float]]] = None, top: int = 5) -> tuple[Any, Any]:
+    """A text box (ipywidgets): each query prints the top videos and draws the word-by-frame map of
+    the best one with its moment outlined. Returns (widget box, render function)."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    from ralbook.plots import word_frame_heatmap
+
+    def render(text: str) -> list[Hit]:
+        if not text.strip():
+            return []
+        token = encoder.encode_texts([text])[0]
+        hits = search(model, view, videos, token.features, top, times, progress=False)
+        print(format_hits(text, hits))
+        best = hits[0]
+        words = words_of(token.tokens)[: best.similarity.shape[0]]
+        span = (best.moment.first_row, best.moment.last_row + 1)
+        word_frame_heatmap(best.similarity, words, span, best.confidence,
+                           title=f"{best.video}: best moment {best.moment.format(best.n_frames)}")
+        plt.show()
+        return hits
+
+    box_text = widgets.Text(placeholder="any words, e.g. a person opens a door", description="query",
+                            continuous_update=False, layout=widgets.Layout(width="90%"))
+    out = widgets.interactive_output(render, {"text": box_text})
+    box = widgets.VBox([box_text, out])
+    display(box)
+    return box, render
 
 
 # ----------------------------------------------------------------------------- command line
@@ -176,8 +231,6 @@ def _collection_videos(collection_dir: Path, name: str, split: Optional[str], vi
 
 
 def add_search_arguments(parser: argparse.ArgumentParser) -> None:
-    from ralbook.extract import add_encoder_arguments
-
     parser.add_argument("--checkpoint", required=True, help="best.pt of a run trained on CLIP features")
     parser.add_argument("--query", required=True, help="free text, e.g. \"a dog catches a red ball\"")
     parser.add_argument("--data-root", help="folder holding COLLECTION/ (default: the checkpoint's)")
@@ -200,7 +253,6 @@ def encoder_settings(collection_dir: Path) -> dict[str, Any]:
 def run_search(args: argparse.Namespace, encoder: Any = None) -> int:
     from ralbook.clipfeatures import DEFAULT_MODEL, load_clip
     from ralbook.evaluate import model_from_checkpoint, resolve_device
-    from ralbook.extract import read_video_times
 
     cfg, model, _ = model_from_checkpoint(args.checkpoint)
     root = Path(args.data_root or cfg.data.data_root)

@@ -357,12 +357,45 @@ def test_search_ranks_every_video_and_names_a_moment_in_seconds(trained, extract
     assert {line.split()[1] for line in capsys.readouterr().out.splitlines()[1:]} == {"red_down", "green_fast"}
 
 
+def test_search_on_the_command_line_loads_the_collections_own_model(trained, extracted, capsys):
+    out, _ = extracted
+    code = main(["search", "--checkpoint", str(trained / "best.pt"), "--data-root", str(out.parent),
+                 "--collection", "mine", "--query", "a red square", "--offline", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "'tiny-test-clip'" in err   # from extract.json
+
+
 def test_search_refuses_a_text_encoder_of_another_size(trained, extracted):
     out, _ = extracted
     args = build_parser().parse_args(["search", "--checkpoint", str(trained / "best.pt"), "--data-root",
                                       str(out.parent), "--collection", "mine", "--query", "a", "--no-progress"])
     with pytest.raises(RalbookError, match="text features of size 512.* gives 48"):
         run_search(args, encoder=tiny_encoder(dim=48))
+
+
+def test_the_notebook_text_box_ranks_and_draws(trained, extracted, encoder, capsys):
+    from ralbook.data import Collection
+    from ralbook.search import free_text_explorer
+    from ralbook.train import load_run
+
+    out, _ = extracted
+    _, model = load_run(trained)
+    view = Collection(out.parent, "mine")
+    box, render = free_text_explorer(model, view, view.videos("train"), encoder, read_video_times(out), top=2)
+    assert render("   ") == []
+    hits = render("a yellow ball")
+    printed = capsys.readouterr().out
+    assert len(hits) == 2 and "query: 'a yellow ball'" in printed and hits[0].video in printed
+    assert hits[0].similarity.shape[0] == len(hits[0].confidence) == 5        # <bos> a yellow ball <eos>
+
+
+def test_the_notebook_finds_no_text_encoder_for_other_collections(extracted, tmp_path):
+    from ralbook.search import collection_text_encoder
+
+    out, _ = extracted
+    assert collection_text_encoder(tmp_path)[0] is None
+    encoder, why = collection_text_encoder(out)   # extract.json names the test model, which no cache holds
+    assert encoder is None and "tiny-test-clip" in why
 
 
 # ----------------------------------------------------------------------------- the moment
