@@ -254,9 +254,13 @@ def write_collection(out: Path, feature: str, state: ExtractState, videos: list[
             summary.captions[split] = len(lines)
         elif path.exists():
             path.unlink()
+    text_files = (text_dir / f"roberta_{out.name}_query_feat.hdf5", text_dir / f"{out.name}_words.json")
     if kept:
-        _write_text_features(text_dir / f"roberta_{out.name}_query_feat.hdf5", features)
-        _write_text(text_dir / f"{out.name}_words.json", _json_lines(words))
+        _write_text_features(text_files[0], features)
+        _write_text(text_files[1], _json_lines(words))
+    else:  # no captions this time: leave no token features of an earlier run behind
+        for path in text_files:
+            path.unlink(missing_ok=True)
     meta = {v: {k: state.records[v][k] for k in ("source", "times", "duration", "native_fps")} for v in videos}
     _write_text(out / "videos.json", _json_lines(meta))
     info = {"encoder": encoder.describe(), "feature": feature, "n_videos": len(videos), "n_frames": summary.n_frames,

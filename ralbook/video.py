@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from ralbook.errors import RalbookError
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg")
 VIDEO_EXTRA = 'pip install -e ".[video]"'
+TIME_EPS = 1e-6   # seconds: frame times are rationals turned into floats
 
 
 class VideoReadError(RalbookError):
@@ -91,11 +92,8 @@ class Sampling:
         if self.per_video is not None and self.per_video < 1:
             raise RalbookError(f"--frames-per-video must be >= 1, got {self.per_video}")
 
-    def targets(self, duration: float) -> np.ndarray:
-        """Times (s) to sample in a video of ``duration`` seconds: k / fps from 0, or the centres of
-        ``per_video`` equal parts."""
-        if self.fps is not None:
-            return np.arange(0.0, max(duration, 1e-9), 1.0 / self.fps)
+    def even_targets(self, duration: float) -> np.ndarray:
+        """Times (s) of ``per_video`` evenly spaced frames in ``duration`` seconds: the centres of equal parts."""
         return (np.arange(self.per_video) + 0.5) * duration / self.per_video
 
 
@@ -103,7 +101,7 @@ def pick_frames(times: Sequence[float], targets: np.ndarray) -> list[int]:
     """Index of the first frame at or after each target time (the last frame for targets past the
     end); a frame chosen twice is kept once, so short videos are not padded with repeats."""
     times = np.asarray(times, dtype=np.float64)
-    idx = np.minimum(np.searchsorted(times, np.asarray(targets) - 1e-6), len(times) - 1)
+    idx = np.minimum(np.searchsorted(times, np.asarray(targets) - TIME_EPS), len(times) - 1)
     return sorted(set(int(i) for i in idx))
 
 
@@ -130,47 +128,72 @@ def _center_crop(img: np.ndarray, size: int) -> np.ndarray:
     return img[top:top + size, left:left + size]
 
 
-def _frame_times(path: Path) -> tuple[list[float], Optional[float]]:
-    """Presentation times of every frame (a decode pass without colour conversion) and the stream's rate."""
+class _ByTime:
+    """Keeps a frame when a sampling time k / fps falls in (previous frame's time, its own time]:
+    the first frame at or after each sampling time, in one pass."""
+
+    def __init__(self, fps: float):
+        self.fps, self.next_k = fps, 0
+
+    def __call__(self, index: int, t: float) -> bool:
+        if t + TIME_EPS < self.next_k / self.fps:
+            return False
+        self.next_k = int(np.floor((t + TIME_EPS) * self.fps)) + 1
+        return True
+
+
+def _rgb(frame, size: int) -> np.ndarray:
+    """The frame as RGB, shorter side resized to ``size`` (bicubic), centre-cropped to size x size."""
+    w, h = _resize_shape(frame.width, frame.height, size)
+    return _center_crop(frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="BICUBIC"), size)
+
+
+def _decode_pass(path: Path, keep: Callable[[int, float], bool], size: int
+                 ) -> tuple[list[float], list[tuple[float, np.ndarray]], Optional[float]]:
+    """One decoding pass: every frame's time (from the first frame), the frames ``keep(index, time)``
+    accepts as (time, RGB image), and the stream's average frame rate. Only kept frames are converted."""
     av = require_av()
+    times: list[float] = []
+    kept: list[tuple[float, np.ndarray]] = []
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         rate = float(stream.average_rate) if stream.average_rate else None
-        times = [float(f.time) for f in container.decode(stream) if f.time is not None]
-    return times, rate
+        start: Optional[float] = None
+        for frame in container.decode(stream):
+            if frame.time is None:
+                continue
+            start = float(frame.time) if start is None else start
+            times.append(float(frame.time) - start)
+            if keep(len(times) - 1, times[-1]):
+                kept.append((times[-1], _rgb(frame, size)))
+    return times, kept, rate
 
 
 def decode(path: Path, sampling: Sampling, size: int) -> DecodedVideo:
     """Decode ``path`` and return the sampled frames, resized (shorter side ``size``, bicubic) and
     centre-cropped to ``size`` x ``size`` as the CLIP image tower expects.
 
-    Two passes: the first reads the frame times (containers often state no reliable duration),
-    the second converts only the chosen frames to RGB.
+    Sampling by time needs one pass. Evenly spaced frames need the duration first, and containers
+    often state none or a wrong one, so a first pass reads the frame times and a second converts
+    the chosen frames.
     """
     av = require_av()
     try:
-        times, rate = _frame_times(path)
-        if not times:
-            raise VideoReadError(f"{path}: no video frame could be decoded (expected at least one)")
-        step = 1.0 / rate if rate else (times[-1] - times[0]) / max(len(times) - 1, 1)
-        duration = times[-1] - times[0] + step
-        chosen = pick_frames([t - times[0] for t in times], sampling.targets(duration))
-        wanted, frames, kept_times = set(chosen), [], []
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            for i, frame in enumerate(f for f in container.decode(stream) if f.time is not None):
-                if i in wanted:
-                    w, h = _resize_shape(frame.width, frame.height, size)
-                    img = frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="BICUBIC")
-                    frames.append(_center_crop(img, size))
-                    kept_times.append(float(frame.time) - times[0])
-                if i >= chosen[-1]:
-                    break
-    except VideoReadError:
-        raise
-    except (av.FFmpegError, OSError, ValueError, IndexError, ZeroDivisionError) as err:
+        if sampling.fps is not None:
+            times, kept, rate = _decode_pass(path, _ByTime(sampling.fps), size)
+        else:
+            times, _, rate = _decode_pass(path, lambda i, t: False, size)
+            if times:
+                chosen = set(pick_frames(times, sampling.even_targets(_duration(times, rate))))
+                times, kept, rate = _decode_pass(path, lambda i, t: i in chosen, size)
+    except (av.FFmpegError, OSError, ValueError, IndexError) as err:
         raise VideoReadError(f"{path}: cannot decode ({type(err).__name__}: {str(err)[:80]})") from None
-    if not frames:
+    if not times or not kept:
         raise VideoReadError(f"{path}: no video frame could be decoded (expected at least one)")
-    return DecodedVideo(np.stack(frames), kept_times, duration, rate)
+    return DecodedVideo(np.stack([img for _, img in kept]), [t for t, _ in kept], _duration(times, rate), rate)
 
+
+def _duration(times: Sequence[float], rate: Optional[float]) -> float:
+    """From the first frame to the end of the last: its time plus one frame period."""
+    step = 1.0 / rate if rate else (times[-1] - times[0]) / max(len(times) - 1, 1)
+    return times[-1] - times[0] + step

@@ -118,8 +118,7 @@ def extracted(video_dir, encoder, tmp_path_factory) -> tuple[Path, object]:
 # ----------------------------------------------------------------------------- frames
 
 def test_sampling_targets_and_frame_choice():
-    assert np.allclose(Sampling(fps=2.0).targets(2.2), [0.0, 0.5, 1.0, 1.5, 2.0])
-    assert np.allclose(Sampling(fps=None, per_video=4).targets(2.0), [0.25, 0.75, 1.25, 1.75])
+    assert np.allclose(Sampling(fps=None, per_video=4).even_targets(2.0), [0.25, 0.75, 1.25, 1.75])
     times = [0.0, 0.25, 0.5, 0.75, 1.0]
     assert pick_frames(times, np.array([0.0, 0.5, 1.0])) == [0, 2, 4]
     assert pick_frames(times, np.array([0.1, 0.2, 0.3])) == [1, 2]      # first frame at or after; repeats kept once
@@ -127,6 +126,19 @@ def test_sampling_targets_and_frame_choice():
     for bad in (dict(fps=None, per_video=None), dict(fps=1.0, per_video=3), dict(fps=0.0), dict(fps=None, per_video=0)):
         with pytest.raises(RalbookError):
             Sampling(**bad)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_one_pass_sampling_by_time_equals_the_first_frame_after_each_time(seed):
+    from ralbook.video import _ByTime
+
+    rng = np.random.default_rng(seed)
+    times = np.concatenate([[0.0], np.cumsum(rng.uniform(0.01, 0.6, 80))])   # irregular frame times
+    fps = float(rng.uniform(0.3, 12.0))
+    keep = _ByTime(fps)
+    one_pass = [i for i, t in enumerate(times) if keep(i, float(t))]
+    targets = np.arange(int(np.floor(times[-1] * fps)) + 1) / fps           # the sampling times up to the last frame
+    assert one_pass == pick_frames(times, targets)
 
 
 def test_decode_samples_by_time_and_keeps_the_picture(video_dir):
