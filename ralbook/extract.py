@@ -203,7 +203,9 @@ def extract(videos: str | Path, out: str | Path, encoder: Any, sampling: Samplin
                 "feature": feature}
     state = ExtractState(out, settings)
     summary = ExtractSummary(out)
-    for vid, path in tqdm(sources.items(), desc="extract videos", unit="video", disable=not progress):
+    bar = tqdm(sources.items(), desc="extract videos", unit="video", disable=not progress)
+    new_frames = 0
+    for vid, path in bar:
         if state.done(vid):
             summary.skipped.append(vid)
             continue
@@ -216,6 +218,8 @@ def extract(videos: str | Path, out: str | Path, encoder: Any, sampling: Samplin
         state.save(vid, rows, {"source": str(path), "times": [round(t, 4) for t in decoded.times],
                                "duration": round(decoded.duration, 4), "native_fps": decoded.native_fps})
         summary.encoded.append(vid)
+        new_frames += len(rows)
+        bar.set_postfix(frames=new_frames)
         if on_video is not None:
             on_video(vid)
     summary.failed = {v: r["error"] for v, r in state.records.items() if r["status"] == "failed" and v in sources}
