@@ -88,7 +88,7 @@ def peak_span(profile: np.ndarray) -> tuple[int, int]:
 
 
 def rows_to_frames(first_row: int, last_row: int, n_frames: int, max_frames: int) -> tuple[int, int]:
-    """Sampled-frame span [first, last] covered by frame rows [first_row, last_row] (the binning of features.bin_rows)."""
+    """Sampled frames [first, last] under frame rows [first_row, last_row] (the binning of features.bin_rows)."""
     if n_frames <= max_frames:
         return first_row, last_row
     edges = bin_edges(n_frames, max_frames)

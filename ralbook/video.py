@@ -8,7 +8,7 @@ the ``extract`` command collects into its summary instead of stopping.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -113,7 +113,6 @@ class DecodedVideo:
     times: list[float]
     duration: float
     native_fps: Optional[float]
-    meta: dict = field(default_factory=dict)
 
 
 def _resize_shape(width: int, height: int, size: int) -> tuple[int, int]:
