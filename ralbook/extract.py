@@ -34,7 +34,7 @@ from ralbook.clipfeatures import words_of
 from ralbook.data import SPLITS
 from ralbook.demo import _json_lines, _write_features, _write_text, _write_text_features
 from ralbook.errors import RalbookError
-from ralbook.video import Sampling, VideoReadError, decode, list_videos, unique_ids, video_id
+from ralbook.video import Sampling, VideoInfo, VideoReadError, iter_frames, list_videos, unique_ids, video_id
 
 STATE_DIR = ".extract"
 PROGRESS_FILE = "progress.jsonl"
@@ -144,6 +144,49 @@ class ExtractState:
         self._log({"video": vid, "status": "failed", "source": str(source), "error": error})
 
 
+class _FrameBatcher:
+    """Frames of consecutive videos encoded together, ``batch_size`` at a time (short videos fill a
+    batch together, long ones never sit in memory whole); a video's rows are complete once the batch
+    holding its last frame has run."""
+
+    def __init__(self, encoder: Any, batch_size: int):
+        if batch_size < 1:
+            raise RalbookError(f"--batch-size must be >= 1, got {batch_size}")
+        self.encoder, self.batch_size = encoder, batch_size
+        self.images: list[np.ndarray] = []
+        self.owners: list[str] = []
+        self.rows: dict[str, list[np.ndarray]] = {}
+        self.n_encoded = 0
+
+    def add(self, vid: str, image: np.ndarray) -> None:
+        self.images.append(image)
+        self.owners.append(vid)
+        if len(self.images) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.images:
+            return
+        rows = self.encoder.encode_frames(np.stack(self.images))
+        for vid, row in zip(self.owners, rows):
+            self.rows.setdefault(vid, []).append(row)
+        self.n_encoded += len(rows)
+        self.images, self.owners = [], []
+
+    def pending(self, vid: str) -> bool:
+        return vid in self.owners
+
+    def take(self, vid: str) -> np.ndarray:
+        return np.stack(self.rows.pop(vid))
+
+    def drop(self, vid: str) -> None:
+        """Forget a video that failed part-way."""
+        kept = [i for i, owner in enumerate(self.owners) if owner != vid]
+        self.images = [self.images[i] for i in kept]
+        self.owners = [self.owners[i] for i in kept]
+        self.rows.pop(vid, None)
+
+
 class _LazyFrames(Mapping):
     """{video: frame rows} read from the state folder one video at a time (writing needs no more memory)."""
 
@@ -204,24 +247,40 @@ def extract(videos: str | Path, out: str | Path, encoder: Any, sampling: Samplin
     state = ExtractState(out, settings)
     summary = ExtractSummary(out)
     bar = tqdm(sources.items(), desc="extract videos", unit="video", disable=not progress)
-    new_frames = 0
+    batcher = _FrameBatcher(encoder, batch_size)
+    waiting: list[tuple[str, Path, VideoInfo, list[float]]] = []  # decoded, some rows not yet encoded
+
+    def save_ready() -> None:
+        still = []
+        for vid, path, info, times in waiting:
+            if batcher.pending(vid):
+                still.append((vid, path, info, times))
+                continue
+            state.save(vid, batcher.take(vid), {"source": str(path), "times": [round(t, 4) for t in times],
+                                                "duration": round(info.duration, 4), "native_fps": info.rate})
+            summary.encoded.append(vid)
+            bar.set_postfix(frames=batcher.n_encoded)
+            if on_video is not None:
+                on_video(vid)
+        waiting[:] = still
+
     for vid, path in bar:
         if state.done(vid):
             summary.skipped.append(vid)
             continue
+        info, times = VideoInfo(), []
         try:
-            decoded = decode(path, sampling, encoder.image_size)
+            for t, image in iter_frames(path, sampling, encoder.image_size, info):
+                times.append(t)
+                batcher.add(vid, image)
         except VideoReadError as err:
+            batcher.drop(vid)
             state.fail(vid, path, str(err))
             continue
-        rows = np.concatenate([encoder.encode_frames(chunk) for chunk in batched(decoded.frames, batch_size)])
-        state.save(vid, rows, {"source": str(path), "times": [round(t, 4) for t in decoded.times],
-                               "duration": round(decoded.duration, 4), "native_fps": decoded.native_fps})
-        summary.encoded.append(vid)
-        new_frames += len(rows)
-        bar.set_postfix(frames=new_frames)
-        if on_video is not None:
-            on_video(vid)
+        waiting.append((vid, path, info, times))
+        save_ready()
+    batcher.flush()
+    save_ready()
     summary.failed = {v: r["error"] for v, r in state.records.items() if r["status"] == "failed" and v in sources}
     good = sorted(v for v in sources if state.done(v))
     if not good:

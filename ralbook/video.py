@@ -8,9 +8,9 @@ the ``extract`` command collects into its summary instead of stopping.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -147,52 +147,72 @@ def _rgb(frame, size: int) -> np.ndarray:
     return _center_crop(frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="BICUBIC"), size)
 
 
-def _decode_pass(path: Path, keep: Callable[[int, float], bool], size: int
-                 ) -> tuple[list[float], list[tuple[float, np.ndarray]], Optional[float]]:
-    """One decoding pass: every frame's time (from the first frame), the frames ``keep(index, time)``
-    accepts as (time, RGB image), and the stream's average frame rate. Only kept frames are converted."""
+@dataclass
+class VideoInfo:
+    """What decoding learns about a file: the time of every frame (s, from the first) and the stream's rate."""
+
+    times: list[float] = field(default_factory=list)
+    rate: Optional[float] = None
+
+    @property
+    def duration(self) -> float:
+        """From the first frame to the end of the last: its time plus one frame period."""
+        step = 1.0 / self.rate if self.rate else (self.times[-1] - self.times[0]) / max(len(self.times) - 1, 1)
+        return self.times[-1] - self.times[0] + step
+
+
+def _decode_pass(path: Path, keep: Callable[[int, float], bool], size: int,
+                 info: VideoInfo) -> Iterator[tuple[float, np.ndarray]]:
+    """One decoding pass: yields (time, RGB image) of the frames ``keep(index, time)`` accepts (only
+    those are converted) and records every frame's time in ``info``."""
     av = require_av()
-    times: list[float] = []
-    kept: list[tuple[float, np.ndarray]] = []
+    info.times.clear()
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        rate = float(stream.average_rate) if stream.average_rate else None
+        info.rate = float(stream.average_rate) if stream.average_rate else None
         start: Optional[float] = None
         for frame in container.decode(stream):
             if frame.time is None:
                 continue
             start = float(frame.time) if start is None else start
-            times.append(float(frame.time) - start)
-            if keep(len(times) - 1, times[-1]):
-                kept.append((times[-1], _rgb(frame, size)))
-    return times, kept, rate
+            info.times.append(float(frame.time) - start)
+            if keep(len(info.times) - 1, info.times[-1]):
+                yield info.times[-1], _rgb(frame, size)
 
 
-def decode(path: Path, sampling: Sampling, size: int) -> DecodedVideo:
-    """Decode ``path`` and return the sampled frames, resized (shorter side ``size``, bicubic) and
-    centre-cropped to ``size`` x ``size`` as the CLIP image tower expects.
+def iter_frames(path: Path, sampling: Sampling, size: int,
+                info: Optional[VideoInfo] = None) -> Iterator[tuple[float, np.ndarray]]:
+    """The sampled frames of ``path`` as (time, image) pairs, decoded as they are consumed, so memory
+    does not grow with the video. Images are resized (shorter side ``size``, bicubic) and
+    centre-cropped to ``size`` x ``size`` as the CLIP image tower expects. ``info`` is filled as
+    decoding goes. A file that does not decode, or yields no frame, raises VideoReadError.
 
     Sampling by time needs one pass. Evenly spaced frames need the duration first, and containers
     often state none or a wrong one, so a first pass reads the frame times and a second converts
     the chosen frames.
     """
     av = require_av()
+    info = VideoInfo() if info is None else info
+    n = 0
     try:
         if sampling.fps is not None:
-            times, kept, rate = _decode_pass(path, _ByTime(sampling.fps), size)
+            keep: Callable[[int, float], bool] = _ByTime(sampling.fps)
         else:
-            times, _, rate = _decode_pass(path, lambda i, t: False, size)
-            if times:
-                chosen = set(pick_frames(times, sampling.even_targets(_duration(times, rate))))
-                times, kept, rate = _decode_pass(path, lambda i, t: i in chosen, size)
+            for _ in _decode_pass(path, lambda i, t: False, size, info):
+                pass
+            chosen = set(pick_frames(info.times, sampling.even_targets(info.duration))) if info.times else set()
+            keep = lambda i, t: i in chosen  # noqa: E731
+        for item in _decode_pass(path, keep, size, info):
+            n += 1
+            yield item
     except (av.FFmpegError, OSError, ValueError, IndexError) as err:
         raise VideoReadError(f"{path}: cannot decode ({type(err).__name__}: {str(err)[:80]})") from None
-    if not times or not kept:
+    if n == 0:
         raise VideoReadError(f"{path}: no video frame could be decoded (expected at least one)")
-    return DecodedVideo(np.stack([img for _, img in kept]), [t for t, _ in kept], _duration(times, rate), rate)
 
 
-def _duration(times: Sequence[float], rate: Optional[float]) -> float:
-    """From the first frame to the end of the last: its time plus one frame period."""
-    step = 1.0 / rate if rate else (times[-1] - times[0]) / max(len(times) - 1, 1)
-    return times[-1] - times[0] + step
+def decode(path: Path, sampling: Sampling, size: int) -> DecodedVideo:
+    """All sampled frames of ``path`` at once (see :func:`iter_frames`)."""
+    info = VideoInfo()
+    items = list(iter_frames(path, sampling, size, info))
+    return DecodedVideo(np.stack([img for _, img in items]), [t for t, _ in items], info.duration, info.rate)

@@ -315,6 +315,51 @@ def test_an_interrupted_extraction_resumes_and_ends_identical(extracted, video_d
         extract(video_dir, out, encoder, Sampling(fps=1.0), captions, progress=False)
 
 
+class CountingEncoder:
+    """Wraps an encoder and records the size of every frame batch."""
+
+    def __init__(self, inner):
+        self.inner, self.batches = inner, []
+        self.image_size, self.encode_texts, self.describe = inner.image_size, inner.encode_texts, inner.describe
+
+    def encode_frames(self, frames):
+        self.batches.append(len(frames))
+        return self.inner.encode_frames(frames)
+
+
+def test_frames_of_several_videos_share_a_batch_and_batching_changes_no_row(extracted, video_dir, encoder,
+                                                                           tmp_path):
+    from ralbook.data import Collection
+
+    reference, summary = extracted   # batch size 5
+    counting = CountingEncoder(encoder)
+    extract(video_dir, tmp_path / "mine", counting, Sampling(fps=2.0), batch_size=16, progress=False)
+    assert all(b == 16 for b in counting.batches[:-1]) and sum(counting.batches) == summary.n_frames
+    assert len(counting.batches) == int(np.ceil(summary.n_frames / 16))    # batches span videos
+    a, b = Collection(reference.parent, "mine"), tmp_path / "mine" / "FeatureData" / "clip"
+    rows = np.fromfile(b / "feature.bin", dtype=np.float32).reshape(-1, 512)
+    for vid in a.frames.video_ids():
+        np.testing.assert_allclose(rows[a.frames.index.rows(vid)], a.raw_frames(vid), rtol=1e-4, atol=1e-5)
+
+
+def test_a_video_that_fails_part_way_leaves_no_rows_in_the_batch():
+    from ralbook.extract import _FrameBatcher
+
+    class Sum:
+        def encode_frames(self, frames):
+            return frames.reshape(len(frames), -1).sum(axis=1, keepdims=True).astype(np.float32)
+
+    batcher = _FrameBatcher(Sum(), 4)
+    for vid, value in (("a", 1), ("b", 2), ("a", 3)):
+        batcher.add(vid, np.full((1, 1, 1), value, np.uint8))
+    batcher.drop("a")
+    batcher.add("c", np.full((1, 1, 1), 5, np.uint8))
+    assert batcher.pending("b") and not batcher.pending("a")
+    batcher.flush()
+    assert batcher.take("b").ravel().tolist() == [2.0] and batcher.take("c").ravel().tolist() == [5.0]
+    assert "a" not in batcher.rows
+
+
 def test_without_captions_only_frames_are_written(video_dir, encoder, tmp_path):
     summary = extract(video_dir, tmp_path / "plain", encoder, Sampling(fps=None, per_video=3), progress=False)
     assert summary.n_frames == 3 * len(VIDEOS)
