@@ -422,6 +422,23 @@ def test_search_on_the_command_line_loads_the_collections_own_model(trained, ext
     assert code == 2 and len(err.splitlines()) == 1 and "'tiny-test-clip'" in err   # from extract.json
 
 
+def test_cli_extract_then_search_a_collection_without_captions(trained, video_dir, encoder, tmp_path, monkeypatch,
+                                                              capsys):
+    import ralbook.clipfeatures
+
+    monkeypatch.setattr(ralbook.clipfeatures, "load_clip", lambda *args, **kwargs: encoder)
+    out = tmp_path / "data" / "plain"
+    assert main(["extract", "--videos", str(video_dir), "--out", str(out), "--frames-per-video", "3",
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{len(VIDEOS)} videos encoded" in printed and "failed broken" in printed
+    assert main(["search", "--checkpoint", str(trained / "best.pt"), "--data-root", str(out.parent),
+                 "--collection", "plain", "--query", "a blue square", "--top", "20", "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 + len(VIDEOS)                                   # every video ranked, none twice
+    assert {line.split()[1] for line in lines[1:]} == {video_id(Path(v[0])) for v in VIDEOS}
+
+
 def test_search_refuses_a_text_encoder_of_another_size(trained, extracted):
     out, _ = extracted
     args = build_parser().parse_args(["search", "--checkpoint", str(trained / "best.pt"), "--data-root",
