@@ -13,8 +13,9 @@ Output of ``extract --out ROOT/NAME``::
     NAME/extract.json                            model, sampling, counts, and the videos that failed
     NAME/.extract/                               resume state: one .npy per finished video + a progress log
 
-Extraction resumes: each finished video is saved to ``.extract/`` and logged before the next one
-starts, so a rerun with the same settings skips it. The layout files are rebuilt from that state
+Frames stream from the decoder into batches of ``--batch-size`` that span videos. Extraction
+resumes: a video is saved to ``.extract/`` and logged as soon as the batch holding its last frame
+has run, so a rerun with the same settings skips it. The layout files are rebuilt from that state
 at the end of every run.
 """
 from __future__ import annotations
@@ -34,7 +35,8 @@ from ralbook.clipfeatures import words_of
 from ralbook.data import SPLITS
 from ralbook.demo import _json_lines, _write_features, _write_text, _write_text_features
 from ralbook.errors import RalbookError
-from ralbook.video import Sampling, VideoInfo, VideoReadError, iter_frames, list_videos, unique_ids, video_id
+from ralbook.video import (VIDEO_EXTENSIONS, Sampling, VideoInfo, VideoReadError, iter_frames, list_videos,
+                           unique_ids, video_id)
 
 STATE_DIR = ".extract"
 PROGRESS_FILE = "progress.jsonl"
@@ -283,9 +285,11 @@ def extract(videos: str | Path, out: str | Path, encoder: Any, sampling: Samplin
     save_ready()
     summary.failed = {v: r["error"] for v, r in state.records.items() if r["status"] == "failed" and v in sources}
     good = sorted(v for v in sources if state.done(v))
+    if not sources:
+        raise RalbookError(f"{videos}: no video files found (expected names ending in {', '.join(VIDEO_EXTENSIONS)})")
     if not good:
-        raise RalbookError(f"{videos}: no readable video found ({len(sources)} files tried; expected at least one "
-                           f"of {', '.join(sorted(set(p.suffix for p in sources.values()))) or 'mp4, webm, mkv, avi'})")
+        first = next(iter(summary.failed.values()), "")
+        raise RalbookError(f"{videos}: none of the {len(sources)} video files could be read (first: {first[:120]})")
     write_collection(out, feature, state, good, caps, encoder, batch_size, summary, progress)
     return summary
 

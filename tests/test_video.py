@@ -176,6 +176,13 @@ def test_listing_ids_and_list_files(video_dir, tmp_path):
         unique_ids([Path("x/a.mp4"), Path("y/a.webm")])
     with pytest.raises(RalbookError, match="no such folder"):
         list_videos(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RalbookError, match="no video files found"):
+        extract(tmp_path / "empty", tmp_path / "out", tiny_encoder(), Sampling(), progress=False)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.webm").write_bytes(b"nonsense")
+    with pytest.raises(RalbookError, match="none of the 1 video files could be read"):
+        extract(tmp_path / "bad", tmp_path / "out2", tiny_encoder(), Sampling(), progress=False)
 
 
 def test_captions_file_format(tmp_path):
