@@ -136,6 +136,9 @@ def search(model: Any, view: FrameView, videos: Sequence[str], query: np.ndarray
     """
     from tqdm.auto import tqdm
 
+    if top < 1 or not videos:
+        raise RalbookError(f"nothing to rank: {len(videos)} videos, top {top} (expected at least one video and "
+                           f"--top >= 1)")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

@@ -419,6 +419,9 @@ def test_search_ranks_every_video_and_names_a_moment_in_seconds(trained, extract
     args.split = "val"
     run_search(args, encoder=encoder)
     assert {line.split()[1] for line in capsys.readouterr().out.splitlines()[1:]} == {"red_down", "green_fast"}
+    args.top = 0
+    with pytest.raises(RalbookError, match="top 0"):
+        run_search(args, encoder=encoder)
 
 
 def test_search_on_the_command_line_loads_the_collections_own_model(trained, extracted, capsys):
