@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ralbook.errors import DataError
+from ralbook.errors import DataError, shorten
 from ralbook.features import (FrameStore, H5Rows, PathLike, bin_rows, convert_bin_to_hdf5,
                               l2_normalize, open_frame_store, query_input, require_file, video_inputs)
 
@@ -60,7 +60,7 @@ class CaptionFile:
                     continue
                 cap = parts[0]
                 if cap in line_of:
-                    raise DataError(f"{path}: line {number}: caption id {cap!r} already appears on line "
+                    raise DataError(f"{path}: line {number}: caption id {shorten(cap)} already appears on line "
                                     f"{line_of[cap]} (expected unique caption ids)")
                 line_of[cap] = number
                 cap_ids.append(cap)
@@ -85,7 +85,7 @@ def default_feature(collection_dir: Path, collection: str) -> str:
     have = sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
     if len(have) == 1:
         return have[0]
-    raise DataError(f"{base}: no default feature for collection {collection!r}; name one with --feature "
+    raise DataError(f"{base}: no default feature for collection {shorten(collection)}; name one with --feature "
                     f"(found {have or 'no feature folders'})")
 
 
@@ -167,8 +167,8 @@ class Collection:
         """Caption ids of one video in a split's caption file (file order)."""
         cf = self._split(split)
         if video_id not in cf.by_video:
-            raise DataError(f"{cf.path}: video {video_id!r} has no caption (expected at least one line "
-                            f"'{video_id}#...')")
+            raise DataError(f"{cf.path}: video {shorten(video_id)} has no caption (expected at least one line "
+                            f"starting {shorten(video_id + '#')})")
         return list(cf.by_video[video_id])
 
     video_of = staticmethod(video_of)
@@ -226,9 +226,9 @@ class Collection:
             absent = [v for v in cf.by_video if not self.frames.has_video(v)]
             if absent:
                 v = absent[0]
-                raise DataError(f"{cf.path}: video {v!r} (caption {cf.by_video[v][0]!r}) is not listed in "
-                                f"{self.frames.listing_path} (expected every captioned video there; {len(absent)} "
-                                f"of the {len(cf.by_video)} videos of this file are missing)")
+                raise DataError(f"{cf.path}: video {shorten(v)} (caption {shorten(cf.by_video[v][0])}) is not "
+                                f"listed in {self.frames.listing_path} (expected every captioned video there; "
+                                f"{len(absent)} of the {len(cf.by_video)} videos of this file are missing)")
         videos = list(dict.fromkeys(v for cf in parsed.values() for v in cf.by_video))
         for video in videos:
             self.frames.check_video(video)

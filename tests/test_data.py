@@ -422,9 +422,20 @@ def test_text_dataset_of_wrong_width(tiny_collection):
     spec = tiny_collection
     cap = spec.captions["val"][0][0]
     replace_text_dataset(spec, cap, np.zeros((4, 7), np.float32))
-    with pytest.raises(DataError, match=rf"query_feat\.hdf5: caption id '{cap}': expected shape \(rows, 6\), "
-                                        r"found \(4, 7\)"):
+    with pytest.raises(DataError, match=rf"query_feat\.hdf5: caption id '{cap}': expected shape \(rows, 6\) "
+                                        r"\(the width of most datasets in the file\), found \(4, 7\)"):
         open_tiny(spec).query_array(cap)
+
+
+def test_wrong_width_blames_the_odd_caption_even_when_it_comes_first(tiny_collection):
+    spec = tiny_collection
+    with h5py.File(spec.text_file, "r") as f:
+        first = next(iter(f))   # the dataset a scan meets first
+    replace_text_dataset(spec, first, np.zeros((3, 9), np.float32))
+    coll = open_tiny(spec)
+    assert coll.text_dim == 6
+    with pytest.raises(DataError, match=rf"caption id '{first}': expected shape \(rows, 6\).*found \(3, 9\)"):
+        coll.validate(progress=False)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
@@ -537,3 +548,89 @@ def test_handles_reopen_in_a_new_process(tiny_collection, monkeypatch):
     monkeypatch.setattr(os, "getpid", lambda: pid + 1)  # as seen from a forked DataLoader worker
     assert coll.frames.memmap is not first_map and coll.text._file.get() is not first_h5
     np.testing.assert_array_equal(coll.text_features(cap), tiny_collection.text[cap])
+
+
+# ----------------------------------------------------------------------------- extreme values, duplicates, HDF5 damage
+
+F32_MAX = np.finfo(np.float32).max
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_clip_averages_of_extreme_rows_stay_finite_and_exact(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    x = rng.standard_normal((n, 5)).astype(np.float32)
+    hot = rng.choice(n, size=max(1, n // 7), replace=False)
+    x[hot] = rng.choice([F32_MAX, -F32_MAX, F32_MAX / 3], size=(len(hot), 5)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow warnings either
+        clip, frames = video_inputs(x)
+    assert np.isfinite(clip).all() and np.isfinite(frames).all()
+    # reference: the literal formula in float64, normalised in float64
+    expect = loop_bin(x, 32)
+    expect = expect / (np.linalg.norm(expect, axis=1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(clip, expect, rtol=1e-5, atol=1e-6)
+    norms = np.linalg.norm(frames.astype(np.float64), axis=1)
+    np.testing.assert_allclose(norms[np.linalg.norm(loop_bin(x, 128) if n > 128 else x.astype(np.float64), axis=1)
+                                     > 1], 1.0, rtol=1e-5)
+
+
+def test_ordinary_rows_keep_the_float32_arithmetic():
+    x = np.random.default_rng(3).standard_normal((300, 16)).astype(np.float32)
+    edges = bin_edges(300, 32)
+    expected = np.stack([x[a:b].sum(0) / np.float32(b - a) for a, b in zip(edges[:-1], edges[1:])])
+    np.testing.assert_array_equal(bin_rows(x, 32), expected)
+    np.testing.assert_array_equal(l2_normalize(x), x / (np.linalg.norm(x, axis=1, keepdims=True) + np.float32(1e-5)))
+
+
+@pytest.mark.parametrize("style", ["json", "ast"])
+def test_duplicate_video_in_video2frames(tiny_collection, style):
+    spec = tiny_collection
+    items = [f"{v!r}: {ids!r}" for v, ids in spec.frame_ids.items()]
+    items.insert(5, f"'train02': {spec.frame_ids['train04']!r}")   # train02 again, other frames
+    text = "{" + ",\n".join(items) + ("}" if style == "json" else ",}")  # a trailing comma: only ast reads it
+    (spec.feature_dir / "video2frames.txt").write_text(text + "\n", encoding="latin-1")
+    with pytest.raises(DataError, match=r"video2frames\.txt: video 'train02' is listed twice, at line 3, "
+                                        r"character 1 and line 6, character 1"):
+        open_tiny(spec).raw_frames("train00")
+
+
+def test_duplicate_video_on_one_line_names_the_characters(tiny_collection):
+    spec = tiny_collection
+    (spec.feature_dir / "video2frames.txt").write_text("{'a': ['x'], 'b': ['y'], 'a': ['z']}", encoding="latin-1")
+    with pytest.raises(DataError, match=r"video 'a' is listed twice, at line 1, character 2 and line 1, character 26"):
+        open_tiny(spec).raw_frames("train00")
+
+
+def test_non_numeric_text_dataset(tiny_collection):
+    spec = tiny_collection
+    cap = spec.captions["test"][0][0]
+    replace_text_dataset(spec, cap, np.array([[b"a", b"b", b"c", b"d", b"e", b"f"]]))
+    with pytest.raises(DataError, match=rf"query_feat\.hdf5: caption id '{cap}': expected numbers \(float32\), "
+                                        r"found data of type '\|S1'"):
+        open_tiny(spec).text_features(cap)
+
+
+def damage_root_heap(path) -> None:
+    """Overwrite the root group's local heap (where the dataset names live) with junk."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"HEAP")
+    assert at > 0
+    data[at + 4:at + 40] = b"\xff" * 36
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_hdf5_heap_is_one_clear_error(tiny_collection):
+    spec = tiny_collection
+    damage_root_heap(spec.text_file)
+    with pytest.raises(DataError, match=r"query_feat\.hdf5: .*damaged"):
+        coll = open_tiny(spec)
+        coll.validate(progress=False)
+
+
+def test_long_ids_are_cut_in_messages(tiny_collection):
+    spec = tiny_collection
+    long_id = "v" * 1_000_000
+    with pytest.raises(DataError) as err:
+        open_tiny(spec).raw_frames(long_id)
+    assert len(str(err.value)) < 400 and "(1000000 characters)" in str(err.value)
