@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,22 +52,37 @@ class CaptionFile:
 
     @classmethod
     def read(cls, path: Path) -> "CaptionFile":
+        """Parse the file; a repeated id, or an id with a control character or bytes that are not UTF-8, is refused.
+
+        Why refuse such ids: HDF5 cuts a key at a NUL, so two different ids could silently name one dataset.
+        """
         require_file(path, '"CAPID caption text" lines')
         cap_ids, texts, line_of, by_video = [], [], {}, {}
-        with open(path, encoding="utf-8", errors="replace") as fh:
+        with open(path, encoding="utf-8-sig", errors="surrogateescape") as fh:
             for number, line in enumerate(fh, 1):
                 parts = line.strip().split(maxsplit=1)
                 if not parts:
                     continue
                 cap = parts[0]
+                bad = next((ch for ch in cap if unicodedata.category(ch) in ("Cc", "Cs")), None)
+                if bad is not None:
+                    what = "bytes that are not UTF-8" if unicodedata.category(bad) == "Cs" else \
+                        f"the control character U+{ord(bad):04X}"
+                    raise DataError(f"{path}: line {number}: caption id {shorten(_readable(cap))} contains {what} "
+                                    f"(expected printable UTF-8 ids such as VIDEOID#enc#0)")
                 if cap in line_of:
                     raise DataError(f"{path}: line {number}: caption id {shorten(cap)} already appears on line "
                                     f"{line_of[cap]} (expected unique caption ids)")
                 line_of[cap] = number
                 cap_ids.append(cap)
-                texts.append(parts[1] if len(parts) > 1 else "")
+                texts.append(_readable(parts[1]) if len(parts) > 1 else "")
                 by_video.setdefault(video_of(cap), []).append(cap)
         return cls(path, cap_ids, texts, by_video)
+
+
+def _readable(text: str) -> str:
+    """Undecodable bytes (kept as surrogates while reading) shown as U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 # ----------------------------------------------------------------------------- the collection

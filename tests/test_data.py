@@ -634,3 +634,31 @@ def test_long_ids_are_cut_in_messages(tiny_collection):
     with pytest.raises(DataError) as err:
         open_tiny(spec).raw_frames(long_id)
     assert len(str(err.value)) < 400 and "(1000000 characters)" in str(err.value)
+
+
+@pytest.mark.parametrize("bad, what", [("\x00", "control character U\\+0000"), ("\x07", "control character U\\+0007"),
+                                       ("\x1b", "control character U\\+001B"), ("\x7f", "control character U\\+007F")])
+def test_control_characters_in_caption_ids_are_refused(tiny_collection, bad, what):
+    spec = tiny_collection
+    path = spec.caption_file("train")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    cap, text = lines[2].split(" ", 1)
+    lines[2] = f"{cap}{bad}x {text}"   # with a NUL, HDF5 would cut the key back to the original id
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"tinytrain\.caption\.txt: line 3: caption id '{cap}.*' contains the {what}"):
+        open_tiny(spec).captions("train")
+
+
+def test_undecodable_caption_id_is_refused_but_text_is_shown(tiny_collection):
+    spec = tiny_collection
+    path = spec.caption_file("val")
+    data = path.read_bytes().splitlines()
+    cap, text = data[0].split(b" ", 1)
+    path.write_bytes(b"\n".join([b"\xef\xbb\xbf" + data[0], data[1] + b" caf\xe9"] + data[2:]) + b"\n")  # BOM, Latin-1
+    coll = open_tiny(spec)
+    got = coll.captions("val")
+    assert got[0] == (cap.decode(), text.decode()) and got[1][1].endswith(" caf\ufffd")
+    path.write_bytes(b"\n".join([cap + b"\xe9 " + text] + data[1:]) + b"\n")
+    with pytest.raises(DataError, match=r"tinyval\.caption\.txt: line 1: caption id .* contains bytes that are "
+                                        r"not UTF-8"):
+        open_tiny(spec).captions("val")
