@@ -26,7 +26,7 @@ from ralbook.features import (FrameStore, H5Rows, PathLike, bin_rows, convert_bi
 
 __all__ = ["Collection", "CollectionSummary", "SplitSummary", "TrainDataset", "VideoDataset", "QueryDataset",
            "collate_train", "collate_videos", "collate_queries", "bin_rows", "video_inputs", "query_input",
-           "l2_normalize", "convert_bin_to_hdf5", "DEFAULT_FEATURES", "SPLITS", "video_of"]
+           "l2_normalize", "convert_bin_to_hdf5", "caption_leaks", "DEFAULT_FEATURES", "SPLITS", "video_of"]
 
 SPLITS = ("train", "val", "test")
 # Visual feature folder of each released collection (data/README.md); others name theirs with --feature.
@@ -277,9 +277,42 @@ class Collection:
                 if out[a].n_captions and self.same_captions(a, b):
                     notes.append(f"the {a} and {b} caption files hold the same {out[a].n_captions} captions: "
                                  f"model selection on {a} is selection on {b}")
-                    warnings.warn(f"collection {self.name!r}: {notes[-1]}", UserWarning, stacklevel=2)
+                elif (leak := caption_leaks(self, a, b)) is not None:
+                    notes.append(leak)
+                else:
+                    continue
+                warnings.warn(f"collection {shorten(self.name)}: {notes[-1]}", UserWarning, stacklevel=2)
         return CollectionSummary(self.name, self.feature, self.frames.variant, self.visual_dim, self.text_dim,
                                  out, notes)
+
+
+def _same_text_key(cap_id: str, text: str) -> tuple[str, str]:
+    """(video, text with case and spacing ignored): two captions of one video that read the same."""
+    return video_of(cap_id), " ".join(text.casefold().split())
+
+
+def caption_leaks(collection: Collection, first: str, second: str, examples: int = 3) -> Optional[str]:
+    """A warning text when two splits share captions: the same id, or the same video with the same text.
+
+    Why: a caption in both the training and the test split is leakage that inflates test metrics.
+    None when they share nothing or a caption file cannot be read (reading it reports that).
+    """
+    try:
+        a, b = collection.captions(first), collection.captions(second)
+    except (DataError, OSError):
+        return None
+    ids_a = {c for c, _ in a}
+    text_a = {_same_text_key(c, t): c for c, t in a}
+    same_id = [c for c, _ in b if c in ids_a]
+    same_text = [(text_a[_same_text_key(c, t)], c) for c, t in b
+                 if c not in ids_a and _same_text_key(c, t) in text_a]
+    if not same_id and not same_text:
+        return None
+    shown = [shorten(c) for c in same_id[:examples]] + \
+        [f"{shorten(x)} = {shorten(y)}" for x, y in same_text[:max(0, examples - len(same_id))]]
+    return (f"the {first} and {second} caption files of collection {shorten(collection.name)} share "
+            f"{len(same_id)} caption ids and {len(same_text)} more captions of the same video with the same text "
+            f"(of {len(b)} {second} captions; leakage inflates metrics on {second}), e.g. {', '.join(shown)}")
 
 
 @dataclass

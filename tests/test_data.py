@@ -16,7 +16,7 @@ from ralbook.cli import main as cli_main
 from ralbook.config import DataConfig
 from ralbook.data import (Collection, QueryDataset, TrainDataset, VideoDataset, bin_rows, collate_queries,
                           collate_train, collate_videos, convert_bin_to_hdf5, l2_normalize, query_input,
-                          video_inputs)
+                          video_inputs, caption_leaks)
 from ralbook.errors import DataError
 from ralbook.features import bin_edges
 
@@ -662,3 +662,28 @@ def test_undecodable_caption_id_is_refused_but_text_is_shown(tiny_collection):
     with pytest.raises(DataError, match=r"tinyval\.caption\.txt: line 1: caption id .* contains bytes that are "
                                         r"not UTF-8"):
         open_tiny(spec).captions("val")
+
+
+def test_caption_in_two_splits_is_reported(tmp_path):
+    spec = random_spec(tmp_path)
+    test_cap, test_text = spec.captions["test"][1]
+    val_cap = spec.captions["val"][0][0]
+    # the same id in train and val; a test caption's text again in train under another id of the same video
+    spec.captions["train"].append((val_cap, spec.captions["val"][0][1]))
+    twin = test_cap.split("#")[0] + "#enc#99"
+    spec.captions["train"].append((twin, "  " + test_text.upper() + " "))
+    spec.text[twin] = spec.text[test_cap]
+    write_layout(spec)
+    coll = open_tiny(spec)
+    assert caption_leaks(coll, "val", "test") is None
+    assert caption_leaks(coll, "train", "val") == (
+        f"the train and val caption files of collection 'tiny' share 1 caption ids and 0 more captions of the same "
+        f"video with the same text (of {len(spec.captions['val'])} val captions; leakage inflates metrics on val), "
+        f"e.g. '{val_cap}'")
+    assert caption_leaks(coll, "train", "test").endswith(
+        f"share 0 caption ids and 1 more captions of the same video with the same text (of "
+        f"{len(spec.captions['test'])} test captions; leakage inflates metrics on test), e.g. '{twin}' = '{test_cap}'")
+    with pytest.warns(UserWarning) as record:
+        summary = coll.summary()
+    assert len(summary.notes) == 2 and len(record) == 2
+    assert "train and val" in summary.notes[0] and "train and test" in summary.notes[1]
