@@ -21,8 +21,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ralbook.errors import DataError, shorten
-from ralbook.features import (FrameStore, H5Rows, PathLike, bin_rows, convert_bin_to_hdf5,
-                              l2_normalize, open_frame_store, query_input, require_file, video_inputs)
+from ralbook.features import (FrameStore, H5Rows, PathLike, bin_rows, convert_bin_to_hdf5, far_rows_warning,
+                              l2_normalize, open_frame_store, query_input, require_file, row_norms, video_inputs)
 
 __all__ = ["Collection", "CollectionSummary", "SplitSummary", "TrainDataset", "VideoDataset", "QueryDataset",
            "collate_train", "collate_videos", "collate_queries", "bin_rows", "video_inputs", "query_input",
@@ -228,10 +228,11 @@ class Collection:
         return query_input(self.text_features(cap_id), self.max_desc_len)
 
     # --- checks and statistics
-    def validate(self, splits: Sequence[str] = SPLITS, progress: bool = True) -> None:
+    def validate(self, splits: Sequence[str] = SPLITS, progress: bool = True) -> list[str]:
         """Check every caption, video, frame id and feature row the splits use; DataError on the first problem.
 
         Normal reads check only what they touch; this reads every used row (chunked) and every caption.
+        Gives warnings that do not stop a run: rows whose norm is far above the collection's (far_rows).
         """
         from tqdm.auto import tqdm
 
@@ -248,10 +249,16 @@ class Collection:
         videos = list(dict.fromkeys(v for cf in parsed.values() for v in cf.by_video))
         for video in videos:
             self.frames.check_video(video)
-        self.frames.validate_rows(videos, progress)
-        cap_ids = [c for cf in parsed.values() for c in cf.cap_ids]
-        for cap in tqdm(cap_ids, desc="check text features", unit="caption", disable=not progress):
-            self.text.read(cap)
+        found = [self.frames.validate_rows(videos, progress)]
+        cap_ids = list(dict.fromkeys(c for cf in parsed.values() for c in cf.cap_ids))
+        norms = [row_norms(self.text.read(cap))
+                 for cap in tqdm(cap_ids, desc="check text features", unit="caption", disable=not progress)]
+        owner = np.repeat(np.arange(len(cap_ids)), [len(n) for n in norms])
+        start = np.concatenate([[0], np.cumsum([len(n) for n in norms])])
+        found.append(far_rows_warning(np.concatenate(norms) if norms else np.zeros(0),
+                                      lambda i: f"token {i - start[owner[i]]} of caption {shorten(cap_ids[owner[i]])}",
+                                      self.text.path, "token"))
+        return [w for w in found if w]
 
     def summary(self, splits: Sequence[str] = SPLITS, norm_videos: int = 200, seed: int = 0,
                 progress: bool = False) -> "CollectionSummary":
@@ -468,10 +475,12 @@ def run_inspect(args: argparse.Namespace) -> int:
     """Validate the collection, then print its summary; broken data raises DataError (exit 2 in the CLI)."""
     collection = Collection(args.data_root, args.collection, args.feature, args.text_feature_file,
                             video_feature_file=args.video_feature_file)
-    collection.validate(args.splits, progress=not args.no_progress)
+    found = collection.validate(args.splits, progress=not args.no_progress)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the notes are printed with the table
         summary = collection.summary(args.splits, progress=not args.no_progress)
     print(summary.format())
+    for message in found:
+        print(f"warning: {message}")
     print(f"ok: {collection.dir} passed all checks for splits {', '.join(args.splits)}")
     return 0

@@ -223,6 +223,44 @@ def check_finite(rows: np.ndarray, path: Path, what: str, row_label: Optional[Ca
         raise DataError(f"{path}: {what} ({label}): expected finite values, found NaN or inf")
 
 
+FAR_FACTOR, FAR_MADS = 10.0, 20.0   # the rule of far_rows
+
+
+def far_rows(norms: np.ndarray) -> np.ndarray:
+    """Mask of row norms far above the rest: above FAR_FACTOR x the median AND the median + FAR_MADS robust
+    standard deviations (1.4826 x the median absolute deviation).
+
+    Why both: the MAD part adapts to how spread the collection's norms are, the factor keeps a very
+    tight collection (MAD near 0) from flagging ordinary rows. Median and MAD ignore the outliers
+    themselves, so a few rows at float32's maximum cannot hide each other. Only the high side is
+    flagged: large rows dominate clip averages, small ones merely vanish after normalisation.
+    """
+    norms = np.asarray(norms, dtype=np.float64)
+    if not norms.size:
+        return np.zeros(0, dtype=bool)
+    median = float(np.median(norms))
+    spread = 1.4826 * float(np.median(np.abs(norms - median)))
+    return (norms > FAR_FACTOR * median) & (norms > median + FAR_MADS * spread)
+
+
+def row_norms(rows: np.ndarray) -> np.ndarray:
+    """L2 norms of (n, D) rows computed in float64 (float32 overflows for values near its maximum)."""
+    return np.linalg.norm(np.asarray(rows, dtype=np.float64).reshape(len(rows), -1), axis=1)
+
+
+def far_rows_warning(norms: np.ndarray, label: Callable[[int], str], path: Path, what: str,
+                     examples: int = 3) -> Optional[str]:
+    """The warning ``inspect`` prints for rows whose norm is far above the collection's (None when none is)."""
+    far = np.flatnonzero(far_rows(norms))
+    if not len(far):
+        return None
+    worst = far[np.argsort(-norms[far], kind="stable")][:examples]
+    shown = ", ".join(f"{label(int(i))} (norm {norms[i]:.3g})" for i in worst)
+    return (f"{path}: {len(far)} of {len(norms)} {what} rows have a norm far above the others (median "
+            f"{np.median(norms):.3g}; rule: above {FAR_FACTOR:g}x the median and the median + {FAR_MADS:g} robust "
+            f"standard deviations), e.g. {shown}; such rows dominate averages: check how the file was made")
+
+
 # ----------------------------------------------------------------------------- per-process handles
 
 class ProcessLocal:
@@ -493,14 +531,16 @@ class BinFrameStore:
         """Listed, with at least one frame, every frame id in id.txt (no feature rows read)."""
         self.index.rows(video)
 
-    def validate_rows(self, videos: Iterable[str], progress: bool = True) -> None:
-        """Every row the videos use is finite: one sequential pass over feature.bin in 64 MiB chunks."""
+    def validate_rows(self, videos: Iterable[str], progress: bool = True) -> Optional[str]:
+        """Every row the videos use is finite (one sequential pass over feature.bin in 32 MiB chunks);
+        gives the far_rows_warning of the used rows, if any."""
         from tqdm.auto import tqdm
 
         used = np.zeros(self.n_rows, dtype=bool)
         for video in videos:
             used[self.index.rows(video)] = True
-        step = max(1, (64 << 20) // (4 * self.dim))
+        norms = np.zeros(self.n_rows, dtype=np.float64)
+        step = max(1, (32 << 20) // (4 * self.dim))
         with tqdm(total=self.n_rows, desc="check frame rows", unit="row", unit_scale=True,
                   disable=not progress) as bar:
             for lo in range(0, self.n_rows, step):
@@ -510,7 +550,10 @@ class BinFrameStore:
                     row = lo + int(bad[0])
                     raise DataError(f"{self.bin_path}: row {row} ({self.index.describe_row(row)}): expected finite "
                                     f"values, found NaN or inf")
+                norms[lo:lo + len(chunk)] = row_norms(chunk)
                 bar.update(len(chunk))
+        rows = np.flatnonzero(used)
+        return far_rows_warning(norms[rows], lambda i: self.index.describe_row(int(rows[i])), self.bin_path, "frame")
 
     def close(self) -> None:
         self._memmap.close()
@@ -547,11 +590,20 @@ class H5FrameStore:
     def check_video(self, video: str) -> None:
         self.rows.dataset(video)
 
-    def validate_rows(self, videos: Iterable[str], progress: bool = True) -> None:
+    def validate_rows(self, videos: Iterable[str], progress: bool = True) -> Optional[str]:
+        """Every video's rows are finite; gives the far_rows_warning of all their rows, if any."""
         from tqdm.auto import tqdm
 
-        for video in tqdm(list(videos), desc="check frame rows", unit="video", disable=not progress):
-            self.rows.read(video)
+        names = list(videos)
+        norms = [row_norms(self.rows.read(video))
+                 for video in tqdm(names, desc="check frame rows", unit="video", disable=not progress)]
+        owner = np.repeat(np.arange(len(names)), [len(n) for n in norms])
+        start = np.concatenate([[0], np.cumsum([len(n) for n in norms])])
+
+        def label(i: int) -> str:
+            return f"frame {i - start[owner[i]]} of video {shorten(names[owner[i]])}"
+
+        return far_rows_warning(np.concatenate(norms) if norms else np.zeros(0), label, self.path, "frame")
 
     def close(self) -> None:
         self.rows.close()

@@ -687,3 +687,47 @@ def test_caption_in_two_splits_is_reported(tmp_path):
         summary = coll.summary()
     assert len(summary.notes) == 2 and len(record) == 2
     assert "train and val" in summary.notes[0] and "train and test" in summary.notes[1]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_far_rows_flags_exactly_the_planted_rows_at_any_scale(seed):
+    from ralbook.features import far_rows, row_norms
+
+    rng = np.random.default_rng(seed)
+    dim, n = int(rng.integers(2, 64)), int(rng.integers(50, 3000))
+    for scale in (1e-20, 1.0, 1e20):
+        x = (rng.standard_normal((n, dim)) * rng.uniform(0.5, 2.0, size=(n, 1)) * scale).astype(np.float32)
+        assert not far_rows(row_norms(x)).any()     # ordinary spread: nothing flagged
+        planted = rng.choice(n, size=int(rng.integers(1, 4)), replace=False)
+        x[planted] = F32_MAX if scale <= 1 else x[planted] * 1e6
+        assert np.flatnonzero(far_rows(row_norms(x))).tolist() == sorted(planted.tolist())
+
+
+def test_inspect_warns_about_extreme_rows(tiny_collection, capsys):
+    spec = tiny_collection
+    rewrite_rows(spec, "test02", 2, np.full(8, F32_MAX, np.float32))
+    cap = spec.captions["val"][1][0]
+    rows = spec.text[cap].copy()
+    rows[0] = 1e30
+    replace_text_dataset(spec, cap, rows)
+    code = cli_main(["inspect", "--data-root", str(spec.root), "--collection", "tiny", "--feature", "feat",
+                     "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0
+    warned = [line for line in out.splitlines() if line.startswith("warning:")]
+    frame = spec.frame_ids["test02"][2]
+    assert len(warned) == 2
+    assert f"feature.bin: 1 of {sum(len(v) for v in spec.frames.values())} frame rows have a norm far above" \
+           in warned[0] and f"frame '{frame}' of video 'test02' (norm 9.62e+38)" in warned[0]
+    assert "query_feat.hdf5: 1 of" in warned[1] and f"token 0 of caption '{cap}'" in warned[1]
+    # and the clip averages of that video are finite
+    clip, frames = open_tiny(spec).video_arrays("test02")
+    assert np.isfinite(clip).all() and np.isfinite(frames).all()
+
+
+def test_extreme_rows_in_the_hdf5_variant(tmp_path):
+    spec = random_spec(tmp_path)
+    spec.frames["val00"][7] = 1e35
+    write_layout(spec, variant="hdf5")
+    found = open_tiny(spec).validate(progress=False)
+    assert len(found) == 1 and "feature.hdf5: 1 of" in found[0] and "frame 7 of video 'val00'" in found[0]
