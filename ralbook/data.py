@@ -210,14 +210,21 @@ class Collection:
 
     def words(self, cap_id: str) -> Optional[list[str]]:
         """The caption's words, one per token row, from the optional TextData/COLLECTION_words.json."""
+        path = self.text_dir / f"{self.name}_words.json"
         if self._words is None:
-            path = self.text_dir / f"{self.name}_words.json"
             try:
                 self._words = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-            except json.JSONDecodeError as err:
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
                 raise DataError(f"{path}: expected a JSON object {{cap_id: [word, ...]}}, found invalid JSON "
-                                f"({err})") from None
-        return self._words.get(cap_id)
+                                f"({shorten(str(err))})") from None
+            if not isinstance(self._words, dict):
+                found, self._words = type(self._words).__name__, None
+                raise DataError(f"{path}: expected a JSON object {{cap_id: [word, ...]}}, found a {found}")
+        words = self._words.get(cap_id)
+        if words is not None and not (isinstance(words, list) and all(isinstance(w, str) for w in words)):
+            raise DataError(f"{path}: caption id {shorten(cap_id)}: expected a list of words, found "
+                            f"{shorten(words)}")
+        return words
 
     def video_arrays(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
         """Model inputs of one video: (clips (n_clips, Dv), frames (<= max_frames, Dv)), normalised rows."""
