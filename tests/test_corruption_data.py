@@ -228,6 +228,7 @@ class Reading:
     text: dict[str, np.ndarray]
     words: dict[str, Optional[list]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    inputs: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)   # video -> (clips, frames)
 
 
 def independent_reading(root: Path) -> Reading:
@@ -258,18 +259,17 @@ def ralbook_reading(root: Path) -> Reading:
             coll.summary(SPLITS, progress=False)
         captions = {split: coll.captions(split) for split in SPLITS}
         videos = list(dict.fromkeys(v for split in SPLITS for v in coll.videos(split)))
-        frames = {}
+        frames, inputs = {}, {}
         for video in videos:
             frames[video] = coll.raw_frames(video)
-            clip, rows = coll.video_arrays(video)
-            assert np.isfinite(clip).all() and np.isfinite(rows).all(), f"non-finite model input of {video}"
+            inputs[video] = coll.video_arrays(video)
         caps = list(dict.fromkeys(c for rows in captions.values() for c, _ in rows))
         text = {}
         for cap in caps:
             text[cap] = coll.text_features(cap)
             assert np.isfinite(coll.query_array(cap)).all(), f"non-finite model input of {cap}"
         words = {cap: coll.words(cap) for cap in caps}
-        return Reading(captions, frames, text, words, found)
+        return Reading(captions, frames, text, words, found, inputs)
     finally:
         coll.close()
 
@@ -699,9 +699,27 @@ def run_case(index: int, bases: dict[str, Path], work: Path) -> tuple[str, str, 
     return case.kind, "read", None
 
 
+def model_inputs(raw: np.ndarray, n_clips: int = 32, max_frames: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Clip and frame inputs by the written-out formula, in float64: bins b_i = min(round(i n / k), n - 1),
+    each the mean of rows b_i..b_(i+1)-1 (row b_i when empty), rows divided by (norm + 1e-5)."""
+    def bins(x: np.ndarray, k: int) -> np.ndarray:
+        n = len(x)
+        b = [min(int(np.round(i * n / k)), n - 1) for i in range(k + 1)]
+        return np.stack([x[b[i]:b[i + 1]].mean(0) if b[i] < b[i + 1] else x[b[i]] for i in range(k)])
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-5)
+    x = raw.astype(np.float64)
+    return unit(bins(x, n_clips)), unit(bins(x, max_frames) if len(x) > max_frames else x)
+
+
 def compare(expected: Reading, got: Reading) -> Optional[str]:
     if expected.captions != got.captions:
         return "captions differ"
+    for video, raw in expected.frames.items():
+        for name, want, have in zip(("clip", "frame"), model_inputs(raw), got.inputs[video]):
+            if have.shape != want.shape or not np.allclose(have, want, rtol=1e-4, atol=1e-6):
+                return f"{name} inputs of {video!r} differ from the formula (float64)"
     for what in ("frames", "text"):
         a, b = getattr(expected, what), getattr(got, what)
         if a.keys() != b.keys():
@@ -740,22 +758,40 @@ def test_corruption_campaign(bases, tmp_path):
     assert N_CASES < len(CLASSES) or sum(n for (_, o), n in outcomes.items() if o == "refused") >= len(CLASSES)
 
 
-@pytest.mark.parametrize("corrupt", [c_bin_truncate, c_v2f_duplicate, c_v2f_code, c_caption_id_edit])
-def test_inspect_cli_prints_one_line_and_exits_2(bases, tmp_path, corrupt):
-    root = tmp_path / "copy"
-    shutil.copytree(bases["bin"], root, copy_function=os.link)
-    rng = np.random.default_rng(1)
-    case = corrupt(rng, root)
-    while case.expect != "refuse":   # caption id edits include a read-only class (leakage)
-        shutil.rmtree(root)
+def refused_copy(bases: dict[str, Path], root: Path, corrupt: Callable, seed: int = 1) -> Case:
+    """A copy of the bin base with one corruption of ``corrupt``'s class that must be refused."""
+    rng = np.random.default_rng(seed)
+    while True:   # some classes also hold corruptions that must be read (leakage, BOM, ...)
+        shutil.rmtree(root, ignore_errors=True)
         shutil.copytree(bases["bin"], root, copy_function=os.link)
         case = corrupt(rng, root)
+        if case.expect == "refuse":
+            return case
+
+
+INSPECT = ["inspect", "--collection", NAME, "--feature", FEATURE, "--no-progress", "--data-root"]
+
+
+@pytest.mark.parametrize("corrupt", [c_bin_truncate, c_v2f_duplicate, c_caption_id_edit, c_text_h5_dataset,
+                                     c_shape_edit])
+def test_inspect_command_prints_one_line_and_exits_2(bases, tmp_path, capsys, corrupt):
+    from ralbook.cli import main
+
+    case = refused_copy(bases, tmp_path / "copy", corrupt)
+    assert main(INSPECT + [str(tmp_path / "copy")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ralbook inspect: error: ")
+    assert any(name in lines[0] for name in case.names)
+
+
+def test_inspect_subprocess_on_code_in_video2frames(bases, tmp_path):
+    root = tmp_path / "copy"
+    case = refused_copy(bases, root, c_v2f_code)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1])] + sys.path))
-    done = subprocess.run([sys.executable, "-m", "ralbook", "inspect", "--data-root", str(root), "--collection", NAME,
-                           "--feature", FEATURE, "--no-progress"], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "ralbook"] + INSPECT + [str(root)], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=300)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ralbook inspect: error: ") and "Traceback" not in done.stderr
-    assert any(name in lines[0] for name in case.names)
+    assert "video2frames.txt" in lines[0] and case.names == ("video2frames.txt",)
     assert not (root / PAYLOAD).exists() and not (tmp_path / PAYLOAD).exists()
