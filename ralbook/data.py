@@ -281,10 +281,10 @@ class Collection:
             tokens = np.array([self.n_tokens(c) for c in tqdm(cf.cap_ids, desc=f"{split} captions",
                                                                  disable=not progress)], dtype=np.int64)
             sample = rng.choice(len(videos), size=min(norm_videos, len(videos)), replace=False) if videos else []
-            norms = [np.linalg.norm(self.raw_frames(videos[i]), axis=1) for i in sorted(sample)]
+            norms = [row_norms(self.raw_frames(videos[i])) for i in sorted(sample)]
             out[split] = SplitSummary(split, str(cf.path), len(videos), len(cf.cap_ids), frames,
                                       np.array([len(cf.by_video[v]) for v in videos], dtype=np.int64), tokens,
-                                      np.concatenate(norms).astype(np.float32) if norms else np.zeros(0, np.float32))
+                                      np.concatenate(norms) if norms else np.zeros(0))
         notes = []
         for i, a in enumerate(splits):
             for b in splits[i + 1:]:

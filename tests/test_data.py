@@ -720,9 +720,13 @@ def test_inspect_warns_about_extreme_rows(tiny_collection, capsys):
     assert f"feature.bin: 1 of {sum(len(v) for v in spec.frames.values())} frame rows have a norm far above" \
            in warned[0] and f"frame '{frame}' of video 'test02' (norm 9.62e+38)" in warned[0]
     assert "query_feat.hdf5: 1 of" in warned[1] and f"token 0 of caption '{cap}'" in warned[1]
-    # and the clip averages of that video are finite
+    # and the clip averages of that video are finite, the summary's norms too (no overflow warnings)
     clip, frames = open_tiny(spec).video_arrays("test02")
     assert np.isfinite(clip).all() and np.isfinite(frames).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        norms = open_tiny(spec).summary(["test"]).splits["test"].frame_norms
+    assert np.isfinite(norms).all() and norms.max() == pytest.approx(np.sqrt(8) * F32_MAX, rel=1e-6)
 
 
 def test_extreme_rows_in_the_hdf5_variant(tmp_path):
