@@ -102,7 +102,7 @@ def default_feature(collection_dir: Path, collection: str) -> str:
     if len(have) == 1:
         return have[0]
     raise DataError(f"{base}: no default feature for collection {shorten(collection)}; name one with --feature "
-                    f"(found {have or 'no feature folders'})")
+                    f"(found {shorten(have) if have else 'no feature folders'})")
 
 
 class Collection:
@@ -121,7 +121,8 @@ class Collection:
         self.dir = self.root / collection
         if not self.dir.is_dir():
             if self.root.is_dir():
-                found = f"{self.root} holds {sorted(p.name for p in self.root.iterdir() if p.is_dir()) or 'nothing'}"
+                held = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+                found = f"{self.root} holds {shorten(held) if held else 'nothing'}"
             else:
                 found = f"{self.root} does not exist"
             raise DataError(f"{self.dir}: missing collection folder (expected ROOT/{collection}/ in the release "

@@ -624,7 +624,7 @@ def open_frame_store(feature_dir: Path, video_feature_file: Optional[PathLike] =
         parent = feature_dir.parent
         have = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
         raise DataError(f"{feature_dir}: missing feature folder (expected FeatureData/{feature_dir.name}/; "
-                        f"found {have or 'no feature folders'})")
+                        f"found {shorten(have) if have else 'no feature folders'})")
     raise DataError(f"{feature_dir / 'feature.bin'}: missing file; expected feature.bin (with id.txt, shape.txt, "
                     f"video2frames.txt) or feature.hdf5 in {feature_dir}")
 
