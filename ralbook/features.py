@@ -11,8 +11,9 @@ from __future__ import annotations
 import ast
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import h5py
 import numpy as np
@@ -285,11 +286,15 @@ class ProcessLocal:
         return {"_opener": self._opener, "_value": None, "_pid": None}
 
 
+# h5py turns damage inside a file (a broken heap or B-tree, a bad filter, a truncated chunk) into these
+H5_FAILURES = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError, SystemError)
+
+
 def open_h5(path: Path) -> h5py.File:
     try:
         return h5py.File(path, "r")
-    except OSError as err:
-        raise DataError(f"{path}: not a readable HDF5 file ({err})") from None
+    except H5_FAILURES as err:
+        raise DataError(f"{path}: not a readable HDF5 file ({shorten(str(err))})") from None
 
 
 class _H5Opener:
@@ -302,15 +307,19 @@ class _H5Opener:
         return open_h5(self.path)
 
 
-# h5py turns damage inside a file (a broken heap or B-tree, a bad filter, a truncated chunk) into these
-H5_FAILURES = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError, SystemError)
 WIDTH_SAMPLE = 25    # datasets whose widths decide the expected width (the most common one wins)
 
 
-def h5_failure(path: Path, what: str, err: BaseException) -> DataError:
-    """One DataError for an HDF5 read that failed inside h5py (damaged file)."""
-    return DataError(f"{path}: {what}: the HDF5 file is damaged or not written as expected "
-                     f"({type(err).__name__}: {shorten(str(err))}); re-copy or re-extract it")
+@contextmanager
+def h5_errors(path: Path, what: str) -> Iterator[None]:
+    """Failures inside h5py (damaged file) become one DataError naming the file and what was being read."""
+    try:
+        yield
+    except DataError:
+        raise
+    except H5_FAILURES as err:
+        raise DataError(f"{path}: {what}: the HDF5 file is damaged or not written as expected "
+                        f"({type(err).__name__}: {shorten(str(err))}); re-copy or re-extract it") from None
 
 
 def sample_width(path: Path, sample: int = WIDTH_SAMPLE) -> int:
@@ -320,16 +329,13 @@ def sample_width(path: Path, sample: int = WIDTH_SAMPLE) -> int:
     (Scanning every dataset would cost seconds on the 100k-caption releases.)
     """
     widths: dict[int, int] = {}
-    with open_h5(path) as f:
-        try:
-            for name in f:
-                obj = f.get(name)
-                if isinstance(obj, h5py.Dataset) and obj.ndim == 2 and obj.shape[1] > 0:
-                    widths[int(obj.shape[1])] = widths.get(int(obj.shape[1]), 0) + 1
-                    if sum(widths.values()) >= sample:
-                        break
-        except H5_FAILURES as err:
-            raise h5_failure(path, "listing its datasets", err) from None
+    with open_h5(path) as f, h5_errors(path, "listing its datasets"):
+        for name in f:
+            obj = f.get(name)
+            if isinstance(obj, h5py.Dataset) and obj.ndim == 2 and obj.shape[1] > 0:
+                widths[int(obj.shape[1])] = widths.get(int(obj.shape[1]), 0) + 1
+                if sum(widths.values()) >= sample:
+                    break
     if not widths:
         raise DataError(f"{path}: expected 2-D float datasets (rows, dim), found none")
     return max(widths, key=lambda w: (widths[w], -w))
@@ -348,10 +354,10 @@ class H5Rows:
         return f"{self.id_kind} {shorten(key)}"
 
     def dataset(self, key: str) -> h5py.Dataset:
-        try:
-            obj = self._file.get().get(key) if key else None
-        except H5_FAILURES as err:
-            raise h5_failure(self.path, self._label(key), err) from None
+        with h5_errors(self.path, self._label(key)):
+            return self._checked(key, self._file.get().get(key) if key else None)
+
+    def _checked(self, key: str, obj: Any) -> h5py.Dataset:
         if not isinstance(obj, h5py.Dataset):
             raise DataError(f"{self.path}: {self._label(key)} has no dataset (expected one of shape "
                             f"(rows, {self.dim}))")
@@ -370,24 +376,18 @@ class H5Rows:
 
     def read(self, key: str) -> np.ndarray:
         obj = self.dataset(key)
-        try:
+        with h5_errors(self.path, f"reading {self._label(key)}"):
             rows = np.asarray(obj[...], dtype=np.float32)
-        except H5_FAILURES as err:
-            raise h5_failure(self.path, f"reading {self._label(key)}", err) from None
         check_finite(rows, self.path, self._label(key))
         return rows
 
     def has(self, key: str) -> bool:
-        try:
+        with h5_errors(self.path, self._label(key)):
             return bool(key) and isinstance(self._file.get().get(key), h5py.Dataset)
-        except H5_FAILURES as err:
-            raise h5_failure(self.path, self._label(key), err) from None
 
     def keys(self) -> list[str]:
-        try:
+        with h5_errors(self.path, "listing its datasets"):
             return list(self._file.get().keys())
-        except H5_FAILURES as err:
-            raise h5_failure(self.path, "listing its datasets", err) from None
 
     def close(self) -> None:
         self._file.close()
