@@ -229,6 +229,7 @@ class Reading:
     words: dict[str, Optional[list]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     inputs: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)   # video -> (clips, frames)
+    queries: dict[str, np.ndarray] = field(default_factory=dict)                      # caption -> query input
 
 
 def independent_reading(root: Path) -> Reading:
@@ -264,12 +265,10 @@ def ralbook_reading(root: Path) -> Reading:
             frames[video] = coll.raw_frames(video)
             inputs[video] = coll.video_arrays(video)
         caps = list(dict.fromkeys(c for rows in captions.values() for c, _ in rows))
-        text = {}
-        for cap in caps:
-            text[cap] = coll.text_features(cap)
-            assert np.isfinite(coll.query_array(cap)).all(), f"non-finite model input of {cap}"
+        text = {cap: coll.text_features(cap) for cap in caps}
+        queries = {cap: coll.query_array(cap) for cap in caps}
         words = {cap: coll.words(cap) for cap in caps}
-        return Reading(captions, frames, text, words, found, inputs)
+        return Reading(captions, frames, text, words, found, inputs, queries)
     finally:
         coll.close()
 
@@ -699,6 +698,12 @@ def run_case(index: int, bases: dict[str, Path], work: Path) -> tuple[str, str, 
     return case.kind, "read", None
 
 
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows divided by (their L2 norm + 1e-5), in float64."""
+    x = x.astype(np.float64)
+    return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-5)
+
+
 def model_inputs(raw: np.ndarray, n_clips: int = 32, max_frames: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """Clip and frame inputs by the written-out formula, in float64: bins b_i = min(round(i n / k), n - 1),
     each the mean of rows b_i..b_(i+1)-1 (row b_i when empty), rows divided by (norm + 1e-5)."""
@@ -707,8 +712,6 @@ def model_inputs(raw: np.ndarray, n_clips: int = 32, max_frames: int = 128) -> t
         b = [min(int(np.round(i * n / k)), n - 1) for i in range(k + 1)]
         return np.stack([x[b[i]:b[i + 1]].mean(0) if b[i] < b[i + 1] else x[b[i]] for i in range(k)])
 
-    def unit(x: np.ndarray) -> np.ndarray:
-        return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-5)
     x = raw.astype(np.float64)
     return unit(bins(x, n_clips)), unit(bins(x, max_frames) if len(x) > max_frames else x)
 
@@ -720,6 +723,9 @@ def compare(expected: Reading, got: Reading) -> Optional[str]:
         for name, want, have in zip(("clip", "frame"), model_inputs(raw), got.inputs[video]):
             if have.shape != want.shape or not np.allclose(have, want, rtol=1e-4, atol=1e-6):
                 return f"{name} inputs of {video!r} differ from the formula (float64)"
+    for cap, raw in expected.text.items():
+        if not np.allclose(got.queries[cap], unit(raw[:30]), rtol=1e-4, atol=1e-6):
+            return f"query input of {cap!r} differs from the formula (float64)"
     for what in ("frames", "text"):
         a, b = getattr(expected, what), getattr(got, what)
         if a.keys() != b.keys():
