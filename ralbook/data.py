@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ralbook.errors import DataError, shorten
-from ralbook.features import (FrameStore, H5Rows, PathLike, bin_rows, convert_bin_to_hdf5, far_rows_warning,
+from ralbook.features import (FrameStore, H5Rows, PathLike, bin_rows, convert_bin_to_hdf5, far_rows_by_id,
                               l2_normalize, open_frame_store, query_input, require_file, row_norms, video_inputs)
 
 __all__ = ["Collection", "CollectionSummary", "SplitSummary", "TrainDataset", "VideoDataset", "QueryDataset",
@@ -261,11 +261,7 @@ class Collection:
         cap_ids = list(dict.fromkeys(c for cf in parsed.values() for c in cf.cap_ids))
         norms = [row_norms(self.text.read(cap))
                  for cap in tqdm(cap_ids, desc="check text features", unit="caption", disable=not progress)]
-        owner = np.repeat(np.arange(len(cap_ids)), [len(n) for n in norms])
-        start = np.concatenate([[0], np.cumsum([len(n) for n in norms])])
-        found.append(far_rows_warning(np.concatenate(norms) if norms else np.zeros(0),
-                                      lambda i: f"token {i - start[owner[i]]} of caption {shorten(cap_ids[owner[i]])}",
-                                      self.text.path, "token"))
+        found.append(far_rows_by_id(norms, cap_ids, self.text.path, "token", "caption"))
         return [w for w in found if w]
 
     def summary(self, splits: Sequence[str] = SPLITS, norm_videos: int = 200, seed: int = 0,

@@ -262,6 +262,16 @@ def far_rows_warning(norms: np.ndarray, label: Callable[[int], str], path: Path,
             f"standard deviations), e.g. {shown}; such rows dominate averages: check how the file was made")
 
 
+def far_rows_by_id(norms: list[np.ndarray], ids: list[str], path: Path, row_kind: str, id_kind: str) -> Optional[str]:
+    """far_rows_warning over the rows of several ids (``norms[k]`` holds the row norms of ``ids[k]``)."""
+    owner = np.repeat(np.arange(len(ids)), [len(n) for n in norms])
+    start = np.concatenate([[0], np.cumsum([len(n) for n in norms])]).astype(np.int64)
+
+    def label(i: int) -> str:
+        return f"{row_kind} {i - int(start[owner[i]])} of {id_kind} {shorten(ids[owner[i]])}"
+    return far_rows_warning(np.concatenate(norms) if norms else np.zeros(0), label, path, row_kind)
+
+
 # ----------------------------------------------------------------------------- per-process handles
 
 class ProcessLocal:
@@ -597,13 +607,7 @@ class H5FrameStore:
         names = list(videos)
         norms = [row_norms(self.rows.read(video))
                  for video in tqdm(names, desc="check frame rows", unit="video", disable=not progress)]
-        owner = np.repeat(np.arange(len(names)), [len(n) for n in norms])
-        start = np.concatenate([[0], np.cumsum([len(n) for n in norms])])
-
-        def label(i: int) -> str:
-            return f"frame {i - start[owner[i]]} of video {shorten(names[owner[i]])}"
-
-        return far_rows_warning(np.concatenate(norms) if norms else np.zeros(0), label, self.path, "frame")
+        return far_rows_by_id(norms, names, self.path, "frame", "video")
 
     def close(self) -> None:
         self.rows.close()
