@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +20,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ralbook.errors import DataError
-from ralbook.features import (FrameStore, H5Rows, PathLike, bin_rows, convert_bin_to_hdf5,
-                              l2_normalize, open_frame_store, query_input, require_file, video_inputs)
+from ralbook.errors import DataError, shorten
+from ralbook.features import (FrameStore, H5Rows, PathLike, bin_rows, convert_bin_to_hdf5, far_rows_by_id,
+                              l2_normalize, open_frame_store, query_input, require_file, row_norms, video_inputs)
 
 __all__ = ["Collection", "CollectionSummary", "SplitSummary", "TrainDataset", "VideoDataset", "QueryDataset",
            "collate_train", "collate_videos", "collate_queries", "bin_rows", "video_inputs", "query_input",
-           "l2_normalize", "convert_bin_to_hdf5", "DEFAULT_FEATURES", "SPLITS", "video_of"]
+           "l2_normalize", "convert_bin_to_hdf5", "caption_leaks", "DEFAULT_FEATURES", "SPLITS", "video_of"]
 
 SPLITS = ("train", "val", "test")
 # Visual feature folder of each released collection (data/README.md); others name theirs with --feature.
@@ -51,22 +52,37 @@ class CaptionFile:
 
     @classmethod
     def read(cls, path: Path) -> "CaptionFile":
+        """Parse the file; a repeated id, or an id with a control character or bytes that are not UTF-8, is refused.
+
+        Why refuse such ids: HDF5 cuts a key at a NUL, so two different ids could silently name one dataset.
+        """
         require_file(path, '"CAPID caption text" lines')
         cap_ids, texts, line_of, by_video = [], [], {}, {}
-        with open(path, encoding="utf-8", errors="replace") as fh:
+        with open(path, encoding="utf-8-sig", errors="surrogateescape") as fh:
             for number, line in enumerate(fh, 1):
                 parts = line.strip().split(maxsplit=1)
                 if not parts:
                     continue
                 cap = parts[0]
+                bad = next((ch for ch in cap if unicodedata.category(ch) in ("Cc", "Cs")), None)
+                if bad is not None:
+                    what = "bytes that are not UTF-8" if unicodedata.category(bad) == "Cs" else \
+                        f"the control character U+{ord(bad):04X}"
+                    raise DataError(f"{path}: line {number}: caption id {shorten(_readable(cap))} contains {what} "
+                                    f"(expected printable UTF-8 ids such as VIDEOID#enc#0)")
                 if cap in line_of:
-                    raise DataError(f"{path}: line {number}: caption id {cap!r} already appears on line "
+                    raise DataError(f"{path}: line {number}: caption id {shorten(cap)} already appears on line "
                                     f"{line_of[cap]} (expected unique caption ids)")
                 line_of[cap] = number
                 cap_ids.append(cap)
-                texts.append(parts[1] if len(parts) > 1 else "")
+                texts.append(_readable(parts[1]) if len(parts) > 1 else "")
                 by_video.setdefault(video_of(cap), []).append(cap)
         return cls(path, cap_ids, texts, by_video)
+
+
+def _readable(text: str) -> str:
+    """Undecodable bytes (kept as surrogates while reading) shown as U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 # ----------------------------------------------------------------------------- the collection
@@ -85,8 +101,8 @@ def default_feature(collection_dir: Path, collection: str) -> str:
     have = sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
     if len(have) == 1:
         return have[0]
-    raise DataError(f"{base}: no default feature for collection {collection!r}; name one with --feature "
-                    f"(found {have or 'no feature folders'})")
+    raise DataError(f"{base}: no default feature for collection {shorten(collection)}; name one with --feature "
+                    f"(found {shorten(have) if have else 'no feature folders'})")
 
 
 class Collection:
@@ -105,7 +121,8 @@ class Collection:
         self.dir = self.root / collection
         if not self.dir.is_dir():
             if self.root.is_dir():
-                found = f"{self.root} holds {sorted(p.name for p in self.root.iterdir() if p.is_dir()) or 'nothing'}"
+                held = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+                found = f"{self.root} holds {shorten(held) if held else 'nothing'}"
             else:
                 found = f"{self.root} does not exist"
             raise DataError(f"{self.dir}: missing collection folder (expected ROOT/{collection}/ in the release "
@@ -167,8 +184,8 @@ class Collection:
         """Caption ids of one video in a split's caption file (file order)."""
         cf = self._split(split)
         if video_id not in cf.by_video:
-            raise DataError(f"{cf.path}: video {video_id!r} has no caption (expected at least one line "
-                            f"'{video_id}#...')")
+            raise DataError(f"{cf.path}: video {shorten(video_id)} has no caption (expected at least one line "
+                            f"starting {shorten(video_id + '#')})")
         return list(cf.by_video[video_id])
 
     video_of = staticmethod(video_of)
@@ -194,14 +211,21 @@ class Collection:
 
     def words(self, cap_id: str) -> Optional[list[str]]:
         """The caption's words, one per token row, from the optional TextData/COLLECTION_words.json."""
+        path = self.text_dir / f"{self.name}_words.json"
         if self._words is None:
-            path = self.text_dir / f"{self.name}_words.json"
             try:
                 self._words = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-            except json.JSONDecodeError as err:
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
                 raise DataError(f"{path}: expected a JSON object {{cap_id: [word, ...]}}, found invalid JSON "
-                                f"({err})") from None
-        return self._words.get(cap_id)
+                                f"({shorten(str(err))})") from None
+            if not isinstance(self._words, dict):
+                found, self._words = type(self._words).__name__, None
+                raise DataError(f"{path}: expected a JSON object {{cap_id: [word, ...]}}, found a {found}")
+        words = self._words.get(cap_id)
+        if words is not None and not (isinstance(words, list) and all(isinstance(w, str) for w in words)):
+            raise DataError(f"{path}: caption id {shorten(cap_id)}: expected a list of words, found "
+                            f"{shorten(words)}")
+        return words
 
     def video_arrays(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
         """Model inputs of one video: (clips (n_clips, Dv), frames (<= max_frames, Dv)), normalised rows."""
@@ -212,10 +236,11 @@ class Collection:
         return query_input(self.text_features(cap_id), self.max_desc_len)
 
     # --- checks and statistics
-    def validate(self, splits: Sequence[str] = SPLITS, progress: bool = True) -> None:
+    def validate(self, splits: Sequence[str] = SPLITS, progress: bool = True) -> list[str]:
         """Check every caption, video, frame id and feature row the splits use; DataError on the first problem.
 
         Normal reads check only what they touch; this reads every used row (chunked) and every caption.
+        Gives warnings that do not stop a run: rows whose norm is far above the collection's (far_rows).
         """
         from tqdm.auto import tqdm
 
@@ -226,16 +251,18 @@ class Collection:
             absent = [v for v in cf.by_video if not self.frames.has_video(v)]
             if absent:
                 v = absent[0]
-                raise DataError(f"{cf.path}: video {v!r} (caption {cf.by_video[v][0]!r}) is not listed in "
-                                f"{self.frames.listing_path} (expected every captioned video there; {len(absent)} "
-                                f"of the {len(cf.by_video)} videos of this file are missing)")
+                raise DataError(f"{cf.path}: video {shorten(v)} (caption {shorten(cf.by_video[v][0])}) is not "
+                                f"listed in {self.frames.listing_path} (expected every captioned video there; "
+                                f"{len(absent)} of the {len(cf.by_video)} videos of this file are missing)")
         videos = list(dict.fromkeys(v for cf in parsed.values() for v in cf.by_video))
         for video in videos:
             self.frames.check_video(video)
-        self.frames.validate_rows(videos, progress)
-        cap_ids = [c for cf in parsed.values() for c in cf.cap_ids]
-        for cap in tqdm(cap_ids, desc="check text features", unit="caption", disable=not progress):
-            self.text.read(cap)
+        found = [self.frames.validate_rows(videos, progress)]
+        cap_ids = list(dict.fromkeys(c for cf in parsed.values() for c in cf.cap_ids))
+        norms = [row_norms(self.text.read(cap))
+                 for cap in tqdm(cap_ids, desc="check text features", unit="caption", disable=not progress)]
+        found.append(far_rows_by_id(norms, cap_ids, self.text.path, "token", "caption"))
+        return [w for w in found if w]
 
     def summary(self, splits: Sequence[str] = SPLITS, norm_videos: int = 200, seed: int = 0,
                 progress: bool = False) -> "CollectionSummary":
@@ -251,19 +278,52 @@ class Collection:
             tokens = np.array([self.n_tokens(c) for c in tqdm(cf.cap_ids, desc=f"{split} captions",
                                                                  disable=not progress)], dtype=np.int64)
             sample = rng.choice(len(videos), size=min(norm_videos, len(videos)), replace=False) if videos else []
-            norms = [np.linalg.norm(self.raw_frames(videos[i]), axis=1) for i in sorted(sample)]
+            norms = [row_norms(self.raw_frames(videos[i])) for i in sorted(sample)]
             out[split] = SplitSummary(split, str(cf.path), len(videos), len(cf.cap_ids), frames,
                                       np.array([len(cf.by_video[v]) for v in videos], dtype=np.int64), tokens,
-                                      np.concatenate(norms).astype(np.float32) if norms else np.zeros(0, np.float32))
+                                      np.concatenate(norms) if norms else np.zeros(0))
         notes = []
         for i, a in enumerate(splits):
             for b in splits[i + 1:]:
                 if out[a].n_captions and self.same_captions(a, b):
                     notes.append(f"the {a} and {b} caption files hold the same {out[a].n_captions} captions: "
                                  f"model selection on {a} is selection on {b}")
-                    warnings.warn(f"collection {self.name!r}: {notes[-1]}", UserWarning, stacklevel=2)
+                elif (leak := caption_leaks(self, a, b)) is not None:
+                    notes.append(leak)
+                else:
+                    continue
+                warnings.warn(f"collection {shorten(self.name)}: {notes[-1]}", UserWarning, stacklevel=2)
         return CollectionSummary(self.name, self.feature, self.frames.variant, self.visual_dim, self.text_dim,
                                  out, notes)
+
+
+def _same_text_key(cap_id: str, text: str) -> tuple[str, str]:
+    """(video, text with case and spacing ignored): two captions of one video that read the same."""
+    return video_of(cap_id), " ".join(text.casefold().split())
+
+
+def caption_leaks(collection: Collection, first: str, second: str, examples: int = 3) -> Optional[str]:
+    """A warning text when two splits share captions: the same id, or the same video with the same text.
+
+    Why: a caption in both the training and the test split is leakage that inflates test metrics.
+    None when they share nothing or a caption file cannot be read (reading it reports that).
+    """
+    try:
+        a, b = collection.captions(first), collection.captions(second)
+    except (DataError, OSError):
+        return None
+    ids_a = {c for c, _ in a}
+    text_a = {_same_text_key(c, t): c for c, t in a}
+    same_id = [c for c, _ in b if c in ids_a]
+    same_text = [(text_a[_same_text_key(c, t)], c) for c, t in b
+                 if c not in ids_a and _same_text_key(c, t) in text_a]
+    if not same_id and not same_text:
+        return None
+    shown = [shorten(c) for c in same_id[:examples]] + \
+        [f"{shorten(x)} = {shorten(y)}" for x, y in same_text[:max(0, examples - len(same_id))]]
+    return (f"the {first} and {second} caption files of collection {shorten(collection.name)} share "
+            f"{len(same_id)} caption ids and {len(same_text)} more captions of the same video with the same text "
+            f"(of {len(b)} {second} captions; leakage inflates metrics on {second}), e.g. {', '.join(shown)}")
 
 
 @dataclass
@@ -419,10 +479,12 @@ def run_inspect(args: argparse.Namespace) -> int:
     """Validate the collection, then print its summary; broken data raises DataError (exit 2 in the CLI)."""
     collection = Collection(args.data_root, args.collection, args.feature, args.text_feature_file,
                             video_feature_file=args.video_feature_file)
-    collection.validate(args.splits, progress=not args.no_progress)
+    found = collection.validate(args.splits, progress=not args.no_progress)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the notes are printed with the table
         summary = collection.summary(args.splits, progress=not args.no_progress)
     print(summary.format())
+    for message in found:
+        print(f"warning: {message}")
     print(f"ok: {collection.dir} passed all checks for splits {', '.join(args.splits)}")
     return 0

@@ -11,3 +11,17 @@ class DataError(RalbookError, ValueError):
 
 class CheckpointError(RalbookError):
     """A checkpoint file is unreadable, truncated, or does not fit the model."""
+
+
+def shorten(value: object, limit: int = 80) -> str:
+    """``repr(value)`` for a message, cut to about ``limit`` characters.
+
+    Why: messages echo ids and values from user files, and a million-character id (or a list of
+    them) must not flood the terminal. ``repr`` keeps quotes and makes control characters visible.
+    A cut is marked with '...' and, for strings, the full length.
+    """
+    shown = repr(value)
+    if len(shown) <= limit:
+        return shown
+    size = f" ({len(value)} characters)" if isinstance(value, str) else ""
+    return shown[: max(limit - 3, 1)] + "..." + size

@@ -11,13 +11,14 @@ from __future__ import annotations
 import ast
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import h5py
 import numpy as np
 
-from ralbook.errors import DataError
+from ralbook.errors import DataError, shorten
 
 PathLike = Union[str, "os.PathLike[str]"]
 NORM_EPS = 1e-5          # added to the row norm before dividing (SPEC section 2)
@@ -27,9 +28,20 @@ ID_ENCODING = "ISO-8859-1"
 # ----------------------------------------------------------------------------- preprocessing
 
 def l2_normalize(x: np.ndarray, eps: float = NORM_EPS) -> np.ndarray:
-    """Rows divided by (their L2 norm + eps), in float32 like the public code."""
+    """Rows divided by (their L2 norm + eps), in float32 like the public code.
+
+    A finite row whose float32 norm overflows (values near float32's maximum) is normalised in
+    float64 instead, so extreme but finite inputs never turn into zeros or NaN.
+    """
     x = np.asarray(x, dtype=np.float32)
-    return x / (np.linalg.norm(x, axis=-1, keepdims=True) + np.float32(eps))
+    with np.errstate(over="ignore"):
+        norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    out = x / (norm + np.float32(eps))
+    overflow = np.isinf(norm[..., 0]) & np.isfinite(x).all(axis=-1)
+    if overflow.any():
+        wide = x[overflow].astype(np.float64)
+        out[overflow] = (wide / (np.linalg.norm(wide, axis=-1, keepdims=True) + eps)).astype(np.float32)
+    return out
 
 
 def bin_edges(n: int, k: int) -> np.ndarray:
@@ -60,7 +72,13 @@ def bin_rows(x: np.ndarray, k: int) -> np.ndarray:
         if count == 0:
             out[bins] = x[start[bins]]
         else:
-            out[bins] = x[start[bins][:, None] + np.arange(count)].sum(axis=1) / np.float32(count)
+            block = x[start[bins][:, None] + np.arange(count)]
+            with np.errstate(over="ignore"):
+                mean = block.sum(axis=1) / np.float32(count)
+            overflow = ~np.isfinite(mean).all(axis=-1) & np.isfinite(block).all(axis=(1, 2))
+            if overflow.any():  # finite rows near float32's maximum: their sum overflows, their mean does not
+                mean[overflow] = block[overflow].astype(np.float64).mean(axis=1).astype(np.float32)
+            out[bins] = mean
     return out
 
 
@@ -98,7 +116,7 @@ def read_shape(path: Path) -> tuple[int, int]:
     try:
         rows, dim = (int(v) for v in text)
     except ValueError:
-        raise DataError(f"{path}: expected two integers \"NUM_ROWS DIM\", found {' '.join(text)[:80]!r}") from None
+        raise DataError(f"{path}: expected two integers \"NUM_ROWS DIM\", found {shorten(' '.join(text))}") from None
     if rows < 0 or dim < 1:
         raise DataError(f"{path}: expected NUM_ROWS >= 0 and DIM >= 1, found {rows} {dim}")
     return rows, dim
@@ -109,40 +127,92 @@ def read_ids(path: Path) -> list[str]:
     return require_file(path, "the row (frame) ids, whitespace separated").read_text(encoding=ID_ENCODING).split()
 
 
+class _DuplicateKey(Exception):
+    """Raised inside the JSON parser when a dict key repeats (located afterwards with ``ast``)."""
+
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_pairs(pairs: list[tuple[Any, Any]]) -> dict:
+    """``object_pairs_hook`` for json: a dict, or _DuplicateKey when a key repeats (the last would win)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))  # type: ignore[func-returns-value]
+    return out
+
+
 def _fast_literal(text: str) -> Any:
     """The literal parsed by the JSON parser when that is provably equivalent, else None.
 
     With no backslash and only one kind of quote, every string is delimited by that quote and
     contains neither quote, so swapping it for '"' gives JSON with the same strings (anything
     else JSON rejects falls back to ``ast.literal_eval``). About 50x faster than ``ast`` on the
-    tens-of-MB files of the real releases.
+    tens-of-MB files of the real releases. A repeated key raises _DuplicateKey.
     """
     if "\\" in text or ("'" in text and '"' in text):
         return None
     try:
-        return json.loads(text.replace("'", '"'))
+        return json.loads(text.replace("'", '"'), object_pairs_hook=_unique_pairs)
     except json.JSONDecodeError:
         return None
 
 
+def _where(node: ast.AST, lines: list[str]) -> str:
+    """'line L, character C' of an AST node (col_offset counts UTF-8 bytes of the line)."""
+    line = lines[node.lineno - 1] if 0 < node.lineno <= len(lines) else ""
+    column = len(line.encode("utf-8")[: node.col_offset].decode("utf-8", errors="ignore")) + 1
+    return f"line {node.lineno}, character {column}"
+
+
+def _ast_dict(path: Path, text: str) -> Any:
+    """The literal of ``text`` through ``ast`` (parsed, never executed); a repeated top-level key is refused."""
+    tree = ast.parse(text.strip(), mode="eval")
+    body = tree.body
+    if isinstance(body, ast.Dict):
+        first: dict[Any, ast.AST] = {}
+        lines = text.strip().splitlines()
+        for key in body.keys:
+            if key is None:       # {**other}: literal_eval refuses it below
+                continue
+            value = ast.literal_eval(key)
+            try:
+                seen = first.setdefault(value, key)
+            except TypeError:     # an unhashable key: literal_eval refuses it below
+                continue
+            if seen is not key:
+                raise DataError(f"{path}: video {shorten(value)} is listed twice, at {_where(seen, lines)} and "
+                                f"{_where(key, lines)} (expected each video once; the last would silently win)")
+    return ast.literal_eval(body)
+
+
 def read_video2frames(path: Path) -> dict[str, list[str]]:
-    """``video2frames.txt`` parsed as a Python literal (never executed), checked to be {str: [str, ...]}."""
+    """``video2frames.txt`` parsed as a Python literal (never executed), checked to be {str: [str, ...]}
+    with every video once."""
     text = require_file(path, "a Python dict literal {video id: [frame id, ...]}").read_text(encoding=ID_ENCODING)
     try:
-        value = _fast_literal(text)
+        try:
+            value = _fast_literal(text)
+        except _DuplicateKey:
+            value = None          # located (and refused) by the ast pass
         if value is None:
-            value = ast.literal_eval(text.strip())
+            value = _ast_dict(path, text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as err:
+        if isinstance(err, DataError):
+            raise
         raise DataError(f"{path}: expected a plain dict literal {{video id: [frame id, ...]}}, found something "
-                        f"else ({type(err).__name__}: {str(err)[:80]}); the file is never executed as code") from None
+                        f"else ({type(err).__name__}: {shorten(str(err))}); the file is never executed as "
+                        f"code") from None
     if not isinstance(value, dict):
         raise DataError(f"{path}: expected a dict literal {{video id: [frame id, ...]}}, "
                         f"found a {type(value).__name__}")
     for video, frames in value.items():
         if not isinstance(video, str) or not isinstance(frames, (list, tuple)) \
                 or not all(isinstance(f, str) for f in frames):
-            raise DataError(f"{path}: video {video!r}: expected a string key and a list of frame-id strings, "
-                            f"found {type(video).__name__} -> {type(frames).__name__}")
+            raise DataError(f"{path}: video {shorten(video)}: expected a string key and a list of frame-id "
+                            f"strings, found {type(video).__name__} -> {type(frames).__name__}")
     return {video: list(frames) for video, frames in value.items()}
 
 
@@ -152,6 +222,54 @@ def check_finite(rows: np.ndarray, path: Path, what: str, row_label: Optional[Ca
         bad = int(np.flatnonzero(~np.isfinite(rows.reshape(rows.shape[0], -1)).all(axis=1))[0])
         label = row_label(bad) if row_label else f"row {bad}"
         raise DataError(f"{path}: {what} ({label}): expected finite values, found NaN or inf")
+
+
+FAR_FACTOR, FAR_MADS = 10.0, 20.0   # the rule of far_rows
+
+
+def far_rows(norms: np.ndarray) -> np.ndarray:
+    """Mask of row norms far above the rest: above FAR_FACTOR x the median AND the median + FAR_MADS robust
+    standard deviations (1.4826 x the median absolute deviation).
+
+    Why both: the MAD part adapts to how spread the collection's norms are, the factor keeps a very
+    tight collection (MAD near 0) from flagging ordinary rows. Median and MAD ignore the outliers
+    themselves, so a few rows at float32's maximum cannot hide each other. Only the high side is
+    flagged: large rows dominate clip averages, small ones merely vanish after normalisation.
+    """
+    norms = np.asarray(norms, dtype=np.float64)
+    if not norms.size:
+        return np.zeros(0, dtype=bool)
+    median = float(np.median(norms))
+    spread = 1.4826 * float(np.median(np.abs(norms - median)))
+    return (norms > FAR_FACTOR * median) & (norms > median + FAR_MADS * spread)
+
+
+def row_norms(rows: np.ndarray) -> np.ndarray:
+    """L2 norms of (n, D) rows computed in float64 (float32 overflows for values near its maximum)."""
+    return np.linalg.norm(np.asarray(rows, dtype=np.float64).reshape(len(rows), -1), axis=1)
+
+
+def far_rows_warning(norms: np.ndarray, label: Callable[[int], str], path: Path, what: str,
+                     examples: int = 3) -> Optional[str]:
+    """The warning ``inspect`` prints for rows whose norm is far above the collection's (None when none is)."""
+    far = np.flatnonzero(far_rows(norms))
+    if not len(far):
+        return None
+    worst = far[np.argsort(-norms[far], kind="stable")][:examples]
+    shown = ", ".join(f"{label(int(i))} (norm {norms[i]:.3g})" for i in worst)
+    return (f"{path}: {len(far)} of {len(norms)} {what} rows have a norm far above the others (median "
+            f"{np.median(norms):.3g}; rule: above {FAR_FACTOR:g}x the median and the median + {FAR_MADS:g} robust "
+            f"standard deviations), e.g. {shown}; such rows dominate averages: check how the file was made")
+
+
+def far_rows_by_id(norms: list[np.ndarray], ids: list[str], path: Path, row_kind: str, id_kind: str) -> Optional[str]:
+    """far_rows_warning over the rows of several ids (``norms[k]`` holds the row norms of ``ids[k]``)."""
+    owner = np.repeat(np.arange(len(ids)), [len(n) for n in norms])
+    start = np.concatenate([[0], np.cumsum([len(n) for n in norms])]).astype(np.int64)
+
+    def label(i: int) -> str:
+        return f"{row_kind} {i - int(start[owner[i]])} of {id_kind} {shorten(ids[owner[i]])}"
+    return far_rows_warning(np.concatenate(norms) if norms else np.zeros(0), label, path, row_kind)
 
 
 # ----------------------------------------------------------------------------- per-process handles
@@ -178,11 +296,15 @@ class ProcessLocal:
         return {"_opener": self._opener, "_value": None, "_pid": None}
 
 
+# h5py turns damage inside a file (a broken heap or B-tree, a bad filter, a truncated chunk) into these
+H5_FAILURES = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError, SystemError)
+
+
 def open_h5(path: Path) -> h5py.File:
     try:
         return h5py.File(path, "r")
-    except OSError as err:
-        raise DataError(f"{path}: not a readable HDF5 file ({err})") from None
+    except H5_FAILURES as err:
+        raise DataError(f"{path}: not a readable HDF5 file ({shorten(str(err))})") from None
 
 
 class _H5Opener:
@@ -195,51 +317,87 @@ class _H5Opener:
         return open_h5(self.path)
 
 
-def first_dataset_width(path: Path) -> int:
-    """Width of the first 2-D dataset of an HDF5 file (its expected row width)."""
-    with open_h5(path) as f:
+WIDTH_SAMPLE = 25    # datasets whose widths decide the expected width (the most common one wins)
+
+
+@contextmanager
+def h5_errors(path: Path, what: str) -> Iterator[None]:
+    """Failures inside h5py (damaged file) become one DataError naming the file and what was being read."""
+    try:
+        yield
+    except DataError:
+        raise
+    except H5_FAILURES as err:
+        raise DataError(f"{path}: {what}: the HDF5 file is damaged or not written as expected "
+                        f"({type(err).__name__}: {shorten(str(err))}); re-copy or re-extract it") from None
+
+
+def sample_width(path: Path, sample: int = WIDTH_SAMPLE) -> int:
+    """Expected row width of an HDF5 file: the most common width among its first ``sample`` 2-D datasets.
+
+    Why the majority: a single dataset of the wrong width then gets the blame, wherever it sits.
+    (Scanning every dataset would cost seconds on the 100k-caption releases.)
+    """
+    widths: dict[int, int] = {}
+    with open_h5(path) as f, h5_errors(path, "listing its datasets"):
         for name in f:
-            obj = f[name]
-            if isinstance(obj, h5py.Dataset) and obj.ndim == 2:
-                return int(obj.shape[1])
-    raise DataError(f"{path}: expected 2-D float datasets (rows, dim), found none")
+            obj = f.get(name)
+            if isinstance(obj, h5py.Dataset) and obj.ndim == 2 and obj.shape[1] > 0:
+                widths[int(obj.shape[1])] = widths.get(int(obj.shape[1]), 0) + 1
+                if sum(widths.values()) >= sample:
+                    break
+    if not widths:
+        raise DataError(f"{path}: expected 2-D float datasets (rows, dim), found none")
+    return max(widths, key=lambda w: (widths[w], -w))
 
 
 class H5Rows:
-    """Datasets of one HDF5 file, one per id, each (rows, dim) float32 with dim fixed across the file."""
+    """Datasets of one HDF5 file, one per id, each (rows, dim) of numbers with dim fixed across the file."""
 
     def __init__(self, path: Path, kind: str, id_kind: str):
         self.path = require_file(path, f"{kind} (one dataset per {id_kind})")
         self.kind, self.id_kind = kind, id_kind
-        self.dim = first_dataset_width(self.path)
+        self.dim = sample_width(self.path)
         self._file = ProcessLocal(_H5Opener(self.path))
 
+    def _label(self, key: str) -> str:
+        return f"{self.id_kind} {shorten(key)}"
+
     def dataset(self, key: str) -> h5py.Dataset:
-        f = self._file.get()
-        obj = f.get(key) if key else None
+        with h5_errors(self.path, self._label(key)):
+            return self._checked(key, self._file.get().get(key) if key else None)
+
+    def _checked(self, key: str, obj: Any) -> h5py.Dataset:
         if not isinstance(obj, h5py.Dataset):
-            raise DataError(f"{self.path}: {self.id_kind} {key!r} has no dataset (expected one of shape "
+            raise DataError(f"{self.path}: {self._label(key)} has no dataset (expected one of shape "
                             f"(rows, {self.dim}))")
         if obj.ndim != 2 or obj.shape[1] != self.dim:
-            raise DataError(f"{self.path}: {self.id_kind} {key!r}: expected shape (rows, {self.dim}), "
-                            f"found {tuple(obj.shape)}")
+            raise DataError(f"{self.path}: {self._label(key)}: expected shape (rows, {self.dim}) (the width of most "
+                            f"datasets in the file), found {tuple(obj.shape)}")
+        if obj.dtype.kind not in "fiu":
+            raise DataError(f"{self.path}: {self._label(key)}: expected numbers (float32), found data of type "
+                            f"{shorten(str(obj.dtype))}")
         if obj.shape[0] == 0:
-            raise DataError(f"{self.path}: {self.id_kind} {key!r}: expected at least one row, found 0")
+            raise DataError(f"{self.path}: {self._label(key)}: expected at least one row, found 0")
         return obj
 
     def n_rows(self, key: str) -> int:
         return int(self.dataset(key).shape[0])
 
     def read(self, key: str) -> np.ndarray:
-        rows = np.asarray(self.dataset(key)[...], dtype=np.float32)
-        check_finite(rows, self.path, f"{self.id_kind} {key!r}")
+        obj = self.dataset(key)
+        with h5_errors(self.path, f"reading {self._label(key)}"):
+            rows = np.asarray(obj[...], dtype=np.float32)
+        check_finite(rows, self.path, self._label(key))
         return rows
 
     def has(self, key: str) -> bool:
-        return bool(key) and isinstance(self._file.get().get(key), h5py.Dataset)
+        with h5_errors(self.path, self._label(key)):
+            return bool(key) and isinstance(self._file.get().get(key), h5py.Dataset)
 
     def keys(self) -> list[str]:
-        return list(self._file.get().keys())
+        with h5_errors(self.path, "listing its datasets"):
+            return list(self._file.get().keys())
 
     def close(self) -> None:
         self._file.close()
@@ -260,7 +418,8 @@ class FrameIndex:
         if len(row_of) != len(ids):
             seen: set[str] = set()
             dup = next(f for f in ids if f in seen or seen.add(f))  # type: ignore[func-returns-value]
-            raise DataError(f"{id_path}: frame id {dup!r} is listed more than once (expected unique row ids)")
+            raise DataError(f"{id_path}: frame id {shorten(dup)} is listed more than once "
+                            f"(expected unique row ids)")
         self.video2frames, self.id_path, self.v2f_path = video2frames, id_path, v2f_path
         self.videos = list(video2frames)
         self.position = {video: i for i, video in enumerate(self.videos)}
@@ -284,11 +443,13 @@ class FrameIndex:
         i = self._pos(video)
         lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
         if hi == lo:
-            raise DataError(f"{self.v2f_path}: video {video!r} has zero frames (expected at least one frame id)")
+            raise DataError(f"{self.v2f_path}: video {shorten(video)} has zero frames "
+                            f"(expected at least one frame id)")
         if self.n_missing[i]:
             j = int(np.flatnonzero(self.flat[lo:hi] < 0)[0])
-            raise DataError(f"{self.id_path}: frame id {self.video2frames[video][j]!r} of video {video!r} is not "
-                            f"listed (expected every frame id of {self.v2f_path.name} in {self.id_path.name}; "
+            raise DataError(f"{self.id_path}: frame id {shorten(self.video2frames[video][j])} of video "
+                            f"{shorten(video)} is not listed (expected every frame id of {self.v2f_path.name} in "
+                            f"{self.id_path.name}; "
                             f"{int(self.n_missing[i])} of its {hi - lo} frames are missing)")
         if self.contiguous[i]:
             start = int(self.flat[lo])
@@ -302,14 +463,15 @@ class FrameIndex:
             return "a row no video uses"
         i = int(np.searchsorted(self.offsets, hits[0], side="right")) - 1
         video = self.videos[i]
-        return f"frame {self.video2frames[video][int(hits[0] - self.offsets[i])]!r} of video {video!r}"
+        frame = self.video2frames[video][int(hits[0] - self.offsets[i])]
+        return f"frame {shorten(frame)} of video {shorten(video)}"
 
     def _pos(self, video: str) -> int:
         try:
             return self.position[video]
         except KeyError:
-            raise DataError(f"{self.v2f_path}: video {video!r} is not listed (expected a key "
-                            f"{video!r} among its {len(self.position)} videos)") from None
+            raise DataError(f"{self.v2f_path}: video {shorten(video)} is not listed (expected a key "
+                            f"{shorten(video)} among its {len(self.position)} videos)") from None
 
 
 class _MemmapOpener:
@@ -366,7 +528,7 @@ class BinFrameStore:
         sel = self.index.rows(video)
         rows = np.array(self.memmap[sel], dtype=np.float32, copy=True, subok=False)
         if rows.size and not np.isfinite(rows).all():
-            check_finite(rows, self.bin_path, f"video {video!r}",
+            check_finite(rows, self.bin_path, f"video {shorten(video)}",
                          lambda j: f"frame {self.index.video2frames[video][j]!r}")
         return rows
 
@@ -379,14 +541,16 @@ class BinFrameStore:
         """Listed, with at least one frame, every frame id in id.txt (no feature rows read)."""
         self.index.rows(video)
 
-    def validate_rows(self, videos: Iterable[str], progress: bool = True) -> None:
-        """Every row the videos use is finite: one sequential pass over feature.bin in 64 MiB chunks."""
+    def validate_rows(self, videos: Iterable[str], progress: bool = True) -> Optional[str]:
+        """Every row the videos use is finite (one sequential pass over feature.bin in 32 MiB chunks);
+        gives the far_rows_warning of the used rows, if any."""
         from tqdm.auto import tqdm
 
         used = np.zeros(self.n_rows, dtype=bool)
         for video in videos:
             used[self.index.rows(video)] = True
-        step = max(1, (64 << 20) // (4 * self.dim))
+        norms = np.zeros(self.n_rows, dtype=np.float64)
+        step = max(1, (32 << 20) // (4 * self.dim))
         with tqdm(total=self.n_rows, desc="check frame rows", unit="row", unit_scale=True,
                   disable=not progress) as bar:
             for lo in range(0, self.n_rows, step):
@@ -396,7 +560,10 @@ class BinFrameStore:
                     row = lo + int(bad[0])
                     raise DataError(f"{self.bin_path}: row {row} ({self.index.describe_row(row)}): expected finite "
                                     f"values, found NaN or inf")
+                norms[lo:lo + len(chunk)] = row_norms(chunk)
                 bar.update(len(chunk))
+        rows = np.flatnonzero(used)
+        return far_rows_warning(norms[rows], lambda i: self.index.describe_row(int(rows[i])), self.bin_path, "frame")
 
     def close(self) -> None:
         self._memmap.close()
@@ -433,11 +600,14 @@ class H5FrameStore:
     def check_video(self, video: str) -> None:
         self.rows.dataset(video)
 
-    def validate_rows(self, videos: Iterable[str], progress: bool = True) -> None:
+    def validate_rows(self, videos: Iterable[str], progress: bool = True) -> Optional[str]:
+        """Every video's rows are finite; gives the far_rows_warning of all their rows, if any."""
         from tqdm.auto import tqdm
 
-        for video in tqdm(list(videos), desc="check frame rows", unit="video", disable=not progress):
-            self.rows.read(video)
+        names = list(videos)
+        norms = [row_norms(self.rows.read(video))
+                 for video in tqdm(names, desc="check frame rows", unit="video", disable=not progress)]
+        return far_rows_by_id(norms, names, self.path, "frame", "video")
 
     def close(self) -> None:
         self.rows.close()
@@ -458,7 +628,7 @@ def open_frame_store(feature_dir: Path, video_feature_file: Optional[PathLike] =
         parent = feature_dir.parent
         have = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
         raise DataError(f"{feature_dir}: missing feature folder (expected FeatureData/{feature_dir.name}/; "
-                        f"found {have or 'no feature folders'})")
+                        f"found {shorten(have) if have else 'no feature folders'})")
     raise DataError(f"{feature_dir / 'feature.bin'}: missing file; expected feature.bin (with id.txt, shape.txt, "
                     f"video2frames.txt) or feature.hdf5 in {feature_dir}")
 
@@ -480,7 +650,7 @@ def convert_bin_to_hdf5(feature_dir: PathLike, out_path: PathLike, videos: Optio
         with h5py.File(tmp, "w") as f:
             for video in tqdm(names, desc=f"convert {store.dir.name}", unit="video", disable=not progress):
                 if "/" in video or video in (".", ""):
-                    raise DataError(f"{store.v2f_path}: video id {video!r} cannot name an HDF5 dataset")
+                    raise DataError(f"{store.v2f_path}: video id {shorten(video)} cannot name an HDF5 dataset")
                 f.create_dataset(video, data=store.read(video))
         os.replace(tmp, out)
     finally:

@@ -138,7 +138,13 @@ def overlap_warning(collection: Any, name: str, val_split: str, test_split: str 
 
 def plan_splits(collection: Any, cfg: Config) -> Splits:
     """Training videos and validation set: the release's val file, or videos held out of train."""
+    from ralbook.data import caption_leaks
+
     train_videos = collection.videos("train")
+    for other in dict.fromkeys(["test"] if cfg.data.val_from_train > 0 else [cfg.data.val_split, "test"]):
+        leak = caption_leaks(collection, "train", other) if other != "train" else None
+        if leak:
+            warnings.warn(leak, UserWarning, stacklevel=3)
     if cfg.data.val_from_train > 0:
         train_videos, val_videos = carve_validation(train_videos, cfg.data.val_from_train, cfg.train.seed)
         held = set(val_videos)

@@ -16,7 +16,7 @@ from ralbook.cli import main as cli_main
 from ralbook.config import DataConfig
 from ralbook.data import (Collection, QueryDataset, TrainDataset, VideoDataset, bin_rows, collate_queries,
                           collate_train, collate_videos, convert_bin_to_hdf5, l2_normalize, query_input,
-                          video_inputs)
+                          video_inputs, caption_leaks)
 from ralbook.errors import DataError
 from ralbook.features import bin_edges
 
@@ -422,9 +422,20 @@ def test_text_dataset_of_wrong_width(tiny_collection):
     spec = tiny_collection
     cap = spec.captions["val"][0][0]
     replace_text_dataset(spec, cap, np.zeros((4, 7), np.float32))
-    with pytest.raises(DataError, match=rf"query_feat\.hdf5: caption id '{cap}': expected shape \(rows, 6\), "
-                                        r"found \(4, 7\)"):
+    with pytest.raises(DataError, match=rf"query_feat\.hdf5: caption id '{cap}': expected shape \(rows, 6\) "
+                                        r"\(the width of most datasets in the file\), found \(4, 7\)"):
         open_tiny(spec).query_array(cap)
+
+
+def test_wrong_width_blames_the_odd_caption_even_when_it_comes_first(tiny_collection):
+    spec = tiny_collection
+    with h5py.File(spec.text_file, "r") as f:
+        first = next(iter(f))   # the dataset a scan meets first
+    replace_text_dataset(spec, first, np.zeros((3, 9), np.float32))
+    coll = open_tiny(spec)
+    assert coll.text_dim == 6
+    with pytest.raises(DataError, match=rf"caption id '{first}': expected shape \(rows, 6\).*found \(3, 9\)"):
+        coll.validate(progress=False)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
@@ -537,3 +548,190 @@ def test_handles_reopen_in_a_new_process(tiny_collection, monkeypatch):
     monkeypatch.setattr(os, "getpid", lambda: pid + 1)  # as seen from a forked DataLoader worker
     assert coll.frames.memmap is not first_map and coll.text._file.get() is not first_h5
     np.testing.assert_array_equal(coll.text_features(cap), tiny_collection.text[cap])
+
+
+# ----------------------------------------------------------------------------- extreme values, duplicates, HDF5 damage
+
+F32_MAX = np.finfo(np.float32).max
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_clip_averages_of_extreme_rows_stay_finite_and_exact(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    x = rng.standard_normal((n, 5)).astype(np.float32)
+    hot = rng.choice(n, size=max(1, n // 7), replace=False)
+    x[hot] = rng.choice([F32_MAX, -F32_MAX, F32_MAX / 3], size=(len(hot), 5)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow warnings either
+        clip, frames = video_inputs(x)
+    assert np.isfinite(clip).all() and np.isfinite(frames).all()
+    # reference: the literal formula in float64, normalised in float64
+    expect = loop_bin(x, 32)
+    expect = expect / (np.linalg.norm(expect, axis=1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(clip, expect, rtol=1e-5, atol=1e-6)
+    norms = np.linalg.norm(frames.astype(np.float64), axis=1)
+    np.testing.assert_allclose(norms[np.linalg.norm(loop_bin(x, 128) if n > 128 else x.astype(np.float64), axis=1)
+                                     > 1], 1.0, rtol=1e-5)
+
+
+def test_ordinary_rows_keep_the_float32_arithmetic():
+    x = np.random.default_rng(3).standard_normal((300, 16)).astype(np.float32)
+    edges = bin_edges(300, 32)
+    expected = np.stack([x[a:b].sum(0) / np.float32(b - a) for a, b in zip(edges[:-1], edges[1:])])
+    np.testing.assert_array_equal(bin_rows(x, 32), expected)
+    np.testing.assert_array_equal(l2_normalize(x), x / (np.linalg.norm(x, axis=1, keepdims=True) + np.float32(1e-5)))
+
+
+@pytest.mark.parametrize("style", ["json", "ast"])
+def test_duplicate_video_in_video2frames(tiny_collection, style):
+    spec = tiny_collection
+    items = [f"{v!r}: {ids!r}" for v, ids in spec.frame_ids.items()]
+    items.insert(5, f"'train02': {spec.frame_ids['train04']!r}")   # train02 again, other frames
+    text = "{" + ",\n".join(items) + ("}" if style == "json" else ",}")  # a trailing comma: only ast reads it
+    (spec.feature_dir / "video2frames.txt").write_text(text + "\n", encoding="latin-1")
+    with pytest.raises(DataError, match=r"video2frames\.txt: video 'train02' is listed twice, at line 3, "
+                                        r"character 1 and line 6, character 1"):
+        open_tiny(spec).raw_frames("train00")
+
+
+def test_duplicate_video_on_one_line_names_the_characters(tiny_collection):
+    spec = tiny_collection
+    (spec.feature_dir / "video2frames.txt").write_text("{'a': ['x'], 'b': ['y'], 'a': ['z']}", encoding="latin-1")
+    with pytest.raises(DataError, match=r"video 'a' is listed twice, at line 1, character 2 and line 1, character 26"):
+        open_tiny(spec).raw_frames("train00")
+
+
+def test_non_numeric_text_dataset(tiny_collection):
+    spec = tiny_collection
+    cap = spec.captions["test"][0][0]
+    replace_text_dataset(spec, cap, np.array([[b"a", b"b", b"c", b"d", b"e", b"f"]]))
+    with pytest.raises(DataError, match=rf"query_feat\.hdf5: caption id '{cap}': expected numbers \(float32\), "
+                                        r"found data of type '\|S1'"):
+        open_tiny(spec).text_features(cap)
+
+
+def damage_root_heap(path) -> None:
+    """Overwrite the root group's local heap (where the dataset names live) with junk."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"HEAP")
+    assert at > 0
+    data[at + 4:at + 40] = b"\xff" * 36
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_hdf5_heap_is_one_clear_error(tiny_collection):
+    spec = tiny_collection
+    damage_root_heap(spec.text_file)
+    with pytest.raises(DataError, match=r"query_feat\.hdf5: .*damaged"):
+        coll = open_tiny(spec)
+        coll.validate(progress=False)
+
+
+def test_long_ids_are_cut_in_messages(tiny_collection):
+    spec = tiny_collection
+    long_id = "v" * 1_000_000
+    with pytest.raises(DataError) as err:
+        open_tiny(spec).raw_frames(long_id)
+    assert len(str(err.value)) < 400 and "(1000000 characters)" in str(err.value)
+
+
+@pytest.mark.parametrize("bad, what", [("\x00", "control character U\\+0000"), ("\x07", "control character U\\+0007"),
+                                       ("\x1b", "control character U\\+001B"), ("\x7f", "control character U\\+007F")])
+def test_control_characters_in_caption_ids_are_refused(tiny_collection, bad, what):
+    spec = tiny_collection
+    path = spec.caption_file("train")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    cap, text = lines[2].split(" ", 1)
+    lines[2] = f"{cap}{bad}x {text}"   # with a NUL, HDF5 would cut the key back to the original id
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"tinytrain\.caption\.txt: line 3: caption id '{cap}.*' contains the {what}"):
+        open_tiny(spec).captions("train")
+
+
+def test_undecodable_caption_id_is_refused_but_text_is_shown(tiny_collection):
+    spec = tiny_collection
+    path = spec.caption_file("val")
+    data = path.read_bytes().splitlines()
+    cap, text = data[0].split(b" ", 1)
+    path.write_bytes(b"\n".join([b"\xef\xbb\xbf" + data[0], data[1] + b" caf\xe9"] + data[2:]) + b"\n")  # BOM, Latin-1
+    coll = open_tiny(spec)
+    got = coll.captions("val")
+    assert got[0] == (cap.decode(), text.decode()) and got[1][1].endswith(" caf\ufffd")
+    path.write_bytes(b"\n".join([cap + b"\xe9 " + text] + data[1:]) + b"\n")
+    with pytest.raises(DataError, match=r"tinyval\.caption\.txt: line 1: caption id .* contains bytes that are "
+                                        r"not UTF-8"):
+        open_tiny(spec).captions("val")
+
+
+def test_caption_in_two_splits_is_reported(tmp_path):
+    spec = random_spec(tmp_path)
+    test_cap, test_text = spec.captions["test"][1]
+    val_cap = spec.captions["val"][0][0]
+    # the same id in train and val; a test caption's text again in train under another id of the same video
+    spec.captions["train"].append((val_cap, spec.captions["val"][0][1]))
+    twin = test_cap.split("#")[0] + "#enc#99"
+    spec.captions["train"].append((twin, "  " + test_text.upper() + " "))
+    spec.text[twin] = spec.text[test_cap]
+    write_layout(spec)
+    coll = open_tiny(spec)
+    assert caption_leaks(coll, "val", "test") is None
+    assert caption_leaks(coll, "train", "val") == (
+        f"the train and val caption files of collection 'tiny' share 1 caption ids and 0 more captions of the same "
+        f"video with the same text (of {len(spec.captions['val'])} val captions; leakage inflates metrics on val), "
+        f"e.g. '{val_cap}'")
+    assert caption_leaks(coll, "train", "test").endswith(
+        f"share 0 caption ids and 1 more captions of the same video with the same text (of "
+        f"{len(spec.captions['test'])} test captions; leakage inflates metrics on test), e.g. '{twin}' = '{test_cap}'")
+    with pytest.warns(UserWarning) as record:
+        summary = coll.summary()
+    assert len(summary.notes) == 2 and len(record) == 2
+    assert "train and val" in summary.notes[0] and "train and test" in summary.notes[1]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_far_rows_flags_exactly_the_planted_rows_at_any_scale(seed):
+    from ralbook.features import far_rows, row_norms
+
+    rng = np.random.default_rng(seed)
+    dim, n = int(rng.integers(2, 64)), int(rng.integers(50, 3000))
+    for scale in (1e-20, 1.0, 1e20):
+        x = (rng.standard_normal((n, dim)) * rng.uniform(0.5, 2.0, size=(n, 1)) * scale).astype(np.float32)
+        assert not far_rows(row_norms(x)).any()     # ordinary spread: nothing flagged
+        planted = rng.choice(n, size=int(rng.integers(1, 4)), replace=False)
+        x[planted] = F32_MAX if scale <= 1 else x[planted] * 1e6
+        assert np.flatnonzero(far_rows(row_norms(x))).tolist() == sorted(planted.tolist())
+
+
+def test_inspect_warns_about_extreme_rows(tiny_collection, capsys):
+    spec = tiny_collection
+    rewrite_rows(spec, "test02", 2, np.full(8, F32_MAX, np.float32))
+    cap = spec.captions["val"][1][0]
+    rows = spec.text[cap].copy()
+    rows[0] = 1e30
+    replace_text_dataset(spec, cap, rows)
+    code = cli_main(["inspect", "--data-root", str(spec.root), "--collection", "tiny", "--feature", "feat",
+                     "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0
+    warned = [line for line in out.splitlines() if line.startswith("warning:")]
+    frame = spec.frame_ids["test02"][2]
+    assert len(warned) == 2
+    assert f"feature.bin: 1 of {sum(len(v) for v in spec.frames.values())} frame rows have a norm far above" \
+           in warned[0] and f"frame '{frame}' of video 'test02' (norm 9.62e+38)" in warned[0]
+    assert "query_feat.hdf5: 1 of" in warned[1] and f"token 0 of caption '{cap}'" in warned[1]
+    # and the clip averages of that video are finite, the summary's norms too (no overflow warnings)
+    clip, frames = open_tiny(spec).video_arrays("test02")
+    assert np.isfinite(clip).all() and np.isfinite(frames).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        norms = open_tiny(spec).summary(["test"]).splits["test"].frame_norms
+    assert np.isfinite(norms).all() and norms.max() == pytest.approx(np.sqrt(8) * F32_MAX, rel=1e-6)
+
+
+def test_extreme_rows_in_the_hdf5_variant(tmp_path):
+    spec = random_spec(tmp_path)
+    spec.frames["val00"][7] = 1e35
+    write_layout(spec, variant="hdf5")
+    found = open_tiny(spec).validate(progress=False)
+    assert len(found) == 1 and "feature.hdf5: 1 of" in found[0] and "frame 7 of video 'val00'" in found[0]

@@ -154,6 +154,22 @@ def test_splits_val_from_train_and_the_same_captions_warning(data_root, tmp_path
         plan_splits(twin, tiny_cfg(copy))
 
 
+def test_splits_warn_when_a_test_caption_is_also_in_train(data_root, tmp_path):
+    from ralbook.data import Collection
+
+    copy = tmp_path / "copy"
+    shutil.copytree(data_root / "demo", copy / "demo")
+    text = copy / "demo" / "TextData"
+    leaked = (text / "demotest.caption.txt").read_text(encoding="utf-8").splitlines()[0]
+    with open(text / "demotrain.caption.txt", "a", encoding="utf-8") as fh:
+        fh.write(leaked + "\n")
+    for setting in ("data.val_from_train=0.1", "data.val_from_train=0"):
+        cfg = tiny_cfg(copy).override(setting)
+        with pytest.warns(UserWarning, match=rf"train and test caption files .* share 1 caption ids.*"
+                                              rf"{leaked.split()[0]}"):
+            plan_splits(Collection.from_config(cfg.data), cfg)
+
+
 # ----------------------------------------------------------------------------- a whole run
 
 
