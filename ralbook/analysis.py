@@ -10,7 +10,7 @@ Conventions:
   ``exp(mean_d log_sigma)``, the per-dimension scale of the isotropic Gaussian with the same
   entropy. Geometric rather than arithmetic mean, because entropy (and the KL terms of L_DA)
   depend on ``sum log_sigma``.
-* A query's sigma is the sigma of the support set made of that query alone (SPEC section 6 with
+* A query's sigma is the sigma of the support set made of that query alone (docs/method.md#msra-multimodal-semantic-robust-alignment with
   one query per set), so ambiguity and length can be studied per caption.
 * *Relative* word confidence is ``g_t * n_words``: 1 means "as much as a uniform weight", which
   makes words of queries of different lengths comparable.
@@ -533,7 +533,7 @@ def moment_hit_rates(model: torch.nn.Module, collection: Any, cap_ids: Sequence[
 def frame_span_to_rows(span: tuple[int, int], n_frames: int, max_frames: int = 128) -> tuple[float, float]:
     """Map a raw frame span [start, end) to the frame rows the model sees, as [first_row, last_row + 1).
 
-    Videos of at most ``max_frames`` frames keep their rows. Longer ones are binned (SPEC section 2):
+    Videos of at most ``max_frames`` frames keep their rows. Longer ones are binned (docs/method.md#inputs):
     a row belongs to the span when the mean raw index of the frames averaged into it lies inside
     [start, end), computed with the same binning as the data layer.
     """
