@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("ralbook.train", "train a model"),
     "evaluate": ("ralbook.evaluate", "evaluate a checkpoint"),
     "demo": ("ralbook.pipeline", "the main job: train on the demo data and run all notebooks"),
+    "figures": ("ralbook.report", "run the main job, then rewrite the curated figures/ and figures/RESULTS.md"),
 }
 
 
