@@ -21,9 +21,9 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(PY) -m ralbook demo --out outputs/demo
 
-# Rewrites the committed figures/ (PNGs, results.json, RESULTS.md) from a demo run under outputs/demo.
+# Rewrites the committed figures/ (PNGs, results.json, RESULTS.md) from a fresh demo run under outputs/demo.
 figures: setup
-	$(PY) -m ralbook figures --out outputs/demo
+	$(PY) -m ralbook figures --out outputs/demo --retrain
 
 test: setup
 	$(PY) -m pytest -q

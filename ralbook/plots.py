@@ -373,8 +373,11 @@ def word_frame_heatmap(similarity: np.ndarray, words: Sequence[str], span: Optio
 
 def two_group_distributions(groups: Mapping[str, np.ndarray], xlabel: str, title: str = "",
                             reference: Optional[float] = None) -> Figure:
-    """Overlaid histograms of two (or more) groups, e.g. relative confidence of filler vs content words."""
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    """Overlaid histograms of two (or more) groups, e.g. relative confidence of filler vs content words.
+
+    The legend sits to the right of the axes, where it covers no histogram.
+    """
+    fig, ax = plt.subplots(figsize=(8.2, 3.6), layout="constrained")
     for (name, values), color in zip(groups.items(), _colors(len(groups))):
         v = np.asarray(values, dtype=float)
         sns.histplot(v, ax=ax, label=f"{name} (n={v.size}, median {np.median(v):.2f})" if v.size else name,
@@ -383,8 +386,7 @@ def two_group_distributions(groups: Mapping[str, np.ndarray], xlabel: str, title
         ax.axvline(reference, color="0.3", ls="--", lw=1, label=f"uniform = {reference:g}")
     ax.set_xlabel(xlabel)
     ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
 
 

@@ -83,7 +83,8 @@ def quickstart_text(metrics: Mapping[str, Mapping[str, float]], n_videos: int, n
 
 
 def data_text(n_videos: Mapping[str, int], n_captions: Mapping[str, int], share_long: float, share_short: float,
-              share_cut: float, ambiguous: Optional[float] = None, ideal_r1: Optional[float] = None) -> str:
+              share_cut: float, ambiguous: Optional[float] = None, ideal_r1: Optional[float] = None,
+              ideal_split: str = "test") -> str:
     """01: the sizes, and how much of the data the preprocessing changes (binning, cutting)."""
     sizes = ", ".join(f"{s} {n_videos[s]} videos / {n_captions[s]} captions" for s in n_videos)
     lines = [
@@ -96,7 +97,7 @@ def data_text(n_videos: Mapping[str, int], n_captions: Mapping[str, int], share_
     if ambiguous is not None:
         lines.append(f"{_f(100 * ambiguous, 0)}% of the captions are ambiguous by construction (generic words).")
     if ideal_r1 is not None:
-        lines.append(f"Even an ideal model reaches only R@1 {_f(100 * ideal_r1)} on the last split: ambiguous "
+        lines.append(f"Even an ideal model reaches only R@1 {_f(100 * ideal_r1)} on the {ideal_split} split: ambiguous "
                      "captions truthfully describe several videos, so a retrieval score must be read against "
                      "that ceiling, not against 100.")
     return _bullets(lines)

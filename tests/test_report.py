@@ -116,7 +116,7 @@ def test_word_confidence_text_verdicts():
 def test_data_text():
     text = report.data_text({"train": 10, "test": 5}, {"train": 30, "test": 16}, 0.05, 0.11, 0.0, 0.35, 0.64)
     assert "train 10 videos / 30 captions" in text and "5.0%" in text and "11.0%" in text
-    assert "none is cut" in text and "35%" in text and "R@1 64.0" in text
+    assert "none is cut" in text and "35%" in text and "R@1 64.0" in text and "on the test split" in text
 
 
 # ----------------------------------------------------------------------------- results file and figures/
