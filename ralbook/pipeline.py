@@ -372,7 +372,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also run 06_ablation_sweep (trains 4 more models; adds several minutes)")
     parser.add_argument("--ablation-epochs", type=int, default=3, help="epochs per ablation variant (default 3)")
     parser.add_argument("--retrain", action="store_true",
-                        help="delete OUT/run and train again (default: reuse or resume the run there)")
+                        help=f"delete OUT/{DEMO_RUN_NAME} and train again (default: reuse or resume the run there)")
 
 
 def _selected(names: Optional[Sequence[str]], available: Sequence[str]) -> list[str]:

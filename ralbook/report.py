@@ -323,11 +323,13 @@ def run_figures(args: argparse.Namespace) -> int:
     """Run the main job (reusing its run), then rewrite figures/ and figures/RESULTS.md from what it wrote."""
     from ralbook.pipeline import DEMO_RUN_NAME, repo_root, resolve_path, run_demo
 
-    status = run_demo(args)
     root = repo_root()
     out = resolve_path(args.out, root)
     target = resolve_path(args.to, root)
     figures_dir = resolve_path(args.figures, root) if args.figures else out / "figures"
+    for stale in figures_dir.glob("*.png"):  # only this run's figures may reach the curated folder
+        stale.unlink()
+    status = run_demo(args)
     names = curate_figures(figures_dir, target, (DEMO_RUN_NAME, "demo"))
     results = json.loads((out / RESULTS_FILE).read_text(encoding="utf-8"))
     write_results(target / RESULTS_FILE, results)

@@ -411,3 +411,28 @@ def test_main_job_runs_selected_notebooks_and_says_where(alone, tiny_root, out_d
     assert results["settings"]["epochs"] == 1 and "01_data_inspection" in results["notebooks"]
     for where in (out / "notebooks", run, figures, out / "results.json"):
         assert str(where) in printed
+
+
+@pytest.mark.slow
+def test_figures_command_rewrites_the_curated_folder(alone, tiny_root, out_dir, capsys):
+    """``ralbook figures`` = the main job, then curated PNGs (run tag dropped), results.json and RESULTS.md."""
+    import shutil
+
+    from ralbook import report
+    from ralbook.cli import main
+
+    out, curated = out_dir / "figures_job", out_dir / "curated"
+    shutil.copytree(alone[0], out / pipeline.DEMO_RUN_NAME)
+    (out / "figures").mkdir(parents=True)
+    (out / "figures" / "03_evaluate_old_run_recall.png").write_bytes(b"stale")  # from an earlier run
+    curated.mkdir()
+    (curated / "02_train_curves.png").write_bytes(b"stale")
+    code = main(["figures", "--out", str(out), "--data-root", str(tiny_root), "--epochs", "1", "--notebooks", "01",
+                 "--to", str(curated)])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    pngs = sorted(p.name for p in curated.glob("*.png"))
+    assert pngs == ["01_data_inspection_counts.png", "01_data_inspection_distributions.png",
+                    "01_data_inspection_moments.png"]
+    results = json.loads((curated / report.RESULTS_FILE).read_text())
+    assert results == json.loads((out / report.RESULTS_FILE).read_text())
+    assert (curated / report.RESULTS_MD).read_text() == report.results_markdown(results, pngs)
