@@ -1,4 +1,4 @@
-# Two entry points (see README): `make demo` and `make test`.
+# Two entry points (see README): `make demo` and `make test`; `make figures` regenerates figures/.
 # Both create .venv when it is missing and are safe to run twice.
 PYTHON ?= python3
 VENV   ?= .venv
@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ralbook-installed
 
-.PHONY: setup demo test clean-runs
+.PHONY: setup demo figures test clean-runs
 
 setup: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(PY) -m ralbook demo --out outputs/demo
+
+# Rewrites the committed figures/ (PNGs, results.json, RESULTS.md) from a fresh demo run under outputs/demo.
+figures: setup
+	$(PY) -m ralbook figures --out outputs/demo --retrain
 
 test: setup
 	$(PY) -m pytest -q

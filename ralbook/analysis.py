@@ -10,7 +10,7 @@ Conventions:
   ``exp(mean_d log_sigma)``, the per-dimension scale of the isotropic Gaussian with the same
   entropy. Geometric rather than arithmetic mean, because entropy (and the KL terms of L_DA)
   depend on ``sum log_sigma``.
-* A query's sigma is the sigma of the support set made of that query alone (SPEC section 6 with
+* A query's sigma is the sigma of the support set made of that query alone (docs/method.md#msra-multimodal-semantic-robust-alignment with
   one query per set), so ambiguity and length can be studied per caption.
 * *Relative* word confidence is ``g_t * n_words``: 1 means "as much as a uniform weight", which
   makes words of queries of different lengths comparable.
@@ -183,6 +183,39 @@ def rank_histogram(ranks: np.ndarray, edges: Sequence[int] = DEFAULT_RANK_EDGES)
     labels.append(f">{edges[-1] - 1}")
     counts.append(int((r >= edges[-1]).sum()))
     return labels, np.asarray(counts)
+
+
+def log_rank_edges(n_videos: int) -> list[int]:
+    """Bin edges 1, 2, 4, 8, ... doubling up to ``n_videos + 1``: logarithmic bins that cover every rank.
+
+    With :func:`rank_histogram` the bins are [1, 2), [2, 4), [4, 8), ...; a random ranking puts
+    ``(hi - lo) / n_videos`` of the queries in bin [lo, hi) (see :func:`chance_bin_shares`).
+    """
+    if n_videos < 1:
+        raise ValueError(f"n_videos must be >= 1, got {n_videos}")
+    edges = [1]
+    while edges[-1] <= n_videos:
+        edges.append(min(2 * edges[-1], n_videos + 1))
+    return edges
+
+
+def chance_bin_shares(edges: Sequence[int], n_videos: int) -> np.ndarray:
+    """Share (%) of queries a uniformly random ranking puts in each bin [edges[i], edges[i+1])."""
+    return 100.0 * np.diff(np.asarray(edges, dtype=float)) / n_videos
+
+
+def showcase_index(ranks: np.ndarray, eligible: Optional[np.ndarray] = None) -> int:
+    """The query of median rank among the eligible ones (ties broken by position): a typical example.
+
+    Picking the median rather than a success shows what the model usually does; the lower median
+    is taken for an even count, so the choice is reproducible.
+    """
+    r = np.asarray(ranks).ravel()
+    idx = np.arange(r.size) if eligible is None else np.flatnonzero(np.asarray(eligible, dtype=bool))
+    if not idx.size:
+        raise ValueError("no eligible query to pick from")
+    order = idx[np.lexsort((idx, r[idx]))]
+    return int(order[(order.size - 1) // 2])
 
 
 def select_examples(ranks: np.ndarray, n: int, kind: str = "success", seed: int = 0) -> np.ndarray:
@@ -530,10 +563,16 @@ def moment_hit_rates(model: torch.nn.Module, collection: Any, cap_ids: Sequence[
             "chance": float(np.mean(chance)) if chance else float("nan"), "n_captions": len(chance)}
 
 
+def moment_hit_share(similarity: np.ndarray, span: tuple[float, float]) -> float:
+    """Share of words (rows) whose best frame row lies in ``span`` = [start, end) (from :func:`frame_span_to_rows`)."""
+    best = np.asarray(similarity).argmax(axis=1)
+    return float(np.mean((best >= span[0]) & (best < span[1]))) if best.size else float("nan")
+
+
 def frame_span_to_rows(span: tuple[int, int], n_frames: int, max_frames: int = 128) -> tuple[float, float]:
     """Map a raw frame span [start, end) to the frame rows the model sees, as [first_row, last_row + 1).
 
-    Videos of at most ``max_frames`` frames keep their rows. Longer ones are binned (SPEC section 2):
+    Videos of at most ``max_frames`` frames keep their rows. Longer ones are binned (docs/method.md#inputs):
     a row belongs to the span when the mean raw index of the frames averaged into it lies inside
     [start, end), computed with the same binning as the data layer.
     """

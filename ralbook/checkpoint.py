@@ -1,11 +1,11 @@
 """Reading and writing checkpoints safely, and loading the authors' released weights.
 
 * ``save_atomic`` writes to a temporary file and renames it, so an interrupted run never leaves a
-  half-written checkpoint behind (SPEC section 9).
+  half-written checkpoint behind (docs/method.md#deliberate-differences-from-the-public-code).
 * ``load_file`` never executes pickled code: it unpickles plain containers, numbers, strings and
   tensors; any other class (the authors' optimizer schedule, an EasyDict config, ...) becomes an
   inert ``Replaced`` stand-in that records what it was.
-* ``load_reference`` maps the authors' module names (SPEC section 10) onto ralbook's, strictly.
+* ``load_reference`` maps the authors' module names (docs/method.md#loading-the-authors-checkpoints) onto ralbook's, strictly.
 """
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ def replaced_classes() -> list[str]:
 
 # --------------------------------------------------------------------------- the authors' key names
 
-# (pattern, replacement) applied in order to each key of the authors' state dict (SPEC section 10).
+# (pattern, replacement) applied in order to each key of the authors' state dict (docs/method.md#loading-the-authors-checkpoints).
 REFERENCE_KEY_RULES: list[tuple[str, str]] = [
     (r"^frame_branch_query_encoder\.", "word_encoder."),
     (r"^frame_branch_query_proj\.", "word_proj."),

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("ralbook.pipeline", "the main job: train on the demo data and run all notebooks"),
     "extract": ("ralbook.extract", "video files (+ captions) -> a collection of CLIP features"),
     "search": ("ralbook.search", "rank a collection's videos for a free-text query"),
+    "figures": ("ralbook.report", "run the main job, then rewrite the curated figures/ and figures/RESULTS.md"),
 }
 
 

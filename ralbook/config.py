@@ -1,6 +1,6 @@
 """Configuration as data: one dataclass per concern, and presets per dataset.
 
-Every constant of SPEC section 8 lives here, so a GPU user reproduces the paper by
+Every constant of docs/method.md#settings-per-dataset lives here, so a GPU user reproduces the paper by
 naming a preset (``tvr``, ``act``, ``cha``) and a data root; ``demo`` is sized for
 two CPU cores and the bundled demo collection; ``clip`` trains on a collection written by
 ``ralbook extract`` (512-d CLIP features, the rest as ``tvr``).
@@ -34,7 +34,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """GMMFormer v2 + RAL (SPEC sections 3-6); switches for the ablations."""
+    """GMMFormer v2 + RAL (docs/method.md, sections building blocks to MSRA); switches for the ablations."""
 
     visual_dim: int = 64
     text_dim: int = 48
@@ -57,7 +57,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """Weights of the training objective (SPEC section 7)."""
+    """Weights of the training objective (docs/method.md#training-objective)."""
 
     margin: float = 0.1
     loss_factor: list[float] = field(default_factory=lambda: [0.05, 0.04, 8e-5, 0.09])
@@ -69,7 +69,7 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation and run control (SPEC section 8)."""
+    """Optimisation and run control (docs/method.md#optimisation, #settings-per-dataset)."""
 
     lr: float = 3e-4
     warmup: float = 0.01

@@ -111,7 +111,7 @@ class Collection:
     ``feature`` defaults per collection (DEFAULT_FEATURES). ``text_feature_file`` overrides
     TextData/roberta_COLLECTION_query_feat.hdf5; ``video_feature_file`` selects a per-video HDF5
     file instead of FeatureData/FEATURE/feature.bin (which is preferred when present, else
-    feature.hdf5). ``n_clips``/``max_frames``/``max_desc_len`` are the SPEC section 2 lengths.
+    feature.hdf5). ``n_clips``/``max_frames``/``max_desc_len`` are the docs/method.md#inputs lengths.
     """
 
     def __init__(self, root: PathLike, collection: str, feature: Optional[str] = None,
@@ -380,7 +380,7 @@ class CollectionSummary:
 # ----------------------------------------------------------------------------- torch datasets
 
 class VideoDataset(Dataset):
-    """One item per video: its clip and frame inputs (SPEC section 2)."""
+    """One item per video: its clip and frame inputs (docs/method.md#inputs)."""
 
     def __init__(self, collection: Collection, video_ids: Iterable[str]):
         self.collection, self.video_ids = collection, list(video_ids)

@@ -1,4 +1,4 @@
-"""Evaluation: encode every video once, score queries in chunks, rank, and report R@K (SPEC section 1).
+"""Evaluation: encode every video once, score queries in chunks, rank, and report R@K (docs/method.md#task-and-metric).
 
 Peak memory is bounded by the chunk sizes: at most ``query_chunk x video_chunk`` query-video pairs
 are scored at once, and only (query_chunk, Nv) score rows are kept per chunk; the full

@@ -1,4 +1,4 @@
-"""Low-level pieces of the data layer: the per-sample preprocessing of SPEC section 2 and the
+"""Low-level pieces of the data layer: the per-sample preprocessing of docs/method.md#inputs and the
 readers of the feature-release files (see ``data/README.md`` for the layout).
 
 Feature releases are larger than memory on small machines, so frame rows are read through one
@@ -21,7 +21,7 @@ import numpy as np
 from ralbook.errors import DataError, shorten
 
 PathLike = Union[str, "os.PathLike[str]"]
-NORM_EPS = 1e-5          # added to the row norm before dividing (SPEC section 2)
+NORM_EPS = 1e-5          # added to the row norm before dividing (docs/method.md#inputs)
 ID_ENCODING = "ISO-8859-1"
 
 
@@ -54,7 +54,7 @@ def bin_edges(n: int, k: int) -> np.ndarray:
 
 
 def bin_rows(x: np.ndarray, k: int) -> np.ndarray:
-    """Average n rows into k bins (SPEC section 2): bin i is the mean of rows b_i..b_{i+1}-1, or row b_i when empty.
+    """Average n rows into k bins (docs/method.md#inputs): bin i is the mean of rows b_i..b_{i+1}-1, or row b_i when empty.
 
     Bins hold only two or three distinct row counts, so each count is one gather of a
     (bins, count, D) block and one sum: no Python loop over bins (numpy's cumsum and reduceat

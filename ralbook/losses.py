@@ -1,4 +1,4 @@
-"""The training objective of SPEC section 7: small loss functions, one job each, and their weighted sum.
+"""The training objective of docs/method.md#training-objective: small loss functions, one job each, and their weighted sum.
 
 Shapes: ``scores`` (Nq, Nv) with ``labels`` (Nq,) = video index of each query; proxies (Nv, K, d).
 """
@@ -140,7 +140,7 @@ TERMS = ("clip_nce", "frame_nce", "clip_triplet", "frame_triplet", "query_divers
 
 
 def weights(cfg: LossConfig) -> dict[str, float]:
-    """The weight of each raw term in the total (SPEC section 7)."""
+    """The weight of each raw term in the total (docs/method.md#training-objective)."""
     f0, f1, f2, f3 = cfg.loss_factor
     return {"clip_nce": f0, "frame_nce": f1, "clip_triplet": 1.0, "frame_triplet": 1.0, "query_diversity": f2,
             "proxy_matching": cfg.pm_weight, "distribution_alignment": cfg.da_weight, "optimal_transport": f3}

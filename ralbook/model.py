@@ -1,9 +1,10 @@
-"""GMMFormer v2 backbone + RAL (CSA and MSRA), in one file whose order follows SPEC sections 3-6.
+"""GMMFormer v2 backbone + RAL (CSA and MSRA), in one file whose order follows
+docs/method.md (sections building blocks to MSRA).
 
 Shapes: ``Nq`` queries, ``Nv`` videos, ``Lq`` query tokens, ``Lc`` clips (32), ``Lf`` frames (128),
 ``d`` hidden size, ``K`` proxies. Masks are float 0/1 tensors, 1 = valid.
 
-Deliberate differences from the authors' public code (SPEC section 9), each one marked where it happens:
+Deliberate differences from the authors' public code (docs/method.md#deliberate-differences-from-the-public-code), each one marked where it happens:
 
 * MSRA attention pooling masks padding (frames, query tokens, the support set), so the learned
   distributions do not depend on how much padding a batch happens to carry.
@@ -278,7 +279,7 @@ class GMMBlock(nn.Module):
 
 
 class AttentionPool(nn.Module):
-    """a = softmax_tokens(w2 tanh(w1 x)); returns (sum a x, a). Padding is masked (SPEC section 9)."""
+    """a = softmax_tokens(w2 tanh(w1 x)); returns (sum a x, a). Padding is masked (docs/method.md#deliberate-differences-from-the-public-code)."""
 
     def __init__(self, d: int):
         super().__init__()
@@ -538,7 +539,7 @@ class RALModel(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    # --- encoders (SPEC section 4) ---
+    # --- encoders (docs/method.md#backbone-gmmformer-v2) ---
 
     def encode_videos(self, clip_feats: Tensor, frame_feats: Tensor, frame_mask: Tensor) -> VideoEncoding:
         """Clip tokens (Nv, 32, d) and frame tokens (Nv, 128, d); frames shorter than 128 are padded here."""
@@ -571,7 +572,7 @@ class RALModel(nn.Module):
         words = self.word_encoder(self.query_pos(self.word_proj(feats), positions), query_mask, packing=packing)
         return QueryEncoding(pooled, packing.unpack(words), query_mask)
 
-    # --- scores (SPEC sections 4-5) ---
+    # --- scores (docs/method.md#backbone-gmmformer-v2 and #csa-confidence-aware-set-to-set-alignment) ---
 
     def _word_weights(self, words: Tensor, mask: Tensor) -> Tensor:
         if not self.cfg.word_confidence:
@@ -614,12 +615,12 @@ class RALModel(nn.Module):
         """Final ranking score alpha * S_c + (1 - alpha) * S_f."""
         return self.cfg.alpha * clip_scores + (1.0 - self.cfg.alpha) * frame_scores
 
-    # --- MSRA (SPEC section 6) ---
+    # --- MSRA (docs/method.md#msra-multimodal-semantic-robust-alignment) ---
 
     def video_distribution(self, videos: VideoEncoding) -> dict[str, Tensor]:
         frames = F.normalize(videos.frames, dim=-1)
         pooled = F.normalize(masked_mean(frames, videos.mask), dim=-1)
-        # SPEC 9: padded frames are masked out of the attention pooling
+        # docs/method.md#deliberate-differences-from-the-public-code: padded frames are masked out of the attention pooling
         mean = self.video_mean(pooled, videos.frames, videos.mask)
         sigma = self.video_sigma(pooled, videos.frames, videos.mask)
         return {"mu": mean["mu"], "log_sigma": sigma["log_sigma"]}

@@ -1,4 +1,4 @@
-"""The authors' optimisation (SPEC section 8): "BertAdam" with a warmup-linear schedule.
+"""The authors' optimisation (docs/method.md#optimisation): "BertAdam" with a warmup-linear schedule.
 
 It differs from ``torch.optim.AdamW`` in three ways that change the numbers, which is why
 it is re-implemented rather than approximated:

@@ -8,7 +8,9 @@
 * :func:`ensure_run` lets notebooks 03-05 run alone: when the run directory they are given holds
   no trained model, they train a tiny one through :func:`ralbook.train.train`, saying so.
 * :func:`run_demo` trains the demo model with the demo preset, then executes every notebook in
-  order into ``OUT/notebooks/`` with figures in ``figures/``, and prints where everything is.
+  order into ``OUT/notebooks/`` with figures in ``OUT/figures/``, writes ``OUT/results.json``
+  (:mod:`ralbook.report`) and prints where everything is. It writes nothing outside ``OUT``: the
+  committed ``figures/`` folder changes only through ``python -m ralbook figures``.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
+from ralbook import report
 from ralbook.errors import RalbookError
 
 # The numbered notebooks, in order. The main job runs all but the sweep, which trains four more models
@@ -37,6 +40,10 @@ NOTEBOOKS: tuple[str, ...] = (
 )
 SWEEP_NOTEBOOK = "06_ablation_sweep.ipynb"
 KERNEL_NAME = "python3"
+# The demo job's run folder inside OUT; its name tags the figures (``03_evaluate_ral_demo_recall.png``).
+DEMO_RUN_NAME = "ral_demo"
+# Set in the environment of notebook kernels started by run_notebook (see :func:`headless`).
+HEADLESS_ENV = "RALBOOK_HEADLESS"
 # Files a finished run directory holds (written by ralbook.train); the first is enough to load a model.
 RUN_MARKERS: tuple[str, ...] = ("best.pt", "last.pt")
 
@@ -87,6 +94,8 @@ def run_notebook(path: str | os.PathLike, out_path: str | os.PathLike, parameter
         raise RalbookError(f"notebook {src} does not exist")
     out = Path(out_path).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
+    saved = {key: os.environ.get(key) for key in (HEADLESS_ENV, "TQDM_DISABLE")}
+    os.environ.update({HEADLESS_ENV: "1", "TQDM_DISABLE": "1"})  # the kernel inherits them: no widget bars
     try:
         pm.execute_notebook(str(src), str(out), parameters=dict(parameters or {}), kernel_name=KERNEL_NAME,
                             cwd=str(Path(cwd).resolve() if cwd else src.parent), progress_bar=False,
@@ -94,7 +103,24 @@ def run_notebook(path: str | os.PathLike, out_path: str | os.PathLike, parameter
     except pm.PapermillExecutionError as err:
         raise RalbookError(f"notebook {src.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue} "
                            f"(executed copy with the traceback: {out})") from err
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     return out
+
+
+def headless() -> bool:
+    """True inside a notebook executed by :func:`run_notebook` (papermill): progress bars there would be
+    saved as a frozen "0%" widget, so notebooks pass ``progress=pipeline.progress()`` instead."""
+    return os.environ.get(HEADLESS_ENV) == "1"
+
+
+def progress() -> bool:
+    """Whether a notebook should draw progress bars: yes interactively, no when executed headlessly."""
+    return not headless()
 
 
 def strip_notebook(path: str | os.PathLike) -> bool:
@@ -337,7 +363,7 @@ def evaluate_runs(run_dirs: Iterable[str | os.PathLike], split: str = "test", de
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
     parser.add_argument("--data-root", default="data", help="folder holding demo/ (default: data)")
-    parser.add_argument("--figures", default="figures", help="figure folder (default: figures)")
+    parser.add_argument("--figures", default="", help="figure folder (default: OUT/figures)")
     parser.add_argument("--epochs", type=int, default=0, help="training epochs (default: the demo preset's)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     parser.add_argument("--notebooks", nargs="*", default=None, metavar="NAME",
@@ -346,7 +372,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also run 06_ablation_sweep (trains 4 more models; adds several minutes)")
     parser.add_argument("--ablation-epochs", type=int, default=3, help="epochs per ablation variant (default 3)")
     parser.add_argument("--retrain", action="store_true",
-                        help="delete OUT/run and train again (default: reuse or resume the run there)")
+                        help=f"delete OUT/{DEMO_RUN_NAME} and train again (default: reuse or resume the run there)")
 
 
 def _selected(names: Optional[Sequence[str]], available: Sequence[str]) -> list[str]:
@@ -384,8 +410,8 @@ def run_demo(args: argparse.Namespace) -> int:
     root = repo_root()
     out = resolve_path(args.out, root)
     data_root = resolve_path(args.data_root, root)
-    figures = resolve_path(args.figures, root)
-    run_dir = out / "run"
+    figures = resolve_path(args.figures, root) if args.figures else out / "figures"
+    run_dir = out / DEMO_RUN_NAME
     nb_dir = root / "notebooks"
     available = [n for n in NOTEBOOKS if (nb_dir / n).is_file()]
     default = [n for n in available if n != SWEEP_NOTEBOOK or getattr(args, "ablation", False)]
@@ -415,37 +441,16 @@ def run_demo(args: argparse.Namespace) -> int:
         executed.append(run_notebook(nb_dir / name, out / "notebooks" / name, params))
         print(f"      {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
 
+    results = report.collect_results(out / "notebooks", json.loads((run_dir / "config.json").read_text()))
+    report.write_results(out / report.RESULTS_FILE, results)
     print(f"\nDone in {time.perf_counter() - start:.0f} s.")
     print(f"  executed notebooks: {out / 'notebooks'}")
     print(f"  run directory:      {run_dir}")
     print(f"  figures:            {figures}")
-    for line in headline_numbers(out / "notebooks"):
-        print(f"  {line}")
+    print(f"  results:            {out / report.RESULTS_FILE}")
+    for what, value in report.headline(results):
+        print(f"  {what}: {value}")
     return 0
-
-
-def headline_numbers(summary_dir: Path) -> list[str]:
-    """The key numbers of the executed notebooks, read back from their summary files."""
-    def get(name: str, *keys: str) -> Any:
-        path = summary_dir / f"{name}_summary.json"
-        if not path.is_file():
-            return None
-        value: Any = read_summary(path)
-        for key in keys:
-            value = value.get(key) if isinstance(value, dict) else None
-        return value
-
-    lines = []
-    sumr = get("03_evaluate", "metrics", "fused", "SumR")
-    if sumr is not None:
-        lines.append(f"test SumR (fused):  {sumr:.1f}")
-    filler = get("05_word_confidence", "filler_auc")
-    if filler is not None:
-        lines.append(f"word confidence, AUC content vs filler words: {filler:.3f} (0.5 = no preference)")
-    ambiguity = get("04_uncertainty", "ambiguity_auc")
-    if ambiguity is not None:
-        lines.append(f"sigma, AUC ambiguous vs specific captions:    {ambiguity:.3f} (0.5 = no relation)")
-    return lines
 
 
 if __name__ == "__main__":  # pragma: no cover - convenience: python -m ralbook.pipeline == ralbook demo

@@ -32,7 +32,7 @@ def figure_name(*parts: str) -> str:
     return "_".join(_SAFE_NAME.sub("-", str(p)).strip("-") for p in parts if str(p))
 
 
-def save_figure(fig: Figure, name: str, figures_dir: str | Path = "figures") -> list[Path]:
+def save_figure(fig: Figure, name: str, figures_dir: str | Path = "outputs/figures") -> list[Path]:
     """Write ``figures_dir/name.png`` (150 dpi) and ``figures_dir/name.pdf``; returns both paths.
 
     ``name`` must be a plain file stem (see :func:`figure_name`); the folder is created if needed.
@@ -141,32 +141,50 @@ def moment_timelines(videos: Sequence[tuple[str, int, Sequence[tuple[int, int, s
 
 
 def training_curves(epochs: Sequence[int], losses: Mapping[str, Sequence[float]],
-                    val_sumr: Optional[Sequence[float]] = None, best_epoch: Optional[int] = None) -> Figure:
-    """Left: each loss part per epoch (log scale when all positive); right: validation SumR per epoch."""
-    ncols = 2 if val_sumr is not None else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(5.5 * ncols, 3.6), squeeze=False)
-    ax = axes[0, 0]
+                    val_sumr: Optional[Sequence[float]] = None, best_epoch: Optional[int] = None,
+                    lr: Optional[Sequence[float]] = None, hard_start: Optional[int] = None) -> Figure:
+    """Loss parts per epoch (log scale when all positive), validation SumR, and the learning rate.
+
+    The legend sits below the loss panel so that it covers no curve; ``hard_start`` draws a dotted line
+    where hard negatives start (the triplet terms jump there); the learning rate gets its own panel
+    with a scientific-notation axis (its values are around 1e-4, which a table rounds to 0.0).
+    """
+    ncols = 1 + (val_sumr is not None) + (lr is not None)
+    fig, axes = plt.subplots(1, ncols, figsize=(4.6 * ncols + 0.6, 4.2), squeeze=False, layout="constrained")
+    axes = list(axes[0])
+    ax = axes[0]
     for (name, values), color in zip(losses.items(), _colors(len(losses))):
         ax.plot(epochs, values, marker="o", ms=3, label=name, color=color)
     all_vals = np.concatenate([np.asarray(v, dtype=float) for v in losses.values()]) if losses else np.array([])
     if all_vals.size and np.all(all_vals > 0):
         ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("loss (weighted, epoch mean)")
     ax.set_title("Training loss parts")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
+    panels = [ax]
     if val_sumr is not None:
-        ax = axes[0, 1]
+        ax = axes[len(panels)]
         ax.plot(epochs[: len(val_sumr)], val_sumr, marker="o", ms=3, color="C2")
         if best_epoch is not None:
             ax.axvline(best_epoch, color="0.4", ls="--", lw=1, label=f"best (epoch {best_epoch})")
-            ax.legend(fontsize=8)
+        ax.set_ylabel("SumR")
+        ax.set_title("Validation SumR (fused)")
+        panels.append(ax)
+    if lr is not None:
+        ax = axes[len(panels)]
+        ax.plot(epochs[: len(lr)], lr, marker="o", ms=3, color="C4")
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+        ax.set_ylabel("learning rate (end of epoch)")
+        ax.set_title("Learning rate")
+        panels.append(ax)
+    for ax in panels:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("SumR")
-        ax.set_title("Validation SumR")
-    fig.tight_layout()
+        if hard_start is not None and len(epochs) and min(epochs) <= hard_start <= max(epochs):
+            ax.axvline(hard_start, color="0.3", ls=":", lw=1.2, label=f"hard negatives from epoch {hard_start}")
+    for ax in panels[1:]:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
     return fig
 
 
@@ -174,10 +192,14 @@ def training_curves(epochs: Sequence[int], losses: Mapping[str, Sequence[float]]
 
 
 def grouped_bars(table: Mapping[str, Mapping[str, float]], title: str, ylabel: str = "%") -> Figure:
-    """Bars of metrics (inner keys, on the x axis) for each row (outer key: score kind or run), labelled with values."""
+    """Bars of metrics (inner keys, on the x axis) for each row (outer key: score kind or run), labelled with values.
+
+    The legend sits to the right of the axes, where it covers no bar.
+    """
     rows = list(table)
     metrics = list(dict.fromkeys(k for r in rows for k in table[r]))
-    fig, ax = plt.subplots(figsize=(min(12.0, max(5.0, 1.5 + 0.4 * len(metrics) * max(1, len(rows)))), 3.8))
+    fig, ax = plt.subplots(figsize=(min(12.0, max(5.0, 1.5 + 0.4 * len(metrics) * max(1, len(rows)))) + 1.2, 3.8),
+                           layout="constrained")
     width = 0.8 / max(len(rows), 1)
     x = np.arange(len(metrics))
     for i, (row, color) in enumerate(zip(rows, _colors(len(rows)))):
@@ -187,17 +209,26 @@ def grouped_bars(table: Mapping[str, Mapping[str, float]], title: str, ylabel: s
     ax.set_xticks(x, metrics)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
 
 
-def rank_histogram(labels: Sequence[str], counts: Mapping[str, np.ndarray]) -> Figure:
-    """Share of queries per rank bin (from :func:`ralbook.analysis.rank_histogram`), one colour per score kind."""
+def rank_histogram(labels: Sequence[str], counts: Mapping[str, np.ndarray], chance: Optional[np.ndarray] = None,
+                   xlabel: str = "rank") -> Figure:
+    """Share of queries per rank bin (from :func:`ralbook.analysis.rank_histogram`), one colour per score kind.
+
+    ``chance`` (% per bin, :func:`ralbook.analysis.chance_bin_shares`) is drawn as a black step line:
+    what a random ranking would give.
+    """
     table = {kind: {lab: 100.0 * c / max(np.sum(cnt), 1) for lab, c in zip(labels, cnt)}
              for kind, cnt in counts.items()}
     fig = grouped_bars(table, "Rank of the ground-truth video", ylabel="% of queries")
-    fig.axes[0].set_xlabel("rank")
+    ax = fig.axes[0]
+    if chance is not None:
+        x = np.arange(len(labels))
+        ax.hlines(chance, x - 0.45, x + 0.45, color="black", ls="--", lw=1.2, label="random ranking")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_xlabel(xlabel)
     return fig
 
 
@@ -342,8 +373,11 @@ def word_frame_heatmap(similarity: np.ndarray, words: Sequence[str], span: Optio
 
 def two_group_distributions(groups: Mapping[str, np.ndarray], xlabel: str, title: str = "",
                             reference: Optional[float] = None) -> Figure:
-    """Overlaid histograms of two (or more) groups, e.g. relative confidence of filler vs content words."""
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    """Overlaid histograms of two (or more) groups, e.g. relative confidence of filler vs content words.
+
+    The legend sits to the right of the axes, where it covers no histogram.
+    """
+    fig, ax = plt.subplots(figsize=(8.2, 3.6), layout="constrained")
     for (name, values), color in zip(groups.items(), _colors(len(groups))):
         v = np.asarray(values, dtype=float)
         sns.histplot(v, ax=ax, label=f"{name} (n={v.size}, median {np.median(v):.2f})" if v.size else name,
@@ -352,8 +386,7 @@ def two_group_distributions(groups: Mapping[str, np.ndarray], xlabel: str, title
         ax.axvline(reference, color="0.3", ls="--", lw=1, label=f"uniform = {reference:g}")
     ax.set_xlabel(xlabel)
     ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
 
 

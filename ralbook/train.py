@@ -1,4 +1,4 @@
-"""Training: the authors' loop (SPEC sections 7-8) made device-agnostic, resumable and reproducible.
+"""Training: the authors' loop (docs/method.md#training-objective and #optimisation) made device-agnostic, resumable and reproducible.
 
 A run directory holds
 
@@ -555,7 +555,7 @@ def load_run(run_dir: PathLike, device: Optional[Union[str, torch.device]] = Non
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                        help="dataset settings of SPEC section 8 (demo: the bundled collection on a CPU)")
+                        help="dataset settings of docs/method.md#settings-per-dataset (demo: the bundled collection on a CPU)")
     parser.add_argument("--epochs", type=int, help="number of epochs (train.n_epoch)")
     parser.add_argument("--batch-size", type=int, help="videos per batch (train.batch_size)")
     parser.add_argument("--out", help="run directory (default runs/PRESET)")

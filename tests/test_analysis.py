@@ -198,7 +198,7 @@ def test_filler_content_split_and_per_query_auc():
 
 
 def spec_bin_centres(n: int, k: int) -> np.ndarray:
-    """Mean raw index of the frames averaged into each of k bins, by the SPEC section 2 rule written out."""
+    """Mean raw index of the frames averaged into each of k bins, by the docs/method.md#inputs rule written out."""
     edges = [min(int(np.round(i * n / k)), n - 1) for i in range(k + 1)]  # np.round: half to even
     return np.array([np.mean(range(edges[i], edges[i + 1])) if edges[i] < edges[i + 1] else edges[i]
                      for i in range(k)])
@@ -276,7 +276,7 @@ def test_word_frame_similarity_reproduces_the_frame_score(tiny_model):
         g = tiny_model.word_confidence(qf, qm)[0, :5].numpy()
         videos = tiny_model.encode_videos(clips, frames, fmask)
         _, frame_score = tiny_model.score(qf, qm, videos)
-    # SPEC 5: S_f = sum_t g_t max_f <w_t, f_f> (all frames valid here, so no zero from padding enters)
+    # docs/method.md#csa-confidence-aware-set-to-set-alignment: S_f = sum_t g_t max_f <w_t, f_f> (all frames valid here, so no zero from padding enters)
     assert float((g * sim.max(axis=1)).sum()) == pytest.approx(float(frame_score[0, 0]), abs=1e-5)
 
 

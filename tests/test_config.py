@@ -1,4 +1,4 @@
-"""Presets carry SPEC section 8's values; configs round-trip and reject typos."""
+"""Presets carry docs/method.md#settings-per-dataset values; configs round-trip and reject typos."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import pytest
 
 from ralbook.config import Config, preset
 
-# SPEC section 8, one row per setting: (tvr, act, cha)
+# docs/method.md#settings-per-dataset, one row per setting: (tvr, act, cha)
 SPEC_TABLE = {
     ("data", "feature"): ("i3d_resnet", "i3d", "i3d_rgb_lgi"),
     ("data", "visual_dim"): (3072, 1024, 1024),

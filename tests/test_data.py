@@ -1,4 +1,4 @@
-"""Data layer: release-layout readers, SPEC section 2 preprocessing, datasets/collates, validation, inspect."""
+"""Data layer: release-layout readers, docs/method.md#inputs preprocessing, datasets/collates, validation, inspect."""
 from __future__ import annotations
 
 import pickle
@@ -28,7 +28,7 @@ def open_tiny(spec, **kwargs) -> Collection:
 # ----------------------------------------------------------------------------- preprocessing
 
 def loop_bin(x: np.ndarray, k: int) -> np.ndarray:
-    """SPEC section 2 written out literally, one bin at a time, in float64."""
+    """docs/method.md#inputs written out literally, one bin at a time, in float64."""
     n = len(x)
     b = [min(int(np.round(i * n / k)), n - 1) for i in range(k + 1)]
     return np.stack([x[b[i]:b[i + 1]].astype(np.float64).mean(0) if b[i] < b[i + 1] else x[b[i]]

@@ -318,7 +318,7 @@ def test_gaussian_window_properties():
     narrow, wide = gaussian_window(32, 0.1), gaussian_window(32, 10.0)
     assert narrow[5].sum() < w[5].sum() < wide[5].sum()  # wider windows keep more of the distant logits
     assert (w >= 0).all() and (w <= 1).all()
-    # element-wise from SPEC section 3's formula
+    # element-wise from the formula of docs/method.md#building-blocks
     import math
     length, width = 10, 3.0
     s = width / 9

@@ -95,16 +95,13 @@ def test_override_strings_and_build_config():
         pipeline.build_config("demo", overrides=["nosuch.key=1"])
 
 
-def test_summaries_round_trip_and_headline_numbers(tmp_path):
+def test_summaries_round_trip(tmp_path):
     import math
 
     pipeline.write_summary(tmp_path / "03_evaluate_summary.json",
                            {"metrics": {"fused": {"SumR": np.float32(240.875)}}, "nan": math.nan, "path": tmp_path})
-    pipeline.write_summary(tmp_path / "05_word_confidence_summary.json", {"filler_auc": 0.9766})
     back = pipeline.read_summary(tmp_path / "03_evaluate_summary.json")
     assert back == {"metrics": {"fused": {"SumR": 240.875}}, "nan": None, "path": str(tmp_path)}
-    lines = pipeline.headline_numbers(tmp_path)
-    assert lines[0].endswith("240.9") and "0.977" in lines[1] and len(lines) == 2
     assert pipeline.write_summary("", {"a": 1}) is None
 
 
@@ -135,13 +132,38 @@ def out_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("outputs")
 
 
+# Notebooks whose saved outputs are checked for stray values (the others belong to other branches for now).
+CLEAN_OUTPUTS = {"00_quickstart", "01_data_inspection", "02_train", "03_evaluate", "05_word_confidence"}
+STRAY = ("<Figure size", "PosixPath(", "0%|")
+
+
 def execute(name: str, out_dir: Path, **parameters) -> dict:
     """Run notebooks/<name>.ipynb into out_dir with figures under out_dir/figures; return its summary JSON."""
     summary = out_dir / f"{name}_summary.json"
     params = {"figures_dir": str(out_dir / "figures"), "summary_path": str(summary), **parameters}
     executed = pipeline.run_notebook(NOTEBOOK_DIR / f"{name}.ipynb", out_dir / f"{name}.ipynb", params)
     assert executed.is_file()
+    if name in CLEAN_OUTPUTS:
+        assert_clean_outputs(executed)
     return json.loads(summary.read_text())
+
+
+def assert_clean_outputs(path: Path) -> None:
+    """No figure reprs, paths or lists printed by accident, no frozen progress bars; ends with its conclusion."""
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            text = out.get("text", "") if out.output_type == "stream" else out.get("data", {}).get("text/plain", "")
+            text = "".join(text) if isinstance(text, list) else text
+            if "image/png" in out.get("data", {}):
+                continue  # an inline figure: its text/plain is the figure's repr, never shown
+            assert not any(s in text for s in STRAY), f"{path.name}: stray output {text[:200]!r}"
+            if out.output_type == "execute_result":
+                assert not text.startswith("["), f"{path.name}: a list printed as a cell result: {text[:200]!r}"
+            assert "application/vnd.jupyter.widget-view+json" not in out.get("data", {}), f"{path.name}: a widget bar"
+    last = nb.cells[-1].outputs
+    assert any("What this shows" in "".join(o.get("data", {}).get("text/markdown", "")) for o in last), \
+        f"{path.name}: the last cell does not display its conclusion"
 
 
 def assert_figures(summary: dict, *whats: str) -> None:
@@ -174,6 +196,7 @@ def test_01_data_inspection(demo_root, out_dir):
     assert s["has_ground_truth"] is True
     assert (s["visual_dim"], s["text_dim"]) == (coll.visual_dim, coll.text_dim)
     assert_figures(s, "counts", "distributions", "moments")
+    assert s["what_this_shows"].startswith("**What this shows**") and s["ideal_r1"] <= 1.0
 
 
 @pytest.mark.slow
@@ -191,6 +214,8 @@ def test_02_train_leaves_a_run_directory(trained):
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["hidden_size"] == TINY["hidden_size"] and config["train"]["lr"] == TINY_OVERRIDES["train.lr"]
     assert_figures(s, "curves")
+    assert f"from epoch {records[0]['epoch']}" not in s["what_this_shows"]  # generated, not a template
+    assert f"{records[-1]['lr']:.2e}" in s["what_this_shows"] and s["seconds_per_epoch"] > 0
 
 
 @pytest.mark.slow
@@ -216,6 +241,11 @@ def test_03_evaluate_reports_metrics_and_compares_runs(trained, demo_root, out_d
     assert s["comparison"]["run"] == pytest.approx(s["comparison"][str(run)])
     assert s["n_success_listed"] <= 3 and s["n_failure_listed"] <= 3
     assert_figures(s, "recall", "rank_hist", "comparison")
+    assert f"{s['metrics']['fused']['SumR']:.1f}" in s["what_this_shows"]
+    # a single run draws no comparison chart
+    alone = execute("03_evaluate", out_dir / "single", run_dir=str(run))
+    assert not any("comparison" in Path(p).name for p in alone["figures"])
+    assert "no comparison" in alone["what_this_shows"]
 
 
 @pytest.mark.slow
@@ -291,6 +321,7 @@ def test_05_word_confidence(trained, out_dir):
     assert loc["n_captions"] == 40
     assert loc["content_hit_rate"] > 1.5 * loc["chance"] and loc["content_hit_rate"] > loc["filler_hit_rate"]
     assert_figures(s, "heatmaps", "word_frame_0", "word_frame_1", "filler_vs_content")
+    assert f"{s['filler_auc']:.3f}" in s["what_this_shows"]
 
 
 @pytest.mark.slow
@@ -299,6 +330,14 @@ def test_00_quickstart_reuses_a_run(trained, demo_root, out_dir):
     s = execute("00_quickstart", out_dir, data_root=str(demo_root), run_dir=str(run))
     assert s["metrics"]["fused"] == pytest.approx(train_summary["test"]["fused"])
     assert_figures(s, "word_confidence", "word_frame")
+    # the showcase query is the median-ranked test caption, recomputed here
+    cfg, model, coll = pipeline.open_run(run, "cpu")
+    from ralbook.evaluate import evaluate
+
+    ref = evaluate(model, coll, "test", cfg, progress=False)
+    ranks = np.asarray(ref.ranks["fused"])
+    assert s["query_rank"] == int(np.sort(ranks)[(len(ranks) - 1) // 2])
+    assert s["query"] in s["what_this_shows"] and 0.0 <= s["moment_hit"] <= 1.0
 
 
 @pytest.fixture(scope="module")
@@ -349,18 +388,51 @@ def test_main_job_runs_selected_notebooks_and_says_where(alone, tiny_root, out_d
 
     from ralbook.cli import main
 
+    import subprocess
+
     out = out_dir / "main_job"
-    figures = out_dir / "main_figures"
-    shutil.copytree(alone[0], out / "run")
-    before = (out / "run" / "best.pt").read_bytes()
-    code = main(["demo", "--out", str(out), "--data-root", str(tiny_root), "--figures", str(figures), "--epochs", "1",
-                 "--notebooks", "01"])
+    figures = out / "figures"  # the default: inside OUT
+    run = out / pipeline.DEMO_RUN_NAME
+    shutil.copytree(alone[0], run)
+    before = (run / "best.pt").read_bytes()
+    status = ["git", "status", "--porcelain", "--untracked-files=all"]
+    tree_before = subprocess.run(status, cwd=REPO, capture_output=True, text=True).stdout
+    code = main(["demo", "--out", str(out), "--data-root", str(tiny_root), "--epochs", "1", "--notebooks", "01"])
     captured = capsys.readouterr()
     printed = captured.out
     assert code == 0, captured.err[-2000:]
-    assert (out / "run" / "best.pt").read_bytes() == before  # resumed a finished run: nothing retrained
+    assert subprocess.run(status, cwd=REPO, capture_output=True, text=True).stdout == tree_before, \
+        "the main job changed the working tree"
+    assert (run / "best.pt").read_bytes() == before  # resumed a finished run: nothing retrained
     assert (out / "notebooks" / "01_data_inspection.ipynb").is_file()
     assert json.loads((out / "notebooks" / "01_data_inspection_summary.json").read_text())["has_ground_truth"]
     assert any(p.name.startswith("01_data_inspection_demo") for p in figures.iterdir())
-    for where in (out / "notebooks", out / "run", figures):
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["epochs"] == 1 and "01_data_inspection" in results["notebooks"]
+    for where in (out / "notebooks", run, figures, out / "results.json"):
         assert str(where) in printed
+
+
+@pytest.mark.slow
+def test_figures_command_rewrites_the_curated_folder(alone, tiny_root, out_dir, capsys):
+    """``ralbook figures`` = the main job, then curated PNGs (run tag dropped), results.json and RESULTS.md."""
+    import shutil
+
+    from ralbook import report
+    from ralbook.cli import main
+
+    out, curated = out_dir / "figures_job", out_dir / "curated"
+    shutil.copytree(alone[0], out / pipeline.DEMO_RUN_NAME)
+    (out / "figures").mkdir(parents=True)
+    (out / "figures" / "03_evaluate_old_run_recall.png").write_bytes(b"stale")  # from an earlier run
+    curated.mkdir()
+    (curated / "02_train_curves.png").write_bytes(b"stale")
+    code = main(["figures", "--out", str(out), "--data-root", str(tiny_root), "--epochs", "1", "--notebooks", "01",
+                 "--to", str(curated)])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    pngs = sorted(p.name for p in curated.glob("*.png"))
+    assert pngs == ["01_data_inspection_counts.png", "01_data_inspection_distributions.png",
+                    "01_data_inspection_moments.png"]
+    results = json.loads((curated / report.RESULTS_FILE).read_text())
+    assert results == json.loads((out / report.RESULTS_FILE).read_text())
+    assert (curated / report.RESULTS_MD).read_text() == report.results_markdown(results, pngs)

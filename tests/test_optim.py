@@ -17,7 +17,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def reference_schedule(p: float, warmup: float) -> float:
-    # written out from SPEC section 8, on purpose without calling ralbook
+    # written out from docs/method.md#optimisation, on purpose without calling ralbook
     if p < warmup:
         return p / warmup
     return max((p - 1) / (warmup - 1), 0.0)

@@ -166,3 +166,26 @@ def test_query_explorer_calls_render_for_each_choice(capsys):
     assert dropdown.description == "caption" and seen == ["q1"]
     dropdown.value = "q2"
     assert seen == ["q1", "q2"]
+
+
+def _legend_outside(ax) -> bool:
+    """The axes' legend box does not overlap the axes' data area (so it cannot cover a curve or bar)."""
+    ax.figure.canvas.draw()
+    legend, area = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    return not legend.overlaps(area)
+
+
+def test_legends_cover_no_data():
+    curves = P.training_curves([0, 1, 2], {f"part{i}": [1.0, 0.5, 0.4] for i in range(8)}, [50.0, 60.0, 70.0],
+                               best_epoch=2, lr=[3e-4, 2e-4, 1e-4], hard_start=1)
+    assert len(curves.axes) == 3 and curves.axes[2].get_ylabel().startswith("learning rate")
+    # the hard-negative epoch is marked on every panel
+    assert all(any(list(line.get_xdata()) == [1, 1] for line in ax.lines) for ax in curves.axes)
+    bars = P.grouped_bars({"clip": {"R@1": 10.0}, "fused": {"R@1": 12.0}}, "Recall")
+    hist = P.two_group_distributions({"filler": np.array([0.9, 1.0]), "content": np.array([1.1, 1.2])}, "x",
+                                     reference=1.0)
+    ranks = P.rank_histogram(["1", "2-3"], {"fused": np.array([3, 1])}, chance=np.array([50.0, 50.0]))
+    for fig in (curves, bars, hist, ranks):
+        assert _legend_outside(fig.axes[0]), fig.axes[0].get_title()
+    # the chance level is drawn per bin
+    assert [list(seg[:, 1]) for seg in ranks.axes[0].collections[-1].get_segments()] == [[50.0, 50.0]] * 2

@@ -286,7 +286,7 @@ def test_cli_errors_are_one_line_and_non_zero(tmp_path, capsys):
 
 
 def test_evaluate_accepts_the_authors_checkpoint_format(reference_run, data_root, tmp_path, capsys):
-    """The same weights under the authors' names (SPEC section 10) give the same metrics."""
+    """The same weights under the authors' names (docs/method.md#loading-the-authors-checkpoints) give the same metrics."""
     run_dir, result = reference_run
     authors_keys = [line.split("\t")[0] for line in (FIXTURES / "reference_keys_tvr.txt").read_text().splitlines()
                     if line.strip()]
