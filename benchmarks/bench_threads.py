@@ -90,7 +90,7 @@ def tvr_steps(steps: int) -> float:
 # ----------------------------------------------------------------------------- parent: the table
 
 
-def measure(work: str, setting: str, busy: bool, steps: int, demo_steps: int) -> dict[str, Any]:
+def measure(work: str, setting: str, busy: bool, steps: int, demo_steps: int, timeout: float) -> dict[str, Any]:
     env = dict(os.environ)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "RALBOOK_THREADS"):
         env.pop(name, None)
@@ -101,8 +101,10 @@ def measure(work: str, setting: str, busy: bool, steps: int, demo_steps: int) ->
     try:
         time.sleep(0.5 if busy else 0)
         load = os.getloadavg()[0]
-        run = subprocess.run([sys.executable, __file__, "--child", work, spec["threads"], str(steps), str(demo_steps)], env=env,
-                             capture_output=True, text=True)
+        command = [sys.executable, __file__, "--child", work, spec["threads"], str(steps), str(demo_steps)]
+        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:  # a collapsed run: recorded as "more than the timeout"
+        return {"work": work, "setting": setting, "busy": busy, "load": load, "seconds": float("inf"), "threads": None}
     finally:
         if loop is not None:
             loop.kill()
@@ -122,6 +124,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--steps", type=int, default=2, help="timed TVR-size steps per measurement")
     p.add_argument("--demo-steps", type=int, default=0, help="time only this many demo steps (0: the epoch, 19)")
+    p.add_argument("--timeout", type=float, default=900, help="give up on one measurement after this many seconds")
     p.add_argument("--json", help="also write every measurement to this file")
     p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -137,7 +140,7 @@ def main() -> None:
         for work in args.work:
             for setting in args.settings:
                 for condition in args.conditions:
-                    row = measure(work, setting, condition == "busy", args.steps, args.demo_steps)
+                    row = measure(work, setting, condition == "busy", args.steps, args.demo_steps, args.timeout)
                     rows.append(row)
                     unit = ("s/epoch" if not args.demo_steps else f"s/{args.demo_steps} steps") if work == "demo" \
                         else "s/step"

@@ -135,7 +135,32 @@ def read_cpu_sample(cpus: list[int], stat_path: str = "/proc/stat") -> Optional[
             values = [int(v) for v in fields[1:9]]
             busy += sum(values) - values[3] - values[4]
     t = os.times()
-    return CpuSample(busy / tick, t.user + t.system, time.monotonic())
+    own = t.user + t.system + t.children_user + t.children_system + descendants_cpu_s(tick)
+    return CpuSample(busy / tick, own, time.monotonic())
+
+
+def descendants_cpu_s(tick: float, pid: Optional[int] = None) -> float:
+    """CPU seconds of the running child processes (DataLoader workers), so they count as this run's work."""
+    children: dict[int, list[int]] = {}
+    cpu: dict[int, float] = {}
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return 0.0
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # state ppid ... utime(11) stime(12)
+            children.setdefault(int(fields[1]), []).append(int(entry))
+            cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            continue
+    total, stack = 0.0, list(children.get(pid or os.getpid(), []))
+    while stack:
+        child = stack.pop()
+        total += cpu.get(child, 0.0)
+        stack.extend(children.get(child, []))
+    return total
 
 
 def other_load(before: CpuSample, after: CpuSample) -> float:

@@ -184,3 +184,21 @@ def test_training_into_a_log_file_prints_one_line_per_epoch(tmp_path, capsys, mo
     epoch_lines = [line for line in captured.out.splitlines() if line.startswith("epoch ")]
     assert [line.split()[1] for line in epoch_lines] == ["0/3", "1/3", "2/3"]
     assert "\r" not in captured.out + captured.err and "%|" not in captured.err  # no bar fragments
+
+
+def test_child_processes_count_as_this_runs_work():
+    """DataLoader workers are ours: a busy child must not look like other work."""
+    import os
+    import subprocess
+
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("no /proc here")
+    code = ("import sys, time\nwhile time.process_time() < 0.5: pass\nprint('done', flush=True)\n"
+            "sys.stdin.read()")  # spend 0.5 s of CPU, then stay alive until told
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "done"
+        spent = runtime.descendants_cpu_s(os.sysconf("SC_CLK_TCK"))
+    finally:
+        child.communicate("")
+    assert spent >= 0.45
