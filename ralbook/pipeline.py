@@ -37,9 +37,11 @@ NOTEBOOKS: tuple[str, ...] = (
 )
 SWEEP_NOTEBOOK = "06_ablation_sweep.ipynb"
 KERNEL_NAME = "python3"
-# Kernel start-up warnings (e.g. "Kernel is running over TCP without encryption": the kernel and papermill
-# talk over local sockets of this machine) would repeat on every notebook; errors still show.
-KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
+# The kernel's own log stays quiet: its start-up warning "Kernel is running over TCP without encryption" (papermill
+# and the kernel talk over this machine's loopback) repeated for every notebook, and jupyter_client interrupts
+# (SIGINT) every kernel it shuts down, which a kernel still finishing a message logs as the error "KeyboardInterrupt
+# caught in kernel" after the notebook has completed. Errors in cells still fail the notebook (PapermillExecutionError).
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
 # Files a finished run directory holds (written by ralbook.train); the first is enough to load a model.
 RUN_MARKERS: tuple[str, ...] = ("best.pt", "last.pt")
 
