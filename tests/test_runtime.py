@@ -202,3 +202,9 @@ def test_child_processes_count_as_this_runs_work():
     finally:
         child.communicate("")
     assert spent >= 0.45
+
+
+def test_cli_bad_threads_is_one_line_and_exit_2(fresh_runtime, capsys):
+    assert cli.main(["evaluate", "--checkpoint", "missing.pt", "--threads", "many"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "ralbook evaluate: error: --threads: expected a thread count >= 1, 0 or 'auto', got 'many'"
