@@ -194,15 +194,28 @@ def prefer_passive_wait(environ: Optional[dict] = None) -> bool:
     return "torch" not in sys.modules
 
 
-def torch_cores() -> int:
-    """Cores torch may use: its default thread count (physical cores) within this process's CPUs."""
-    global _DEFAULT_CORES
-    if _DEFAULT_CORES is None:
-        import torch
+def physical_cores(cpus: list[int], sys_root: str = "/sys") -> int:
+    """Cores behind ``cpus`` (hyper-threads of one core count once), capped by a container's CPU quota.
 
-        default = torch.get_num_threads() if not os.environ.get("OMP_NUM_THREADS") else len(usable_cpus())
-        _DEFAULT_CORES = max(1, min(default, len(usable_cpus())))
-    return _DEFAULT_CORES
+    torch's default is one thread per physical core; a second thread on a hyper-thread sibling, or more
+    threads than a cgroup quota (``docker --cpus``) grants, only slows a run down.
+    """
+    siblings = set()
+    for cpu in cpus:
+        try:
+            with open(f"{sys_root}/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list", encoding="ascii") as f:
+                siblings.add(f.read().strip())
+        except OSError:
+            siblings.add(str(cpu))
+    cores = len(siblings)
+    try:
+        with open(f"{sys_root}/fs/cgroup/cpu.max", encoding="ascii") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
 
 
 class ThreadGovernor:
@@ -239,7 +252,6 @@ def _torch_set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
-_DEFAULT_CORES: Optional[int] = None
 _GOVERNOR: Optional[ThreadGovernor] = None
 
 
@@ -252,10 +264,11 @@ def configure_threads(threads: Requested = None, announce: Announce = print, sou
     """
     global _GOVERNOR
     explicit = parse_threads(threads, source)
-    if _GOVERNOR is not None and (explicit is None or explicit == _GOVERNOR.choice.threads):
+    if _GOVERNOR is not None and (explicit is None or (explicit == _GOVERNOR.choice.threads
+                                                       and _GOVERNOR.choice.source != "auto")):
         return _GOVERNOR.choice
     cpus = usable_cpus()
-    cores = torch_cores()
+    cores = physical_cores(cpus)
     sample, busy = None, None
     if explicit is None and parse_threads(os.environ.get(ENV_THREADS), ENV_THREADS) is None \
             and not os.environ.get("OMP_NUM_THREADS"):

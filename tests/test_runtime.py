@@ -86,6 +86,28 @@ def test_proc_stat_counts_only_the_usable_cpus(tmp_path):
     assert runtime.read_cpu_sample([0], str(tmp_path / "missing")) is None
 
 
+def fake_sys(tmp_path, siblings: list[str], quota: str | None) -> str:
+    for cpu, group in enumerate(siblings):
+        topo = tmp_path / "devices" / "system" / "cpu" / f"cpu{cpu}" / "topology"
+        topo.mkdir(parents=True)
+        (topo / "thread_siblings_list").write_text(group + "\n")
+    if quota is not None:
+        (tmp_path / "fs" / "cgroup").mkdir(parents=True)
+        (tmp_path / "fs" / "cgroup" / "cpu.max").write_text(quota + "\n")
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("siblings, quota, expected", [
+    (["0", "1"], None, 2),                      # two cores, no hyper-threading
+    (["0,2", "1,3", "0,2", "1,3"], None, 2),    # two cores with two hyper-threads each
+    (["0", "1", "2", "3"], "max 100000", 4),    # a cgroup without a limit
+    (["0", "1", "2", "3"], "150000 100000", 2),  # docker --cpus=1.5: two threads at most
+])
+def test_cores_count_hyperthreads_once_and_respect_a_cpu_quota(tmp_path, siblings, quota, expected):
+    root = fake_sys(tmp_path, siblings, quota)
+    assert runtime.physical_cores(list(range(len(siblings))), root) == expected
+
+
 # ----------------------------------------------------------------------------- re-checking between epochs
 
 
@@ -125,7 +147,7 @@ def test_configure_threads_applies_the_environment_and_prints_once(fresh_runtime
     assert runtime.configure_threads(announce=said.append).threads == 1
     assert torch.get_num_threads() == 1
     assert runtime.configure_threads(announce=said.append).threads == 1  # library calls keep the choice
-    assert said == [f"threads: 1 (set by RALBOOK_THREADS; {runtime.torch_cores()} cores)"]
+    assert said == [f"threads: 1 (set by RALBOOK_THREADS; {runtime.physical_cores(runtime.usable_cpus())} cores)"]
     assert runtime.configure_threads(2, announce=said.append).source == "threads parameter"  # explicit wins
     assert torch.get_num_threads() == 2
 
