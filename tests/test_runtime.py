@@ -230,3 +230,15 @@ def test_cli_bad_threads_is_one_line_and_exit_2(fresh_runtime, capsys):
     assert cli.main(["evaluate", "--checkpoint", "missing.pt", "--threads", "many"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "ralbook evaluate: error: --threads: expected a thread count >= 1, 0 or 'auto', got 'many'"
+
+
+@pytest.mark.parametrize("name, call", [("02_train", "train(cfg, RUN, resume=resume, progress=progress, threads=threads)"),
+                                        ("06_ablation_sweep", '"threads": threads')])
+def test_notebooks_that_train_take_a_threads_parameter(name, call):
+    import nbformat
+    import papermill
+
+    path = Path(__file__).resolve().parents[1] / "notebooks" / f"{name}.ipynb"
+    params = papermill.inspect_notebook(str(path))
+    assert params["threads"]["default"] == "0"
+    assert any(call in cell.source for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code")
