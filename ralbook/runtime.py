@@ -1,7 +1,7 @@
 """CPU threads: how many torch uses, and how idle ones wait, chosen from what the machine is doing.
 
 Why: torch starts one OpenMP thread per core, and idle OpenMP threads spin. Beside one other busy
-process on a two-core laptop, such a run slows down five- to tenfold: every parallel region waits
+process on a two-core machine, such a run slows down 4 to 19 times (README, "Threads"): every parallel region waits
 for the thread that shares its core with the other process, and the spinning steals that core's
 time. So ralbook
 
