@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # sub-command -> (module, help text); the module provides add_<name>_arguments and run_<name>
@@ -21,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("ralbook.search", "rank a collection's videos for a free-text query"),
     "figures": ("ralbook.report", "run the main job, then rewrite the curated figures/ and figures/RESULTS.md"),
 }
+THREADED = ("train", "evaluate", "demo")  # sub-commands that take --threads (see ralbook.runtime)
 
 
 def _attr(name: str) -> str:
@@ -34,7 +36,21 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         module = importlib.import_module(module_name)
         getattr(module, f"add_{_attr(name)}_arguments")(p)
+        if name in THREADED:
+            p.add_argument("--threads", default=None, metavar="N",
+                           help="CPU threads (default: the cores not busy with other work; also RALBOOK_THREADS)")
     return parser
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """--threads N (or RALBOOK_THREADS, or the load) sets this process's threads; notebook kernels inherit N."""
+    from ralbook import runtime
+
+    if args.command not in THREADED:
+        return
+    if runtime.parse_threads(args.threads, "--threads") is not None:
+        os.environ[runtime.ENV_THREADS] = str(args.threads)
+    runtime.configure_threads(args.threads, source="--threads")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
+        apply_threads(args)
         return int(getattr(module, f"run_{_attr(args.command)}")(args) or 0)
     except RalbookError as err:
         print(f"ralbook {args.command}: error: {err}", file=sys.stderr)

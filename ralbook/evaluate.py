@@ -520,8 +520,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     collection = Collection.from_config(cfg.data)
     check_dims(cfg, collection)
     model.to(device)
+    from ralbook.runtime import use_bars
+
     result = evaluate(model, collection, args.split, cfg, device, relevant=args.relevant,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress and use_bars())  # no bars in log files
     print(format_metrics(result, title=f"{cfg.data.collection} {args.split}: {len(result.cap_ids)} queries x "
                                        f"{len(result.video_ids)} videos ({kind} checkpoint {args.checkpoint})"))
     if args.json:

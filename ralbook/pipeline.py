@@ -44,6 +44,11 @@ KERNEL_NAME = "python3"
 DEMO_RUN_NAME = "ral_demo"
 # Set in the environment of notebook kernels started by run_notebook (see :func:`headless`).
 HEADLESS_ENV = "RALBOOK_HEADLESS"
+# The kernel's own log stays quiet: its start-up warning "Kernel is running over TCP without encryption" (papermill
+# and the kernel talk over this machine's loopback) repeated for every notebook, and jupyter_client interrupts
+# (SIGINT) every kernel it shuts down, which a kernel still finishing a message logs as the error "KeyboardInterrupt
+# caught in kernel" after the notebook has completed. Errors in cells still fail the notebook (PapermillExecutionError).
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
 # Files a finished run directory holds (written by ralbook.train); the first is enough to load a model.
 RUN_MARKERS: tuple[str, ...] = ("best.pt", "last.pt")
 
@@ -99,7 +104,7 @@ def run_notebook(path: str | os.PathLike, out_path: str | os.PathLike, parameter
     try:
         pm.execute_notebook(str(src), str(out), parameters=dict(parameters or {}), kernel_name=KERNEL_NAME,
                             cwd=str(Path(cwd).resolve() if cwd else src.parent), progress_bar=False,
-                            log_output=log_output, execution_timeout=timeout)
+                            log_output=log_output, execution_timeout=timeout, extra_arguments=KERNEL_ARGUMENTS)
     except pm.PapermillExecutionError as err:
         raise RalbookError(f"notebook {src.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue} "
                            f"(executed copy with the traceback: {out})") from err
@@ -276,6 +281,9 @@ def open_checkpoint(checkpoint: str | os.PathLike, preset_name: str = "", device
 
 def _with_data(cfg: Any, model: Any, device: str, data_root: str, collection: str, feature: str,
                collection_cls: Any, check_dims: Any, resolve_device: Any) -> tuple[Any, Any, Any]:
+    from ralbook.runtime import configure_threads
+
+    configure_threads()  # notebooks that only evaluate: threads chosen from the load too
     if data_root:
         cfg.data.data_root = data_root
     cfg.data.data_root = str(resolve_path(cfg.data.data_root or "data"))

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ralbook import runtime
 from ralbook.config import PRESETS, Config, preset
 from ralbook.errors import CheckpointError, DataError, RalbookError
 from ralbook.evaluate import (EvalResult, add_data_arguments, apply_data_arguments, autocast, check_dims, evaluate,
@@ -250,6 +251,7 @@ class Trainer:
         from ralbook.optim import build_optimizer
 
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+        self.bars = progress and runtime.use_bars()  # else (a log file): one line per epoch, no bars
         self.callbacks = list(callbacks or [])
         self.checkpoint_every = max(0, int(checkpoint_every))
         self.device = resolve_device(cfg.train.device)
@@ -375,7 +377,7 @@ class Trainer:
         hard = epoch >= self.cfg.train.hard_negative_start_epoch
         self.model.train()
         bar = tqdm(total=len(batches), initial=start, desc=f"epoch {epoch}", leave=False, unit="batch",
-                   disable=not self.progress)
+                   disable=not self.bars)
         for index, batch in enumerate(self._loader(batches[start:]), start=start + 1):
             total = self.train_step(batch, hard)
             self.state.step_in_epoch = index
@@ -403,7 +405,7 @@ class Trainer:
     def validate(self) -> EvalResult:
         s = self.splits
         return evaluate(self.model, self.collection, s.val_name, self.cfg, self.device, video_ids=s.val_videos,
-                        cap_ids=s.val_captions, progress=self.progress)
+                        cap_ids=s.val_captions, progress=self.bars)
 
     def finish_epoch(self, epoch: int, started: float) -> dict[str, Any]:
         """Validate, update early stopping and best.pt, append the epoch record, save last.pt."""
@@ -451,7 +453,7 @@ class Trainer:
 
         first = self.state.epoch
         bar = tqdm(total=self.cfg.train.n_epoch, initial=self.state.epoch, desc="training", unit="epoch",
-                   disable=not self.progress)
+                   disable=not self.bars)
         while not self.state.finished:
             epoch, started = self.state.epoch, time.perf_counter()
             self.train_epoch(epoch)
@@ -460,6 +462,7 @@ class Trainer:
             if self.progress:
                 tqdm.write(self._summary(record))
             self._emit("epoch", epoch=epoch, record=record)
+            runtime.recheck_threads(tqdm.write if self.progress else None)  # other work may have started or ended
         bar.close()
         if self.progress and self.state.stopped_early:
             tqdm.write(f"early stop: no improvement for {self.state.bad_epochs} epochs")
@@ -471,7 +474,7 @@ class Trainer:
 
         best = load_file(self.run_dir / BEST_FILE)
         load_model_state(self.model, best["model"], self.run_dir / BEST_FILE)
-        result = evaluate(self.model, self.collection, "test", self.cfg, self.device, progress=self.progress)
+        result = evaluate(self.model, self.collection, "test", self.cfg, self.device, progress=self.bars)
         out = {"split": "test", "epoch": best["epoch"], "n_queries": len(result.cap_ids),
                "n_videos": len(result.video_ids), "metrics": result.metrics}
         _write_json(self.run_dir / TEST_FILE, out)
@@ -503,13 +506,16 @@ def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> bool:
 
 
 def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool = True,
-          callbacks: Optional[Iterable[Callback]] = None, checkpoint_every: int = 0) -> RunResult:
+          callbacks: Optional[Iterable[Callback]] = None, checkpoint_every: int = 0,
+          threads: runtime.Requested = None) -> RunResult:
     """Train ``cfg`` into ``run_dir`` (or continue it with ``resume=True``); evaluate best.pt on test.
 
     ``callbacks``: functions ``f(event, info)`` called after every step (``"step"``) and epoch
     (``"epoch"``, after the checkpoint is written); an exception raised there stops the run as a
     kill would. ``checkpoint_every``: also write last.pt every that many steps (0: at epoch ends).
+    ``threads``: CPU threads (None/0: chosen from the machine's load, see ralbook.runtime).
     """
+    runtime.configure_threads(threads, announce=print if progress else None)
     run_dir = Path(run_dir)
     cfg.sync()
     can_resume = _prepare_run_dir(cfg, run_dir, resume)

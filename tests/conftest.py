@@ -1,7 +1,12 @@
 """Shared fixtures. ``tiny_collection``: a small random collection in the release layout."""
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Tests choose their thread counts themselves (fixture one_thread); no load sampling or re-checks in between.
+os.environ.setdefault("RALBOOK_THREADS", "1")
 
 from layout import TinySpec, write_random_collection
 

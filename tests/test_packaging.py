@@ -29,17 +29,35 @@ def test_environment_yml_and_pyproject_agree():
             if name not in ("python", "pip"):
                 conda_side[name] = item
     assert set(pip_side) == set(conda_side)
-    for name, req in pip_side.items():  # same lower bounds
+    for name, req in pip_side.items():  # same lower bounds (torch: pinned to the Makefile's version instead)
         pin = re.search(r">=\s*([\w.]+)", req)
+        if name == "torch":
+            assert conda_side[name] == f"pytorch={makefile_torch_version()}"
+            assert _version(makefile_torch_version()) >= _version(pin.group(1))
+            continue
         conda_pin = re.search(r">=\s*([\w.]+)", conda_side[name])
         assert (pin and pin.group(1)) == (conda_pin and conda_pin.group(1)), name
+
+
+def makefile_torch_version() -> str:
+    return re.search(r"^TORCH_VERSION \?= ([\w.]+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def test_license_is_an_spdx_expression():  # the table form makes setuptools warn on every install
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "MIT"
+    assert "setuptools>=77" in project["build-system"]["requires"]
 
 
 def test_declared_dependencies_cover_the_design():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = {_name(r) for r in project["dependencies"]}
     assert {"torch", "numpy", "scipy", "h5py", "matplotlib", "seaborn", "jupyterlab", "ipykernel", "papermill",
-            "ipywidgets", "tqdm"} <= names
+            "ipywidgets", "tqdm", "pandas"} <= names
 
 
 def test_the_video_libraries_are_an_optional_extra_that_make_test_installs():
