@@ -191,6 +191,11 @@ def test_hand_written_docs_quote_no_run_numbers():
     assert not stray, f"numbers of a run belong in figures/RESULTS.md (generated), not in hand-written docs: {stray}"
 
 
+# Options of the other programs the README shows (jupyter, pip, torchrun), not ralbook's.
+OTHER_TOOLS = {"--allow-root", "--index-url", "--nproc-per-node", "--nnodes", "--node-rank", "--rdzv-backend",
+               "--rdzv-endpoint", "--rdzv-id", "--master-addr", "--master-port", "--standalone"}
+
+
 def test_the_readme_names_only_options_that_exist():
     """Every ``python -m ralbook SUB --opt`` in the README is an option of SUB; a flag quoted alone
     (`` `--amp bf16` ``) is an option of some ralbook command or of the benchmark script."""
@@ -200,11 +205,12 @@ def test_the_readme_names_only_options_that_exist():
     parser = build_parser()
     subs = next(a for a in parser._actions if a.choices and "train" in a.choices).choices
     options = {name: {o for a in sub._actions for o in a.option_strings} for name, sub in subs.items()}
-    bench = set(re.findall(r'add_argument\("(--[\w-]+)"', (REPO / "benchmarks" / "bench_engine.py").read_text()))
+    bench = {o for script in (REPO / "benchmarks").glob("*.py")
+             for o in re.findall(r'add_argument\("(--[\w-]+)"', script.read_text())}
     wrong = []
     for sub, rest in re.findall(r"python -m ralbook ([a-z-]+)([^`\n]*)", readme):
         wrong += [f"{sub} {o}" for o in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", rest) if o not in options.get(sub, ())]
-    every = set().union(*options.values()) | bench
+    every = set().union(*options.values()) | bench | OTHER_TOOLS
     wrong += [o for o in re.findall(r"`(--[a-z][\w-]*)[^`]*`", readme) if o not in every]
     assert not wrong, f"README names options that do not exist: {wrong}"
 
