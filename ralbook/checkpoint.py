@@ -22,7 +22,7 @@ from typing import Any, Mapping, Union
 import torch
 from torch import nn
 
-from ralbook.errors import CheckpointError
+from ralbook.errors import CheckpointError, NonFiniteError
 
 PathLike = Union[str, os.PathLike]
 
@@ -48,6 +48,29 @@ def save_atomic(obj: Any, path: PathLike) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+# --------------------------------------------------------------------------- content checks
+
+
+def check_finite_state(state: Mapping[str, Any], source: Any, what: str = "weight") -> None:
+    """NonFiniteError naming ``source`` and the tensors when any floating tensor holds NaN or inf.
+
+    Why: one NaN weight makes every score NaN, and a NaN score would otherwise rank first.
+    """
+    bad: dict[str, int] = {}
+    total = 0
+    for name, value in state.items():
+        if torch.is_tensor(value) and value.is_floating_point():
+            total += 1
+            count = int((~torch.isfinite(value)).sum())
+            if count:
+                bad[name] = count
+    if bad:
+        shown = ", ".join(f"{name} ({count})" for name, count in list(bad.items())[:4])
+        raise NonFiniteError(f"{source}: {len(bad)} of {total} {what} tensors hold non-finite values (NaN or "
+                             f"inf): {shown}{', ...' if len(bad) > 4 else ''}; the checkpoint is damaged or its "
+                             "training diverged, so no metric can be computed from it")
 
 
 # --------------------------------------------------------------------------- restricted unpickling
@@ -225,5 +248,6 @@ def load_reference(model: nn.Module, source: Union[PathLike, Mapping[str, Any]])
         if missing:
             lines.append(f"{len(missing)} model parameter(s) not in the checkpoint: " + ", ".join(missing[:8]))
         raise CheckpointError("checkpoint does not fit the model: " + " | ".join(lines))
+    check_finite_state(state, source if isinstance(source, (str, os.PathLike)) else "the reference weights")
     model.load_state_dict(state, strict=True)
     return model

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from ralbook.config import Config, preset
-from ralbook.errors import CheckpointError, DataError, RalbookError
+from ralbook.errors import CheckpointError, DataError, NonFiniteError, RalbookError, shorten
 from ralbook.evaluate import (EvalResult, add_data_arguments, apply_data_arguments, autocast, check_dims, evaluate,
                               format_metrics, load_model_state, require_data_root, resolve_device)
 
@@ -335,12 +335,42 @@ class Trainer:
         values = torch.stack([total.detach().float()] + [parts[n].detach().float() for n in self.part_names])
         self.sums = values if self.sums is None else self.sums + values
 
+    def _non_finite(self, where: str, tensors: dict[str, Tensor]) -> None:
+        """Stop with one message before a NaN or inf reaches a library (the OT step's assignment) or
+        the next step; one device sync for all ``tensors``."""
+        flags = torch.stack([torch.isfinite(t).all() for t in tensors.values()]).tolist()
+        if all(flags):
+            return
+        bad = [name for name, ok in zip(tensors, flags) if not ok]
+        raise NonFiniteError(f"the training loss became non-finite in epoch {self.state.epoch} at step "
+                             f"{self.state.step_in_epoch + 1} ({where}: {shorten(', '.join(bad))}); lower train.lr "
+                             "or turn off train.amp")
+
+    def _check_inputs(self, batch: dict[str, Any]) -> None:
+        """Non-finite input features are a data problem: name the videos and captions."""
+        rows = {"video_ids": torch.isfinite(batch["clip_feats"]).flatten(1).all(1)
+                & torch.isfinite(batch["frame_feats"]).flatten(1).all(1),
+                "cap_ids": torch.isfinite(batch["query_feats"]).flatten(1).all(1)}
+        if all(bool(ok.all()) for ok in rows.values()):
+            return
+        named = {key: [batch[key][i] for i in torch.nonzero(~ok).squeeze(1).tolist()] for key, ok in rows.items()}
+        raise NonFiniteError(f"collection {self.cfg.data.collection!r} gives non-finite (NaN or inf) features for "
+                             f"{len(named['video_ids'])} video(s) {shorten(named['video_ids'][:3])} and "
+                             f"{len(named['cap_ids'])} caption(s) {shorten(named['cap_ids'][:3])} of training batch "
+                             f"{self.state.step_in_epoch + 1} in epoch {self.state.epoch}; check them with "
+                             "ralbook inspect")
+
     def train_step(self, batch: dict[str, Any], hard_negatives: bool) -> Tensor:
         batch = _to_device(batch, self.device)
+        self._check_inputs(batch)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.amp):
             out = self.forward_model(batch)
-        total, parts = self.objective(_float_output(out), batch["labels"], hard_negatives=hard_negatives)
+        out = _float_output(out)
+        self._non_finite("model outputs", {f.name: getattr(out, f.name) for f in dataclasses.fields(out)
+                                           if torch.is_tensor(getattr(out, f.name))
+                                           and getattr(out, f.name).is_floating_point()})
+        total, parts = self.objective(out, batch["labels"], hard_negatives=hard_negatives)
         if self.scaler is not None:
             self.scaler.scale(total).backward()
             self.scaler.step(self.optimizer)
@@ -348,6 +378,7 @@ class Trainer:
         else:
             total.backward()
             self.optimizer.step()
+        self._non_finite("weights after the step", {"loss": total.detach(), **dict(self.model.named_parameters())})
         self._accumulate(total, parts)
         return total
 
@@ -397,7 +428,8 @@ class Trainer:
     def validate(self) -> EvalResult:
         s = self.splits
         return evaluate(self.model, self.collection, s.val_name, self.cfg, self.device, video_ids=s.val_videos,
-                        cap_ids=s.val_captions, progress=self.progress)
+                        cap_ids=s.val_captions, progress=self.progress,
+                        source=f"the model in training (epoch {self.state.epoch})")
 
     def finish_epoch(self, epoch: int, started: float) -> dict[str, Any]:
         """Validate, update early stopping and best.pt, append the epoch record, save last.pt."""
@@ -465,7 +497,8 @@ class Trainer:
 
         best = load_file(self.run_dir / BEST_FILE)
         load_model_state(self.model, best["model"], self.run_dir / BEST_FILE)
-        result = evaluate(self.model, self.collection, "test", self.cfg, self.device, progress=self.progress)
+        result = evaluate(self.model, self.collection, "test", self.cfg, self.device, progress=self.progress,
+                          source=f"checkpoint {self.run_dir / BEST_FILE}")
         out = {"split": "test", "epoch": best["epoch"], "n_queries": len(result.cap_ids),
                "n_videos": len(result.video_ids), "metrics": result.metrics}
         _write_json(self.run_dir / TEST_FILE, out)
