@@ -343,8 +343,8 @@ class Trainer:
             return
         bad = [name for name, ok in zip(tensors, flags) if not ok]
         raise NonFiniteError(f"the training loss became non-finite in epoch {self.state.epoch} at step "
-                             f"{self.state.step_in_epoch + 1} ({where}: {shorten(', '.join(bad))}); lower train.lr "
-                             "or turn off train.amp")
+                             f"{self.state.step_in_epoch + 1} ({where}: {shorten(', '.join(bad))}); lower train.lr, "
+                             "turn off train.amp, or look for extreme feature values (ralbook inspect)")
 
     def _check_inputs(self, batch: dict[str, Any]) -> None:
         """Non-finite input features are a data problem: name the videos and captions."""
