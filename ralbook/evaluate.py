@@ -472,12 +472,12 @@ def model_from_checkpoint(path: Union[str, Path], preset_name: Optional[str] = N
     edits the configuration before the model is built (command-line overrides). ``kind`` is
     ``ralbook`` or ``reference``.
     """
-    from ralbook.checkpoint import load_file, load_reference
+    from ralbook.checkpoint import config_of, load_file, load_reference, validate_ralbook
     from ralbook.model import build_model
 
     obj = load_file(path)
     if isinstance(obj, dict) and str(obj.get("format", "")).startswith("ralbook"):
-        cfg = Config.from_dict(obj["config"])
+        cfg = config_of(validate_ralbook(obj, path), path)
         cfg = adjust(cfg) if adjust else cfg
         model = build_model(cfg.model)
         load_model_state(model, obj["model"], path)
