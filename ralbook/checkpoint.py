@@ -147,7 +147,7 @@ def validate_ralbook(obj: Any, path: PathLike, formats: tuple[str, ...] = (MODEL
             raise CheckpointError(f"{path} lacks {key!r}: it is incomplete")
         value = obj[key]
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise CheckpointError(f"{path}: {key!r} is a {type(value).__name__}, expected a {kind.__name__}")
+            raise CheckpointError(f"{path}: {key!r} is a {type(value).__name__}, expected {kind.__name__}")
     if not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj["model"].items()):
         raise CheckpointError(f"{path}: 'model' must map parameter names to tensors")
     return obj

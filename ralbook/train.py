@@ -282,7 +282,7 @@ def train_state_from(d: Any, path: PathLike) -> TrainState:
     for key, value in d.items():
         want = kinds[str(names[key].type)]
         if not isinstance(value, want) or (bool not in want and isinstance(value, bool)):
-            raise CheckpointError(f"{path}: training state {key}={shorten(value)} is not a {names[key].type}")
+            raise CheckpointError(f"{path}: training state {key}={shorten(value)} is not of type {names[key].type}")
     return TrainState(**d)
 
 
