@@ -205,9 +205,9 @@ class RankAccumulator:
         bad_rows = torch.zeros(n, dtype=torch.bool)
         for kind in SCORE_KINDS:
             s = scores[kind].float()
-            broken = ~torch.isfinite(s).cpu()
-            bad |= broken.any(dim=0)
-            bad_rows |= broken.any(dim=1)
+            broken = ~torch.isfinite(s)
+            bad |= broken.any(dim=0).cpu()
+            bad_rows |= broken.any(dim=1).cpu()
             self.ranks[kind].append(ranks_from_scores(s, relevant).cpu())
             self.top[kind].append(top_indices(s, self.k).cpu())
             if self.keep_scores:
