@@ -315,10 +315,10 @@ def test_a_missing_run_directory_is_an_error_naming_it(tmp_path):
 
 @pytest.mark.slow
 def test_a_notebook_given_a_missing_run_fails_with_the_path(tmp_path):
-    from papermill.exceptions import PapermillExecutionError
+    from ralbook.errors import RalbookError
 
     typo = tmp_path / "rnu"
-    with pytest.raises(PapermillExecutionError, match=f"run directory {typo} does not exist"):
+    with pytest.raises(RalbookError, match=f"failed in cell .*run directory {typo} does not exist"):
         execute("05_word_confidence", tmp_path, run_dir=str(typo))
     assert not typo.exists()
 
