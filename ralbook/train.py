@@ -409,8 +409,10 @@ class Trainer:
 
     def _non_finite(self, where: str, tensors: dict[str, Tensor]) -> None:
         """Stop with one message before a NaN or inf reaches a library (the OT step's assignment) or
-        the next step; one device sync for all ``tensors``."""
-        flags = torch.stack([torch.isfinite(t).all() for t in tensors.values()]).tolist()
+        the next step. One fused norm over all ``tensors`` (a norm is finite exactly when every value is,
+        short of values near 1e19) and one device sync: a per-tensor check cost ~10% of a CPU step."""
+        values = [t.detach() for t in tensors.values()]
+        flags = torch.isfinite(torch.stack(torch._foreach_norm(values))).tolist()
         if all(flags):
             return
         bad = [name for name, ok in zip(tensors, flags) if not ok]
@@ -420,6 +422,9 @@ class Trainer:
 
     def _check_inputs(self, batch: dict[str, Any]) -> None:
         """Non-finite input features are a data problem: name the videos and captions."""
+        feats = [batch["clip_feats"], batch["frame_feats"], batch["query_feats"]]
+        if bool(torch.isfinite(torch.stack(torch._foreach_norm(feats))).all()):
+            return  # the usual case: one fused pass; a norm that overflows on finite rows falls through
         rows = {"video_ids": torch.isfinite(batch["clip_feats"]).flatten(1).all(1)
                 & torch.isfinite(batch["frame_feats"]).flatten(1).all(1),
                 "cap_ids": torch.isfinite(batch["query_feats"]).flatten(1).all(1)}
