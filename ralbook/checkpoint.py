@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import collections
+import hashlib
 import io
 import os
 import pickle
@@ -17,12 +18,12 @@ import re
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Iterator, Mapping, Union
 
 import torch
 from torch import nn
 
-from ralbook.errors import CheckpointError
+from ralbook.errors import CheckpointError, NonFiniteError, shorten
 
 PathLike = Union[str, os.PathLike]
 
@@ -48,6 +49,125 @@ def save_atomic(obj: Any, path: PathLike) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+# --------------------------------------------------------------------------- content checks
+
+
+def check_finite_state(state: Mapping[str, Any], source: Any, what: str = "weight") -> None:
+    """NonFiniteError naming ``source`` and the tensors when any floating tensor holds NaN or inf.
+
+    Why: one NaN weight makes every score NaN, and a NaN score would otherwise rank first.
+    """
+    bad: dict[str, int] = {}
+    total = 0
+    for name, value in state.items():
+        if torch.is_tensor(value) and value.is_floating_point():
+            total += 1
+            count = int((~torch.isfinite(value)).sum())
+            if count:
+                bad[name] = count
+    if bad:
+        shown = ", ".join(f"{name} ({count})" for name, count in list(bad.items())[:4])
+        raise NonFiniteError(f"{source}: {len(bad)} of {total} {what} tensors hold non-finite values (NaN or "
+                             f"inf): {shown}{', ...' if len(bad) > 4 else ''}; the checkpoint is damaged or its "
+                             "training diverged, so no metric can be computed from it")
+
+
+# --------------------------------------------------------------------------- ralbook's own checkpoints
+
+MODEL_FORMAT, STATE_FORMAT = "ralbook-model", "ralbook-train-state"
+FORMAT_VERSION = 2  # 2: a content hash (HASH_KEY); files of version 1 have none
+HASH_KEY = "content_sha256"
+# what each format must hold besides format, version and the hash: key -> type
+REQUIRED: dict[str, dict[str, Any]] = {
+    MODEL_FORMAT: {"config": dict, "model": dict, "epoch": int, "val_metrics": dict},
+    STATE_FORMAT: {"config": dict, "model": dict, "optimizer": dict, "state": dict, "rng": dict,
+                   "train_videos": int, "part_names": list},
+}
+
+
+def _leaves(obj: Any) -> Iterator[bytes]:
+    """A canonical byte stream of nested dicts, lists, tensors and scalars (dict keys sorted)."""
+    if torch.is_tensor(obj):
+        flat = obj.detach().cpu().reshape(-1).contiguous()
+        yield f"T{flat.dtype}{tuple(obj.shape)}".encode()
+        yield flat.view(torch.uint8).numpy().tobytes()
+    elif isinstance(obj, Mapping):
+        yield f"D{len(obj)}".encode()
+        for key in sorted(obj, key=lambda k: (type(k).__name__, str(k))):
+            yield f"K{type(key).__name__}:{key!r}".encode()
+            yield from _leaves(obj[key])
+    elif isinstance(obj, (list, tuple)):
+        yield f"L{len(obj)}".encode()
+        for item in obj:
+            yield from _leaves(item)
+    else:
+        yield f"S{type(obj).__name__}:{obj!r}".encode()
+
+
+def content_hash(obj: Mapping[str, Any]) -> str:
+    """sha256 over every tensor's bytes and every other value of a checkpoint dict (but the hash itself).
+
+    Why: torch does not verify its stored checksums, so flipped bytes in tensor data would load
+    without complaint and change the metrics slightly.
+    """
+    digest = hashlib.sha256()
+    for chunk in _leaves({k: v for k, v in obj.items() if k != HASH_KEY}):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def with_content_hash(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` plus its content hash, ready for ``save_atomic``."""
+    return {**obj, HASH_KEY: content_hash(obj)}
+
+
+def validate_ralbook(obj: Any, path: PathLike, formats: tuple[str, ...] = (MODEL_FORMAT, STATE_FORMAT)) -> dict:
+    """Check a loaded ralbook checkpoint: format, version, content hash, required keys and their types.
+
+    CheckpointError naming the file and the first problem. Returns ``obj``.
+    """
+    kinds = " or ".join({MODEL_FORMAT: "model checkpoint (best.pt)", STATE_FORMAT: "training state (last.pt)"}[f]
+                        for f in formats)
+    if not isinstance(obj, dict) or obj.get("format") not in formats:
+        raise CheckpointError(f"{path} is not a ralbook {kinds}")
+    version = obj.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise CheckpointError(f"{path}: unsupported checkpoint version {shorten(version)} (this ralbook reads "
+                              f"1 to {FORMAT_VERSION})")
+    if version >= 2 and HASH_KEY not in obj:
+        raise CheckpointError(f"{path} has no content hash ({HASH_KEY}): it is damaged")
+    if HASH_KEY in obj and obj[HASH_KEY] != content_hash(obj):
+        raise CheckpointError(f"{path} fails its content check (sha256 of its tensors and settings differs from "
+                              "the one stored when it was written): the file was damaged; use another copy or "
+                              "train again")
+    for key, kind in REQUIRED[obj["format"]].items():
+        if key not in obj:
+            raise CheckpointError(f"{path} lacks {key!r}: it is incomplete")
+        value = obj[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise CheckpointError(f"{path}: {key!r} is a {type(value).__name__}, expected {kind.__name__}")
+    if not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj["model"].items()):
+        raise CheckpointError(f"{path}: 'model' must map parameter names to tensors")
+    return obj
+
+
+def config_of(obj: Mapping[str, Any], path: PathLike) -> Any:
+    """The Config stored in a validated ralbook checkpoint; CheckpointError naming the file when invalid."""
+    from ralbook.config import Config
+    from ralbook.errors import ConfigError
+
+    try:
+        return Config.from_dict(obj["config"])
+    except ConfigError as err:
+        raise CheckpointError(f"{path}: its configuration is invalid: {err}") from err
+
+
+def read_ralbook(path: PathLike, formats: tuple[str, ...] = (MODEL_FORMAT, STATE_FORMAT)) -> tuple[dict, Any]:
+    """(checkpoint dict, Config) of a ralbook checkpoint file, fully checked (see ``validate_ralbook``)."""
+    obj = validate_ralbook(load_file(path), path, formats)
+    return obj, config_of(obj, path)
 
 
 # --------------------------------------------------------------------------- restricted unpickling
@@ -225,5 +345,6 @@ def load_reference(model: nn.Module, source: Union[PathLike, Mapping[str, Any]])
         if missing:
             lines.append(f"{len(missing)} model parameter(s) not in the checkpoint: " + ", ".join(missing[:8]))
         raise CheckpointError("checkpoint does not fit the model: " + " | ".join(lines))
+    check_finite_state(state, source if isinstance(source, (str, os.PathLike)) else "the reference weights")
     model.load_state_dict(state, strict=True)
     return model

@@ -10,11 +10,137 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
+
+from ralbook.errors import ConfigError, shorten
+
+# ----------------------------------------------------------------------------- checking values
+
+Limit = tuple[Callable[[Any], bool], str]  # (test, what is allowed, in words)
+
+
+def _at_least(low: float) -> Limit:
+    return (lambda v: v >= low, f">= {low}")
+
+
+def _between(low: float, high: float, high_open: bool = False) -> Limit:
+    if high_open:
+        return (lambda v: low <= v < high, f"in [{low}, {high})")
+    return (lambda v: low <= v <= high, f"in [{low}, {high}]")
+
+
+# Limits beyond the type (the type comes from the field's annotation). Keys: "section.key".
+LIMITS: dict[str, Limit] = {
+    **{f"data.{k}": _at_least(1) for k in ("visual_dim", "text_dim", "max_desc_len", "max_frames", "n_clips")},
+    "data.val_from_train": _between(0.0, 1.0, high_open=True), "data.num_workers": _at_least(0),
+    **{f"model.{k}": _at_least(1) for k in ("visual_dim", "text_dim", "hidden_size", "n_heads", "max_desc_len",
+                                            "max_frames", "n_clips", "n_proxies")},
+    "model.input_drop": _between(0.0, 1.0, high_open=True), "model.drop": _between(0.0, 1.0, high_open=True),
+    "model.sft_factor": (lambda v: v > 0, "> 0"), "model.initializer_range": _at_least(0.0),
+    "model.alpha": _between(0.0, 1.0),
+    "loss.margin": _at_least(0.0), "loss.pm_weight": _at_least(0.0), "loss.da_weight": _at_least(0.0),
+    "loss.hard_pool_size": _at_least(1),
+    "train.lr": (lambda v: v > 0, "> 0"), "train.warmup": _between(0.0, 1.0), "train.weight_decay": _at_least(0.0),
+    "train.grad_clip": _at_least(0.0), "train.batch_size": _at_least(1), "train.n_epoch": _at_least(1),
+    "train.patience": _at_least(0), "train.hard_negative_start_epoch": _at_least(0), "train.seed": _at_least(0),
+    "train.amp": (lambda v: v in ("none", "bf16", "fp16"), "one of none, bf16, fp16"),
+    "train.eval_query_chunk": _at_least(1), "train.eval_video_chunk": _at_least(1),
+}
+# settings that must agree with others of the same section: (test, message)
+CROSS_CHECKS: dict[str, list[tuple[Callable[[Any], bool], Callable[[Any], str]]]] = {
+    "model": [(lambda m: m.hidden_size % m.n_heads == 0,
+               lambda m: f"model.hidden_size={m.hidden_size} must be divisible by model.n_heads={m.n_heads}")],
+}
+TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _typed(name: str, type_name: str, value: Any, default: Any) -> Any:
+    """``value`` as the field's type (an int is a valid float); ConfigError naming the setting otherwise."""
+    def wrong(allowed: str) -> ConfigError:
+        return ConfigError(f"{name}={shorten(value)}: expected {allowed}")
+
+    if type_name == "bool":
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+    elif type_name == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong("an integer")
+    elif type_name == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise wrong("a finite number")
+        value = float(value)
+    elif type_name == "str":
+        if not isinstance(value, str):
+            raise wrong("a string")
+    elif type_name.startswith("list"):
+        if (not isinstance(value, list) or len(value) != len(default)
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                           for v in value)):
+            raise wrong(f"a list of {len(default)} finite numbers")
+        value = [float(v) for v in value]
+    return value
+
+
+def check_section(obj: Any, section: str) -> None:
+    """Check (and normalise: int -> float where a float belongs) every value of one config section."""
+    for f in dataclasses.fields(obj):
+        name = f"{section}.{f.name}"
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        value = _typed(name, str(f.type), getattr(obj, f.name), default)
+        test, allowed = LIMITS.get(name, (lambda v: True, ""))
+        if not test(value):
+            raise ConfigError(f"{name}={shorten(value)}: expected {allowed}")
+        object.__setattr__(obj, f.name, value)
+    for test, message in CROSS_CHECKS.get(section, []):
+        if not test(obj):
+            raise ConfigError(message(obj))
+
+
+def checked(section: str) -> Callable[[type], type]:
+    """Class decorator (below ``@dataclass``): values are checked whenever the section is built."""
+    def wrap(cls: type) -> type:
+        def __post_init__(self: Any) -> None:
+            check_section(self, section)
+        cls.__post_init__ = __post_init__
+        return cls
+    return wrap
+
+
+def parse_setting(name: str, type_name: str, raw: str) -> Any:
+    """A command-line string as the value of a setting of type ``type_name`` (checked afterwards)."""
+    text = raw.strip()
+    if type_name == "bool":
+        if text.lower() in TRUE_WORDS:
+            return True
+        if text.lower() in FALSE_WORDS:
+            return False
+        raise ConfigError(f"{name}={shorten(raw)}: expected one of {'/'.join(TRUE_WORDS + FALSE_WORDS)} (any case)")
+    if type_name == "str":
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            return raw
+        return value if isinstance(value, str) else raw
+    if type_name == "int":
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"{name}={shorten(raw)}: expected an integer") from None
+    if type_name == "float":
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"{name}={shorten(raw)}: expected a number") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise ConfigError(f"{name}={shorten(raw)}: expected a JSON list such as [0.1, 2]") from None
 
 
 @dataclass
+@checked("data")
 class DataConfig:
     """Where the features are and what they look like."""
 
@@ -33,6 +159,7 @@ class DataConfig:
 
 
 @dataclass
+@checked("model")
 class ModelConfig:
     """GMMFormer v2 + RAL (docs/method.md, sections building blocks to MSRA); switches for the ablations."""
 
@@ -56,6 +183,7 @@ class ModelConfig:
 
 
 @dataclass
+@checked("loss")
 class LossConfig:
     """Weights of the training objective (docs/method.md#training-objective)."""
 
@@ -68,6 +196,7 @@ class LossConfig:
 
 
 @dataclass
+@checked("train")
 class TrainConfig:
     """Optimisation and run control (docs/method.md#optimisation, #settings-per-dataset)."""
 
@@ -83,6 +212,7 @@ class TrainConfig:
     device: str = "auto"               # auto: cuda, then mps, then cpu
     amp: str = "none"                  # none | bf16 | fp16
     compile: bool = False
+    deterministic: bool = False        # GPU: deterministic kernels only (slower); CPU runs are reproducible anyway
     eval_query_chunk: int = 100        # queries scored at once (bounds evaluation memory)
     eval_video_chunk: int = 50         # videos scored at once
 
@@ -97,59 +227,77 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise ConfigError(f"name={shorten(self.name)}: expected a string")
+        self.check()
+
+    def check(self) -> None:
+        """Every value of every section against its type and limits (ConfigError naming the first bad one)."""
+        for name, section_cls in SECTIONS.items():
+            section = getattr(self, name)
+            if not isinstance(section, section_cls):
+                raise ConfigError(f"config section {name!r} is a {type(section).__name__}, expected its settings")
+            check_section(section, name)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
-        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        """The Config a dict describes (missing keys take their defaults); ConfigError naming what is wrong."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a configuration must be a dict of sections, got {type(d).__name__}")
         kwargs: dict[str, Any] = {}
         for key, value in d.items():
-            if key not in sections:
-                raise KeyError(f"unknown config section {key!r}; expected one of {sorted(sections)}")
             if key == "name":
                 kwargs[key] = value
                 continue
-            section_cls = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "train": TrainConfig}[key]
-            known = {f.name for f in dataclasses.fields(section_cls)}
-            unknown = set(value) - known
+            if key not in SECTIONS:
+                raise ConfigError(f"unknown config section {shorten(key)}; expected one of {['name', *SECTIONS]}")
+            if not isinstance(value, dict):
+                raise ConfigError(f"config section {key!r} must be a dict of settings, got {type(value).__name__}")
+            known = {f.name for f in dataclasses.fields(SECTIONS[key])}
+            unknown = sorted(str(k) for k in set(value) - known)
             if unknown:
-                raise KeyError(f"unknown key(s) {sorted(unknown)} in config section {key!r}")
-            kwargs[key] = section_cls(**value)
+                raise ConfigError(f"unknown key(s) {shorten(unknown)} in config section {key!r}")
+            kwargs[key] = SECTIONS[key](**value)
         return cls(**kwargs)
 
     def override(self, assignment: str) -> "Config":
-        """Return a copy with one ``section.key=value`` assignment applied (value parsed as JSON when it can be)."""
+        """Return a copy with one ``section.key=value`` assignment applied, parsed as the setting's type and
+        checked with the whole config (ConfigError naming the key, the value and what is allowed)."""
         if "=" not in assignment:
-            raise ValueError(f"expected SECTION.KEY=VALUE, got {assignment!r}")
+            raise ConfigError(f"expected SECTION.KEY=VALUE, got {shorten(assignment)}")
         path, raw = assignment.split("=", 1)
         parts = path.strip().split(".")
         if len(parts) != 2:
-            raise ValueError(f"expected SECTION.KEY=VALUE (e.g. train.lr=1e-4), got {assignment!r}")
+            raise ConfigError(f"expected SECTION.KEY=VALUE (e.g. train.lr=1e-4), got {shorten(assignment)}")
         section, key = parts
         new = copy.deepcopy(self)
-        target = getattr(new, section, None)
-        if target is None or not dataclasses.is_dataclass(target):
-            raise KeyError(f"unknown config section {section!r} in {assignment!r}")
-        if key not in {f.name for f in dataclasses.fields(target)}:
-            raise KeyError(f"unknown key {key!r} in config section {section!r}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        old = getattr(target, key)
-        if isinstance(old, bool) and isinstance(value, str):
-            value = value.lower() in ("1", "true", "yes", "on")
-        elif isinstance(old, float) and isinstance(value, int):
-            value = float(value)
+        target = getattr(new, section, None) if section in SECTIONS else None
+        if target is None:
+            raise ConfigError(f"unknown config section {shorten(section)} in {shorten(assignment)}; expected one of "
+                              f"{list(SECTIONS)}")
+        fields_ = {f.name: f for f in dataclasses.fields(target)}
+        if key not in fields_:
+            raise ConfigError(f"unknown key {shorten(key)} in config section {section!r}")
+        if section == "model" and key in SYNCED_FROM_DATA:
+            raise ConfigError(f"model.{key} follows data.{key} (the collection's features): set data.{key} instead")
+        value = parse_setting(f"{section}.{key}", str(fields_[key].type), raw)
         setattr(target, key, value)
         new.sync()
+        new.check()
         return new
 
     def sync(self) -> None:
         """Copy the values the data dictates (feature sizes, lengths) into the model config."""
-        for key in ("visual_dim", "text_dim", "max_desc_len", "max_frames", "n_clips"):
+        for key in SYNCED_FROM_DATA:
             setattr(self.model, key, getattr(self.data, key))
+
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "train": TrainConfig}
+SYNCED_FROM_DATA = ("visual_dim", "text_dim", "max_desc_len", "max_frames", "n_clips")  # data.X -> model.X
 
 
 def _paper(collection: str, feature: str, visual_dim: int, text_dim: int, drop: float, sft: float,

@@ -5,6 +5,14 @@ class RalbookError(Exception):
     """Base class: anything the user can fix (bad path, broken data, mismatched checkpoint)."""
 
 
+class NonFiniteError(RalbookError, ArithmeticError):
+    """A weight, encoding, score or loss is NaN or infinite: no metric may be computed from it."""
+
+
+class ConfigError(RalbookError, ValueError):
+    """A setting has the wrong type, is out of range, or does not fit the other settings."""
+
+
 class DataError(RalbookError, ValueError):
     """A feature release on disk is missing a file or holds inconsistent data."""
 

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ralbook.config import PRESETS, Config, preset
-from ralbook.errors import CheckpointError, DataError, RalbookError
+from ralbook.errors import CheckpointError, DataError, NonFiniteError, RalbookError
 
 SCORE_KINDS: tuple[str, ...] = ("clip", "frame", "fused")
 RECALL_AT: tuple[int, ...] = (1, 5, 10, 100)
@@ -92,19 +93,33 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
 # ----------------------------------------------------------------------------- ranks and recalls
 
 
+def worst_if_non_finite(scores: Tensor) -> Tensor:
+    """Scores with NaN and +-inf replaced by -inf, the worst possible score.
+
+    Why: a NaN compares false with everything, so nothing would outrank it and a NaN score
+    would rank first. Evaluation refuses non-finite scores (``check_finite``); this keeps the
+    ranking functions honest when called directly.
+    """
+    return torch.where(torch.isfinite(scores), scores, torch.full_like(scores, -math.inf))
+
+
 def ranks_from_scores(scores: Tensor, relevant: Tensor) -> Tensor:
     """1-based rank of the best-ranked relevant video of each query; ties by video index.
 
     scores (n, Nv); relevant (n, R) video indices, -1 = padding. A query with no relevant video
-    gets rank Nv + 1 (it never counts as retrieved), as in the authors' code.
+    gets rank Nv + 1 (it never counts as retrieved), as in the authors' code. A non-finite score
+    is the worst possible: such a video ranks below every finite one, and a relevant video
+    with a non-finite score gets rank Nv + 1 (never retrieved).
     """
     n, nv = scores.shape
+    finite = torch.isfinite(scores)
+    scores = worst_if_non_finite(scores)
     best = torch.full((n,), nv + 1, dtype=torch.long, device=scores.device)
     columns = torch.arange(nv, device=scores.device).unsqueeze(0)
     for r in range(relevant.shape[1]):
         target = relevant[:, r].to(scores.device)
-        valid = target >= 0
         index = target.clamp(min=0).unsqueeze(1)
+        valid = (target >= 0) & finite.gather(1, index).squeeze(1)
         own = scores.gather(1, index)
         higher = (scores > own).sum(dim=1)
         tied_before = ((scores == own) & (columns < index)).sum(dim=1)
@@ -113,9 +128,10 @@ def ranks_from_scores(scores: Tensor, relevant: Tensor) -> Tensor:
 
 
 def top_indices(scores: Tensor, k: int) -> Tensor:
-    """(n, k) video indices in ranking order (stable: ties keep the video order, like the ranks)."""
+    """(n, k) video indices in ranking order (stable: ties keep the video order, like the ranks;
+    non-finite scores last)."""
     k = min(k, scores.shape[1])
-    return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+    return torch.sort(worst_if_non_finite(scores), dim=1, descending=True, stable=True).indices[:, :k]
 
 
 def recall_metrics(ranks: Union[Tensor, np.ndarray]) -> dict[str, float]:
@@ -172,8 +188,10 @@ class RankAccumulator:
     Chunks may arrive in any query order: ``positions`` says where each row belongs.
     """
 
-    def __init__(self, n_videos: int, topk: int = 10, keep_scores: bool = False):
-        self.n_videos, self.k, self.keep_scores = n_videos, topk, keep_scores
+    def __init__(self, n_videos: int, topk: int = 10, keep_scores: bool = False, source: str = "the model"):
+        self.n_videos, self.k, self.keep_scores, self.source = n_videos, topk, keep_scores, source
+        self.bad_queries = 0                                          # queries with a non-finite score
+        self.bad_videos = torch.zeros(n_videos, dtype=torch.bool)     # videos with a non-finite score
         self.ranks: dict[str, list[Tensor]] = {kind: [] for kind in SCORE_KINDS}
         self.top: dict[str, list[Tensor]] = {kind: [] for kind in SCORE_KINDS}
         self.rows: dict[str, list[Tensor]] = {kind: [] for kind in SCORE_KINDS}
@@ -183,14 +201,27 @@ class RankAccumulator:
         n = scores["fused"].shape[0]
         start = sum(len(p) for p in self.positions)
         self.positions.append(positions.cpu() if positions is not None else torch.arange(start, start + n))
+        bad = torch.zeros_like(self.bad_videos)
+        bad_rows = torch.zeros(n, dtype=torch.bool)
         for kind in SCORE_KINDS:
             s = scores[kind].float()
+            broken = ~torch.isfinite(s)
+            bad |= broken.any(dim=0).cpu()
+            bad_rows |= broken.any(dim=1).cpu()
             self.ranks[kind].append(ranks_from_scores(s, relevant).cpu())
             self.top[kind].append(top_indices(s, self.k).cpu())
             if self.keep_scores:
                 self.rows[kind].append(s.cpu())
+        self.bad_videos |= bad
+        self.bad_queries += int(bad_rows.sum())
 
     def result(self, cap_ids: list[str], video_ids: list[str], split: str = "") -> EvalResult:
+        """The ranks and metrics; NonFiniteError when any score was NaN or infinite."""
+        if self.bad_queries:
+            n = sum(len(p) for p in self.positions)
+            raise NonFiniteError(f"{self.source}: {self.bad_queries} of {n} queries and {int(self.bad_videos.sum())} "
+                                 f"of {self.n_videos} videos{f' of split {split!r}' if split else ''} have non-finite "
+                                 "(NaN or inf) scores; no metric is computed from them (broken weights or features?)")
         order = torch.argsort(torch.cat(self.positions))  # back to the callers' query order
         ranks = {k: torch.cat(v)[order].numpy() for k, v in self.ranks.items()}
         top = {k: torch.cat(v)[order].numpy() for k, v in self.top.items()}
@@ -243,13 +274,14 @@ def score_rows(model: Any, queries: Any, videos: Union[Any, SortedVideos], video
 
 def rank_encoded(model: Any, queries: Any, videos: Any, relevant: Tensor, query_chunk: int = 500,
                  video_chunk: int = 500, topk: int = 10, keep_scores: bool = False,
-                 cap_ids: Optional[list[str]] = None, video_ids: Optional[list[str]] = None) -> EvalResult:
+                 cap_ids: Optional[list[str]] = None, video_ids: Optional[list[str]] = None,
+                 source: str = "the model") -> EvalResult:
     """Rank already-encoded queries against encoded videos, ``query_chunk x video_chunk`` pairs at a time.
 
     Queries and videos are processed sorted by length (less padding per chunk); results are in
     the given order.
     """
-    acc = RankAccumulator(len(videos), topk, keep_scores)
+    acc = RankAccumulator(len(videos), topk, keep_scores, source)
     by_length = SortedVideos(videos)
     order = length_order(queries.mask)
     with torch.no_grad():
@@ -349,17 +381,38 @@ def encode_video_set(model: Any, collection: Any, video_ids: list[str], device: 
     return concat_encodings(parts)
 
 
+def check_finite_encodings(videos: Any, video_ids: Sequence[str], source: str, split: str = "") -> None:
+    """NonFiniteError naming ``source`` and how many videos encode to NaN or inf (weights are finite,
+    so their features must be extreme or broken)."""
+    bad = torch.zeros(len(videos), dtype=torch.bool, device=videos.mask.device)
+    for f in dataclasses.fields(videos):
+        value = getattr(videos, f.name)
+        bad |= ~torch.isfinite(value.reshape(len(value), -1)).all(dim=1)
+    if bool(bad.any()):
+        from ralbook.errors import shorten
+
+        first = [video_ids[i] for i in torch.nonzero(bad).squeeze(1)[:3].tolist()]
+        raise NonFiniteError(f"{source}: {int(bad.sum())} of {len(videos)} videos{f' of split {split!r}' if split else ''}"
+                             f" encode to non-finite (NaN or inf) values, e.g. {shorten(first)}; check their "
+                             "features (ralbook inspect)")
+
+
 def evaluate(model: Any, collection: Any, split: str = "test", cfg: Optional[Config] = None,
              device: Optional[Union[str, torch.device]] = None, *, video_ids: Optional[list[str]] = None,
              cap_ids: Optional[list[str]] = None, query_chunk: Optional[int] = None,
              video_chunk: Optional[int] = None, video_batch: int = 64,
              relevant: Optional[Union[str, Path, dict[str, list[str]]]] = None, topk: int = 10,
-             keep_scores: bool = False, amp: Optional[str] = None, progress: bool = True) -> EvalResult:
+             keep_scores: bool = False, amp: Optional[str] = None, progress: bool = True,
+             source: str = "the model") -> EvalResult:
     """Rank every caption of ``split`` against every video of it; R@K for clip, frame and fused scores.
 
     ``video_ids``/``cap_ids`` override the split's own lists (used for a validation set carved
     out of the training videos). ``relevant``: a file or dict caption id -> relevant video ids.
+    ``source`` names the model in errors (e.g. ``checkpoint runs/demo/best.pt``): NonFiniteError
+    when a weight, a video encoding or a score is NaN or infinite.
     """
+    from ralbook.checkpoint import check_finite_state
+
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
@@ -380,16 +433,18 @@ def evaluate(model: Any, collection: Any, split: str = "test", cfg: Optional[Con
                            f"(limit {MAX_KEPT_SCORES} entries); evaluate a subset instead")
     extra = read_relevant_file(relevant) if isinstance(relevant, (str, Path)) else relevant
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    check_finite_state(model.state_dict(), source)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            videos = SortedVideos(encode_video_set(model, collection, video_ids, device, video_batch, num_workers,
-                                                   amp, progress))
+            encoded = encode_video_set(model, collection, video_ids, device, video_batch, num_workers, amp, progress)
+            check_finite_encodings(encoded, video_ids, source, split)
+            videos = SortedVideos(encoded)
             loader = DataLoader(QueryDataset(collection, [cap_ids[i] for i in order]), batch_size=query_chunk,
                                 shuffle=False, num_workers=num_workers, collate_fn=collate_queries,
                                 generator=_seeded_generator())
-            acc = RankAccumulator(len(video_ids), topk, keep_scores)
+            acc = RankAccumulator(len(video_ids), topk, keep_scores, source)
             done = 0
             for batch in tqdm(loader, desc=f"score {split} queries", leave=False, disable=not progress):
                 rel = relevant_indices(batch["cap_ids"], batch["video_ids"], video_ids, extra,
@@ -417,12 +472,12 @@ def model_from_checkpoint(path: Union[str, Path], preset_name: Optional[str] = N
     edits the configuration before the model is built (command-line overrides). ``kind`` is
     ``ralbook`` or ``reference``.
     """
-    from ralbook.checkpoint import load_file, load_reference
+    from ralbook.checkpoint import config_of, load_file, load_reference, validate_ralbook
     from ralbook.model import build_model
 
     obj = load_file(path)
     if isinstance(obj, dict) and str(obj.get("format", "")).startswith("ralbook"):
-        cfg = Config.from_dict(obj["config"])
+        cfg = config_of(validate_ralbook(obj, path), path)
         cfg = adjust(cfg) if adjust else cfg
         model = build_model(cfg.model)
         load_model_state(model, obj["model"], path)
@@ -442,7 +497,14 @@ def model_from_checkpoint(path: Union[str, Path], preset_name: Optional[str] = N
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, Tensor], source: Any) -> None:
-    """load_state_dict with a CheckpointError that names the file and the mismatching tensors."""
+    """load_state_dict with a CheckpointError that names the file and the mismatching tensors;
+    NonFiniteError when a weight is NaN or infinite."""
+    from ralbook.checkpoint import check_finite_state
+
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError(f"checkpoint {source}: 'model' is not a dict of tensors "
+                              f"(got {type(state).__name__})")
+    check_finite_state(state, f"checkpoint {source}")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -523,7 +585,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ralbook.runtime import use_bars
 
     result = evaluate(model, collection, args.split, cfg, device, relevant=args.relevant,
-                      progress=not args.no_progress and use_bars())  # no bars in log files
+                      progress=not args.no_progress and use_bars(),  # no bars in log files
+                      source=f"checkpoint {args.checkpoint}")
     print(format_metrics(result, title=f"{cfg.data.collection} {args.split}: {len(result.cap_ids)} queries x "
                                        f"{len(result.video_ids)} videos ({kind} checkpoint {args.checkpoint})"))
     if args.json:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from ralbook.config import LossConfig
+from ralbook.errors import NonFiniteError
 from ralbook.model import ModelOutput
 
 
@@ -74,6 +76,15 @@ def query_diversity(pooled: Tensor, labels: Tensor, margin: float, alpha: float,
     return (terms * same).sum() / len(labels)
 
 
+def _assignment(sim: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Hungarian assignment maximising ``sim``; NonFiniteError instead of scipy's traceback on NaN or inf."""
+    cost = sim.detach().float().cpu().numpy()
+    if not np.isfinite(cost).all():
+        raise NonFiniteError("the training loss became non-finite: the optimal-transport step got NaN or inf "
+                             "similarities; lower train.lr, turn off train.amp or check the features")
+    return linear_sum_assignment(cost, maximize=True)
+
+
 def optimal_transport(pooled: Tensor, clips: Tensor, labels: Tensor) -> Tensor:
     """1 - mean cosine of a one-to-one (Hungarian) assignment of each video's queries to its clips.
 
@@ -87,7 +98,7 @@ def optimal_transport(pooled: Tensor, clips: Tensor, labels: Tensor) -> Tensor:
         if len(rows) < 2:
             continue
         sim = q[rows] @ c[v].t()  # (n_q, Lc)
-        r, col = linear_sum_assignment(sim.detach().float().cpu().numpy(), maximize=True)
+        r, col = _assignment(sim)
         matched.append(sim[torch.as_tensor(r), torch.as_tensor(col)])
     if not matched:
         return pooled.sum() * 0.0
@@ -101,7 +112,7 @@ def ot_assignment(pooled: Tensor, clips: Tensor, labels: Tensor) -> dict[int, tu
     for v in torch.unique(labels).tolist():
         rows = torch.nonzero(labels == v).squeeze(1)
         if len(rows) >= 2:
-            r, col = linear_sum_assignment((q[rows] @ c[v].t()).detach().float().cpu().numpy(), maximize=True)
+            r, col = _assignment(q[rows] @ c[v].t())
             out[v] = (r.tolist(), col.tolist())
     return out
 

@@ -110,7 +110,9 @@ class PositionalEncoding(nn.Module):
 
     def forward(self, x: Tensor, positions: Optional[Tensor] = None) -> Tensor:
         """x (B, L, d), or packed rows (N, d) with their ``positions`` (N,)."""
-        table = self.table.weight[: x.shape[1]] if positions is None else self.table.weight[positions]
+        # F.embedding, not weight[positions]: with repeated positions the indexing backward adds rows with
+        # atomics in parallel on CPU (bits vary run to run); the embedding backward has a fixed order
+        table = self.table.weight[: x.shape[1]] if positions is None else F.embedding(positions, self.table.weight)
         return self.dropout(self.norm(x + table))
 
 

@@ -5,8 +5,9 @@
   result whether Jupyter starts it in ``notebooks/`` or papermill starts it in the repository.
 * :func:`run_notebook` executes one notebook headlessly with papermill, kernel ``python3``, with
   the notebook's own folder as working directory (what JupyterLab does).
-* :func:`ensure_run` lets notebooks 03-05 run alone: when the run directory they are given holds
-  no trained model, they train a tiny one through :func:`ralbook.train.train`, saying so.
+* :func:`ensure_run` checks the run directory notebooks 03-05 are given (a missing one is an error
+  naming the path); with ``train_if_missing=True`` they run alone: they train a tiny run through
+  :func:`ralbook.train.train` there, saying so.
 * :func:`run_demo` trains the demo model with the demo preset, then executes every notebook in
   order into ``OUT/notebooks/`` with figures in ``OUT/figures/``, writes ``OUT/results.json``
   (:mod:`ralbook.report`) and prints where everything is. It writes nothing outside ``OUT``: the
@@ -233,20 +234,27 @@ def build_config(preset_name: str = "demo", data_root: str = "", collection: str
         except (KeyError, ValueError) as err:
             raise RalbookError(f"bad override {assignment!r}: {err}") from err
     cfg.sync()
+    cfg.check()  # the knobs above are set directly: check them with the rest
     return cfg
 
 
 def ensure_run(run_dir: str | os.PathLike, preset_name: str = "demo", data_root: str = "", epochs: int = 2,
                hidden_size: int = 0, seed: Optional[int] = None, device: str = "auto",
-               overrides: Overrides = (), progress: bool = True) -> Path:
-    """Return ``run_dir`` (resolved); if it holds no trained model, train a small one there first.
+               overrides: Overrides = (), progress: bool = True, train_if_missing: bool = False) -> Path:
+    """Return ``run_dir`` (resolved) when it holds a trained model.
 
-    This is what makes notebooks 03-05 runnable on their own from a fresh kernel. The message
-    says plainly that the numbers then come from a tiny run, not from notebook 02's.
+    Otherwise RalbookError naming the path (a typo must not silently train a new model), unless
+    ``train_if_missing=True``: then a small run is trained there first, which makes notebooks 03-05
+    runnable on their own from a fresh kernel; the message says plainly that the numbers then come
+    from a tiny run, not from notebook 02's.
     """
     path = resolve_path(run_dir)
     if has_model(path):
         return path
+    if not train_if_missing:
+        what = "does not exist" if not path.exists() else "holds no trained model (best.pt)"
+        raise RalbookError(f"run directory {path} {what}: pass the run_dir of 02_train (or of `ralbook train "
+                           "--out DIR`), or set train_if_missing=True to train a small run there now")
     from ralbook.train import train
 
     cfg = build_config(preset_name, data_root=data_root, epochs=epochs, seed=seed, device=device,

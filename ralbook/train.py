@@ -22,6 +22,7 @@ row did not improve. Epochs count from 0; hard negatives are used from epoch
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -31,24 +32,24 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ralbook import runtime
+from ralbook.checkpoint import FORMAT_VERSION, MODEL_FORMAT, STATE_FORMAT
 from ralbook.config import PRESETS, Config, preset
-from ralbook.errors import CheckpointError, DataError, RalbookError
+from ralbook.errors import CheckpointError, DataError, NonFiniteError, RalbookError, shorten
 from ralbook.evaluate import (EvalResult, add_data_arguments, apply_data_arguments, autocast, check_dims, evaluate,
                               format_metrics, load_model_state, require_data_root, resolve_device)
 
 PathLike = Union[str, os.PathLike]
 CONFIG_FILE, METRICS_FILE, BEST_FILE, LAST_FILE, TEST_FILE = (
     "config.json", "metrics.jsonl", "best.pt", "last.pt", "test_metrics.json")
-STATE_FORMAT, MODEL_FORMAT, FORMAT_VERSION = "ralbook-train-state", "ralbook-model", 1
 # settings that may change between a run and its resumption (where the data lives, the machine)
-RESUMABLE_CHANGES = {("data", "data_root"), ("data", "num_workers"), ("train", "device")}
+RESUMABLE_CHANGES = {("data", "data_root"), ("data", "num_workers"), ("train", "device"), ("train", "deterministic")}
 Callback = Callable[[str, dict[str, Any]], None]
 
 # ----------------------------------------------------------------------------- random state
@@ -93,6 +94,28 @@ def epoch_batches(n_items: int, batch_size: int, seed: int, epoch: int) -> list[
     """The batches of one epoch: a permutation drawn from ``seed + epoch`` only, cut into batches (last one short)."""
     order = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
     return [order[i:i + batch_size] for i in range(0, n_items, batch_size)]
+
+
+@contextlib.contextmanager
+def deterministic_kernels(enabled: bool) -> Iterator[None]:
+    """``train.deterministic``: torch.use_deterministic_algorithms for the duration of a run.
+
+    Why: on GPUs several kernels (scatter/index adds, some cuBLAS and cuDNN paths) add in an
+    order that varies run to run. On CPU ralbook's training is bit-reproducible for a given seed
+    and thread count without it. cuBLAS needs CUBLAS_WORKSPACE_CONFIG set before its first use.
+    """
+    if not enabled:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.benchmark = before[1]
 
 
 # ----------------------------------------------------------------------------- splits
@@ -240,11 +263,54 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
+def feature_sizes_from(cfg: Config, collection: Any) -> Config:
+    """A new run takes its feature sizes from the collection (a preset's are those of its release); one
+    warning line says so when they differ."""
+    changed = [(key, getattr(cfg.data, key), getattr(collection, key)) for key in ("visual_dim", "text_dim")
+               if getattr(cfg.data, key) != getattr(collection, key)]
+    for key, _, have in changed:
+        cfg = cfg.override(f"data.{key}={have}")
+    if changed:
+        warnings.warn(f"collection {cfg.data.collection!r} has features of other sizes than configured: "
+                      + ", ".join(f"data.{key}={have} (not {want})" for key, want, have in changed)
+                      + "; using the collection's", UserWarning, stacklevel=3)
+    return cfg
+
+
+def train_state_from(d: Any, path: PathLike) -> TrainState:
+    """The TrainState a checkpoint holds, each value of its field's type; CheckpointError otherwise."""
+    kinds = {"int": (int,), "float": (int, float), "bool": (bool,), "dict": (dict,)}
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path}: 'state' is a {type(d).__name__}, expected a dict")
+    names = {f.name: f for f in dataclasses.fields(TrainState)}
+    unknown = sorted(str(k) for k in set(d) - set(names))
+    if unknown:
+        raise CheckpointError(f"{path}: unknown key(s) {shorten(unknown)} in its training state")
+    for key, value in d.items():
+        want = kinds[str(names[key].type)]
+        if not isinstance(value, want) or (bool not in want and isinstance(value, bool)):
+            raise CheckpointError(f"{path}: training state {key}={shorten(value)} is not of type {names[key].type}")
+    return TrainState(**d)
+
+
+def _tensors_of(obj: Any, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+    """(path, tensor) of every tensor inside nested dicts and lists (an optimizer state)."""
+    if torch.is_tensor(obj):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _tensors_of(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _tensors_of(value, f"{prefix}[{i}]")
+
+
 class Trainer:
     """One run: builds data, model, optimizer; trains epoch by epoch; checkpoints; resumes."""
 
     def __init__(self, cfg: Config, run_dir: PathLike, progress: bool = True,
-                 callbacks: Optional[Iterable[Callback]] = None, checkpoint_every: int = 0):
+                 callbacks: Optional[Iterable[Callback]] = None, checkpoint_every: int = 0,
+                 infer_sizes: bool = True):
         from ralbook.data import Collection
         from ralbook.losses import Objective
         from ralbook.model import build_model
@@ -259,6 +325,8 @@ class Trainer:
         autocast(self.device, self.amp)  # validates the amp setting before anything runs
         require_data_root(cfg)
         self.collection = Collection.from_config(cfg.data)
+        if infer_sizes:
+            self.cfg = cfg = feature_sizes_from(cfg, self.collection)
         check_dims(cfg, self.collection)
         if cfg.train.n_epoch < 1 or cfg.train.batch_size < 1:
             raise RalbookError(f"train.n_epoch and train.batch_size must be >= 1, got {cfg.train.n_epoch} and "
@@ -291,43 +359,47 @@ class Trainer:
         }
 
     def save_last(self) -> None:
-        from ralbook.checkpoint import save_atomic
+        from ralbook.checkpoint import save_atomic, with_content_hash
 
-        save_atomic(self._training_state(), self.run_dir / LAST_FILE)
+        save_atomic(with_content_hash(self._training_state()), self.run_dir / LAST_FILE)
 
     def save_best(self, epoch: int, val: dict[str, dict[str, float]]) -> None:
-        from ralbook.checkpoint import save_atomic
+        from ralbook.checkpoint import save_atomic, with_content_hash
 
-        save_atomic({"format": MODEL_FORMAT, "version": FORMAT_VERSION, "config": self.cfg.to_dict(),
-                     "model": self.model.state_dict(), "epoch": epoch, "val_metrics": val},
+        save_atomic(with_content_hash({"format": MODEL_FORMAT, "version": FORMAT_VERSION, "config": self.cfg.to_dict(),
+                                       "model": self.model.state_dict(), "epoch": epoch, "val_metrics": val}),
                     self.run_dir / BEST_FILE)
 
     def restore(self, path: Path) -> None:
-        """Continue exactly where ``path`` (a last.pt) left off; CheckpointError when it cannot."""
-        from ralbook.checkpoint import load_file
+        """Continue exactly where ``path`` (a last.pt) left off; CheckpointError naming the file when it cannot."""
+        from ralbook.checkpoint import check_finite_state, read_ralbook
 
-        ckpt = load_file(path)
-        if not isinstance(ckpt, dict) or ckpt.get("format") != STATE_FORMAT:
-            raise CheckpointError(f"{path} is not a ralbook training state (last.pt of a ralbook run)")
-        diffs = _config_differences(ckpt["config"], self.cfg.to_dict())
+        ckpt, saved = read_ralbook(path, (STATE_FORMAT,))
+        diffs = _config_differences(saved.to_dict(), self.cfg.to_dict())
         if diffs:
             raise RalbookError(f"cannot resume {self.run_dir}: the configuration differs from the run's: "
                                + "; ".join(diffs[:6]))
-        if ckpt.get("train_videos") != len(self.splits.train_videos):
-            raise CheckpointError(f"cannot resume {self.run_dir}: it trained on {ckpt.get('train_videos')} videos, "
+        if ckpt["train_videos"] != len(self.splits.train_videos):
+            raise CheckpointError(f"cannot resume {self.run_dir}: it trained on {ckpt['train_videos']} videos, "
                                   f"the collection now gives {len(self.splits.train_videos)}")
+        state = train_state_from(ckpt["state"], path)
+        sums, names = ckpt.get("sums"), ckpt["part_names"]
+        if not (sums is None or torch.is_tensor(sums)) or not all(isinstance(n, str) for n in names):
+            raise CheckpointError(f"{path}: 'sums' must be a tensor or None and 'part_names' a list of names")
+        load_model_state(self.model, ckpt["model"], path)
+        check_finite_state(dict(_tensors_of(ckpt["optimizer"])), f"checkpoint {path}", "optimizer state")
+        before = rng_state()
         try:
-            load_model_state(self.model, ckpt["model"], path)
             self.optimizer.load_state_dict(ckpt["optimizer"])
             if self.scaler is not None and ckpt.get("scaler"):
                 self.scaler.load_state_dict(ckpt["scaler"])
-            self.state = TrainState(**ckpt["state"])
-            self.part_names = list(ckpt.get("part_names") or [])
-            sums = ckpt.get("sums")
-            self.sums = sums.to(self.device) if sums is not None else None
             set_rng_state(ckpt["rng"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as err:
-            raise CheckpointError(f"{path} is incomplete or inconsistent ({type(err).__name__}: {err})") from err
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError, OverflowError) as err:
+            set_rng_state(before)
+            raise CheckpointError(f"{path}: its optimizer or random-number state is malformed "
+                                  f"({type(err).__name__}: {shorten(str(err), 200)})") from err
+        self.state, self.part_names = state, list(names)
+        self.sums = sums.to(self.device) if sums is not None else None
 
     # --- events ---
 
@@ -343,12 +415,47 @@ class Trainer:
         values = torch.stack([total.detach().float()] + [parts[n].detach().float() for n in self.part_names])
         self.sums = values if self.sums is None else self.sums + values
 
+    def _non_finite(self, where: str, tensors: dict[str, Tensor]) -> None:
+        """Stop with one message before a NaN or inf reaches a library (the OT step's assignment) or
+        the next step. One fused norm over all ``tensors`` (a norm is finite exactly when every value is,
+        short of values near 1e19) and one device sync: a per-tensor check cost ~10% of a CPU step."""
+        values = [t.detach() for t in tensors.values()]
+        flags = torch.isfinite(torch.stack(torch._foreach_norm(values))).tolist()
+        if all(flags):
+            return
+        bad = [name for name, ok in zip(tensors, flags) if not ok]
+        raise NonFiniteError(f"the training loss became non-finite in epoch {self.state.epoch} at step "
+                             f"{self.state.step_in_epoch + 1} ({where}: {shorten(', '.join(bad))}); lower train.lr, "
+                             "turn off train.amp, or look for extreme feature values (ralbook inspect)")
+
+    def _check_inputs(self, batch: dict[str, Any]) -> None:
+        """Non-finite input features are a data problem: name the videos and captions."""
+        feats = [batch["clip_feats"], batch["frame_feats"], batch["query_feats"]]
+        if bool(torch.isfinite(torch.stack(torch._foreach_norm(feats))).all()):
+            return  # the usual case: one fused pass; a norm that overflows on finite rows falls through
+        rows = {"video_ids": torch.isfinite(batch["clip_feats"]).flatten(1).all(1)
+                & torch.isfinite(batch["frame_feats"]).flatten(1).all(1),
+                "cap_ids": torch.isfinite(batch["query_feats"]).flatten(1).all(1)}
+        if all(bool(ok.all()) for ok in rows.values()):
+            return
+        named = {key: [batch[key][i] for i in torch.nonzero(~ok).squeeze(1).tolist()] for key, ok in rows.items()}
+        raise NonFiniteError(f"collection {self.cfg.data.collection!r} gives non-finite (NaN or inf) features for "
+                             f"{len(named['video_ids'])} video(s) {shorten(named['video_ids'][:3])} and "
+                             f"{len(named['cap_ids'])} caption(s) {shorten(named['cap_ids'][:3])} of training batch "
+                             f"{self.state.step_in_epoch + 1} in epoch {self.state.epoch}; check them with "
+                             "ralbook inspect")
+
     def train_step(self, batch: dict[str, Any], hard_negatives: bool) -> Tensor:
         batch = _to_device(batch, self.device)
+        self._check_inputs(batch)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.amp):
             out = self.forward_model(batch)
-        total, parts = self.objective(_float_output(out), batch["labels"], hard_negatives=hard_negatives)
+        out = _float_output(out)
+        self._non_finite("model outputs", {f.name: getattr(out, f.name) for f in dataclasses.fields(out)
+                                           if torch.is_tensor(getattr(out, f.name))
+                                           and getattr(out, f.name).is_floating_point()})
+        total, parts = self.objective(out, batch["labels"], hard_negatives=hard_negatives)
         if self.scaler is not None:
             self.scaler.scale(total).backward()
             self.scaler.step(self.optimizer)
@@ -356,6 +463,7 @@ class Trainer:
         else:
             total.backward()
             self.optimizer.step()
+        self._non_finite("weights after the step", {"loss": total.detach(), **dict(self.model.named_parameters())})
         self._accumulate(total, parts)
         return total
 
@@ -405,7 +513,8 @@ class Trainer:
     def validate(self) -> EvalResult:
         s = self.splits
         return evaluate(self.model, self.collection, s.val_name, self.cfg, self.device, video_ids=s.val_videos,
-                        cap_ids=s.val_captions, progress=self.bars)
+                        cap_ids=s.val_captions, progress=self.bars,
+                        source=f"the model in training (epoch {self.state.epoch})")
 
     def finish_epoch(self, epoch: int, started: float) -> dict[str, Any]:
         """Validate, update early stopping and best.pt, append the epoch record, save last.pt."""
@@ -454,15 +563,16 @@ class Trainer:
         first = self.state.epoch
         bar = tqdm(total=self.cfg.train.n_epoch, initial=self.state.epoch, desc="training", unit="epoch",
                    disable=not self.bars)
-        while not self.state.finished:
-            epoch, started = self.state.epoch, time.perf_counter()
-            self.train_epoch(epoch)
-            record = self.finish_epoch(epoch, started)
-            bar.update(1)
-            if self.progress:
-                tqdm.write(self._summary(record))
-            self._emit("epoch", epoch=epoch, record=record)
-            runtime.recheck_threads(tqdm.write if self.progress else None)  # other work may have started or ended
+        with deterministic_kernels(self.cfg.train.deterministic):
+            while not self.state.finished:
+                epoch, started = self.state.epoch, time.perf_counter()
+                self.train_epoch(epoch)
+                record = self.finish_epoch(epoch, started)
+                bar.update(1)
+                if self.progress:
+                    tqdm.write(self._summary(record))
+                self._emit("epoch", epoch=epoch, record=record)
+                runtime.recheck_threads(tqdm.write if self.progress else None)  # other work may have started or ended
         bar.close()
         if self.progress and self.state.stopped_early:
             tqdm.write(f"early stop: no improvement for {self.state.bad_epochs} epochs")
@@ -470,11 +580,12 @@ class Trainer:
 
     def test(self) -> dict[str, Any]:
         """Evaluate best.pt on the test split and write test_metrics.json."""
-        from ralbook.checkpoint import load_file
+        from ralbook.checkpoint import read_ralbook
 
-        best = load_file(self.run_dir / BEST_FILE)
+        best, _ = read_ralbook(self.run_dir / BEST_FILE, (MODEL_FORMAT,))
         load_model_state(self.model, best["model"], self.run_dir / BEST_FILE)
-        result = evaluate(self.model, self.collection, "test", self.cfg, self.device, progress=self.bars)
+        result = evaluate(self.model, self.collection, "test", self.cfg, self.device, progress=self.bars,
+                          source=f"checkpoint {self.run_dir / BEST_FILE}")
         out = {"split": "test", "epoch": best["epoch"], "n_queries": len(result.cap_ids),
                "n_videos": len(result.video_ids), "metrics": result.metrics}
         _write_json(self.run_dir / TEST_FILE, out)
@@ -484,14 +595,24 @@ class Trainer:
         return out
 
 
+def read_run_config(run_dir: PathLike) -> Config:
+    """The configuration a run directory holds (config.json); RalbookError naming the file when it cannot."""
+    from ralbook.errors import ConfigError
+
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise RalbookError(f"nothing to resume in {run_dir}: it holds no {CONFIG_FILE}")
+    try:
+        return Config.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError and ConfigError are ValueErrors
+        raise RalbookError(f"{path} is not a valid ralbook configuration: {shorten(str(err), 200)}") from err
+
+
 def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> bool:
     """Check the run directory against ``resume``; True when there is a last.pt to resume from."""
     has_run = any((run_dir / name).exists() for name in (LAST_FILE, BEST_FILE, METRICS_FILE))
     if resume:
-        if not (run_dir / CONFIG_FILE).is_file():
-            raise RalbookError(f"nothing to resume in {run_dir}: it holds no {CONFIG_FILE}")
-        saved = json.loads((run_dir / CONFIG_FILE).read_text())
-        diffs = _config_differences(saved, cfg.to_dict())
+        diffs = _config_differences(read_run_config(run_dir).to_dict(), cfg.to_dict())
         if diffs:
             raise RalbookError(f"cannot resume {run_dir}: the configuration differs from the run's: "
                                + "; ".join(diffs[:6]))
@@ -518,11 +639,13 @@ def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool =
     runtime.configure_threads(threads, announce=print if progress else None)
     run_dir = Path(run_dir)
     cfg.sync()
+    cfg.check()
     can_resume = _prepare_run_dir(cfg, run_dir, resume)
-    trainer = Trainer(cfg, run_dir, progress, callbacks, checkpoint_every)  # checks data and settings first
+    # checks data and settings first; a new run takes its feature sizes from the collection
+    trainer = Trainer(cfg, run_dir, progress, callbacks, checkpoint_every, infer_sizes=not resume)
     if not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(run_dir / CONFIG_FILE, cfg.to_dict())
+        _write_json(run_dir / CONFIG_FILE, trainer.cfg.to_dict())
     if can_resume:
         trainer.restore(run_dir / LAST_FILE)
     elif resume and progress:
@@ -539,16 +662,13 @@ def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool =
 
 def load_run(run_dir: PathLike, device: Optional[Union[str, torch.device]] = None) -> tuple[Config, Any]:
     """(config, model in eval mode) from a run's best.pt."""
-    from ralbook.checkpoint import load_file
+    from ralbook.checkpoint import read_ralbook
     from ralbook.model import build_model
 
     path = Path(run_dir) / BEST_FILE
     if not path.is_file():
         raise CheckpointError(f"{run_dir} holds no {BEST_FILE}: has training finished its first epoch?")
-    ckpt = load_file(path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != MODEL_FORMAT:
-        raise CheckpointError(f"{path} is not a ralbook model checkpoint")
-    cfg = Config.from_dict(ckpt["config"])
+    ckpt, cfg = read_ralbook(path, (MODEL_FORMAT,))
     model = build_model(cfg.model)
     load_model_state(model, ckpt["model"], path)
     if device is not None:
@@ -577,9 +697,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, Path]:
     if args.resume:
         if out is None:
             raise RalbookError("--resume needs --out RUN_DIR (the run to continue)")
-        if not (out / CONFIG_FILE).is_file():
-            raise RalbookError(f"nothing to resume in {out}: it holds no {CONFIG_FILE}")
-        cfg = Config.from_dict(json.loads((out / CONFIG_FILE).read_text()))
+        cfg = read_run_config(out)
     else:
         name = args.preset or "demo"
         try:

@@ -64,3 +64,86 @@ def test_override_rejects_typos(bad):
 def test_unknown_preset_lists_choices():
     with pytest.raises(KeyError, match="demo"):
         preset("tvrr")
+
+
+# ----------------------------------------------------------------------------- values checked when set
+
+from ralbook.config import LossConfig, ModelConfig, TrainConfig  # noqa: E402
+from ralbook.errors import ConfigError, RalbookError  # noqa: E402
+
+
+@pytest.mark.parametrize("word,value", [(w, True) for w in ("true", "TRUE", "1", "yes", "On", "YES")]
+                         + [(w, False) for w in ("false", "False", "0", "no", "OFF", "nO")])
+def test_booleans_accept_the_usual_words_in_any_case(word, value):
+    cfg = preset("demo").override(f"model.csa={word}")
+    assert cfg.model.csa is value
+
+
+@pytest.mark.parametrize("assignment,named,allowed", [
+    ("model.msra=maybe", "model.msra='maybe'", "true/1/yes/on/false/0/no/off"),
+    ("model.msra=ture", "model.msra='ture'", "true/1/yes/on/false/0/no/off"),
+    ("model.csa=2", "model.csa='2'", "true/1/yes/on"),
+    ("train.lr=abc", "train.lr='abc'", "a number"),
+    ("train.lr=nan", "train.lr=nan", "a finite number"),
+    ("train.lr=0", "train.lr=0.0", "> 0"),
+    ("train.batch_size=1.5", "train.batch_size='1.5'", "an integer"),
+    ("train.batch_size=0", "train.batch_size=0", ">= 1"),
+    ("train.amp=fp32", "train.amp='fp32'", "none, bf16, fp16"),
+    ("model.drop=1.5", "model.drop=1.5", "in [0.0, 1.0)"),
+    ("loss.loss_factor=[1,2]", "loss.loss_factor=[1, 2]", "a list of 4 finite numbers"),
+    ("loss.loss_factor=oops", "loss.loss_factor='oops'", "a JSON list"),
+])
+def test_a_bad_value_is_one_error_naming_key_value_and_what_is_allowed(assignment, named, allowed):
+    with pytest.raises(ConfigError) as info:
+        preset("demo").override(assignment)
+    message = str(info.value)
+    assert named in message and allowed in message and "\n" not in message
+
+
+def test_sizes_must_fit_the_model():
+    with pytest.raises(ConfigError, match="model.hidden_size=65 must be divisible by model.n_heads=4"):
+        preset("demo").override("model.hidden_size=65")
+    with pytest.raises(ConfigError, match="divisible"):
+        ModelConfig(hidden_size=64, n_heads=3)
+    assert preset("demo").override("model.n_heads=8").model.n_heads == 8
+
+
+def test_synced_keys_point_to_the_data_section():
+    with pytest.raises(ConfigError, match="model.visual_dim follows data.visual_dim.*set data.visual_dim instead"):
+        preset("tvr").override("model.visual_dim=1024")
+    cfg = preset("tvr").override("data.visual_dim=1024")
+    assert cfg.model.visual_dim == 1024
+
+
+def test_invalid_configs_are_rejected_wherever_they_come_from():
+    good = preset("demo").to_dict()
+    for section, key, value in [("train", "lr", "0.001"), ("model", "csa", 0), ("train", "batch_size", 1.5),
+                                ("loss", "neg_factor", {"a": 1}), ("train", "amp", None)]:
+        bad = json.loads(json.dumps(good))
+        bad[section][key] = value
+        with pytest.raises(ConfigError, match=f"{section}.{key}="):
+            Config.from_dict(bad)
+    with pytest.raises(ConfigError, match="unknown key"):
+        Config.from_dict({**good, "train": {**good["train"], "lrr": 1}})
+    with pytest.raises(ConfigError, match="must be a dict"):
+        Config.from_dict({**good, "model": [1, 2]})
+    with pytest.raises(ConfigError, match="must be a dict of sections"):
+        Config.from_dict([good])
+    with pytest.raises(ConfigError, match="train.patience=-1"):
+        TrainConfig(patience=-1)
+    with pytest.raises(ConfigError, match="loss.margin"):
+        LossConfig(margin=-0.5)
+    # an int where a float belongs is a float
+    assert TrainConfig(lr=1).lr == 1.0 and isinstance(TrainConfig(lr=1).lr, float)
+
+
+def test_cli_rejects_a_bad_setting_before_anything_runs(tmp_path, capsys):
+    from ralbook.cli import main
+
+    out = tmp_path / "run"
+    code = main(["train", "--data-root", str(tmp_path), "--out", str(out), "--set", "train.batch_size=1.5"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "train.batch_size='1.5': expected an integer" in err
+    assert not out.exists()  # no run directory left behind
+    assert issubclass(ConfigError, RalbookError)

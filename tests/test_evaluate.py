@@ -248,3 +248,76 @@ def test_evaluate_with_a_multi_relevant_file(collection, tmp_path):
     path.write_text(json.dumps({cap: ["no_such_video"]}))
     with pytest.raises(DataError, match="no_such_video"):
         evaluate(model, collection, "test", relevant=path, progress=False)
+
+
+# ----------------------------------------------------------------------------- non-finite scores and weights
+
+def worst_rank(scores: torch.Tensor, relevant: list[list[int]]) -> list[int]:
+    """Brute force: a relevant video with a non-finite score is never retrieved; other non-finite
+    scores sort after every finite one (as -inf), ties by video order."""
+    out = []
+    for s, rel in zip(scores, relevant):
+        clean = torch.where(torch.isfinite(s), s, torch.tensor(float("-inf")))
+        order = torch.argsort(-clean, stable=True).tolist()
+        out.append(min([order.index(k) + 1 for k in rel if torch.isfinite(s[k])], default=len(s) + 1))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_non_finite_score_is_the_worst_possible(seed):
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, 4, (30, 9), generator=g).float()  # many ties
+    broken = torch.rand(30, 9, generator=g) < 0.3
+    specials = torch.tensor([float("nan"), float("inf"), float("-inf")])
+    scores[broken] = specials[torch.randint(0, 3, (int(broken.sum()),), generator=g)]
+    rel = [[int(torch.randint(0, 9, (1,), generator=g))] for _ in range(30)]
+    ranks = ranks_from_scores(scores, padded(rel))
+    assert ranks.tolist() == worst_rank(scores, rel)
+    for i, (r, row) in enumerate(zip(ranks.tolist(), rel)):
+        if not torch.isfinite(scores[i, row[0]]):
+            assert r == 10  # never retrieved, never first
+    top = top_indices(scores, 9)
+    for i in range(30):  # non-finite scores come after every finite one in the top list
+        finite = torch.isfinite(scores[i, top[i]]).tolist()
+        assert finite == sorted(finite, reverse=True)
+
+
+def test_a_nan_score_never_ranks_a_video_first():
+    scores = torch.tensor([[float("nan"), 0.1, 0.2], [float("nan")] * 3, [0.5, float("nan"), 0.5]])
+    ranks = ranks_from_scores(scores, torch.tensor([[0], [0], [1]]))
+    assert ranks.tolist() == [4, 4, 4]
+    # finite ties keep the authors' rule: the video listed first wins
+    assert ranks_from_scores(scores[2:], torch.tensor([[2]])).tolist() == [2]
+    assert top_indices(scores[2:], 3).tolist() == [[0, 2, 1]]
+
+
+def test_evaluate_refuses_non_finite_weights_encodings_and_scores(collection, monkeypatch):
+    from ralbook.errors import NonFiniteError
+
+    model = tiny_model()
+    with torch.no_grad():
+        model.clip_proj.linear.weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"checkpoint x\.pt: 1 of \d+ weight tensors .*clip_proj\.linear\.weight"):
+        evaluate(model, collection, "test", progress=False, source="checkpoint x.pt")
+    # finite weights and finite features, but two videos' features are so extreme that they overflow
+    model = tiny_model()
+    original, extreme = collection.video_arrays, set(collection.videos("test")[:2])
+
+    def video_arrays(video_id):
+        clip, frames = original(video_id)
+        return (clip * 0 + 3e38, frames * 0 + 3e38) if video_id in extreme else (clip, frames)
+
+    monkeypatch.setattr(collection, "video_arrays", video_arrays)
+    with pytest.raises(NonFiniteError, match=r"2 of 23 videos of split 'test' encode to non-finite"):
+        evaluate(model, collection, "test", progress=False)
+    monkeypatch.undo()
+    # a scorer that returns NaN for some pairs: refused naming how many queries and videos
+    n_q, n_v = 7, 5
+    from ralbook.evaluate import RankAccumulator
+
+    acc = RankAccumulator(n_v, source="checkpoint y.pt")
+    s = torch.rand(n_q, n_v)
+    s[1, 2] = s[4, 2] = float("nan")
+    acc.add({k: s for k in ("clip", "frame", "fused")}, torch.zeros(n_q, 1, dtype=torch.long))
+    with pytest.raises(NonFiniteError, match=r"checkpoint y\.pt: 2 of 7 queries and 1 of 5 videos"):
+        acc.result([str(i) for i in range(n_q)], [str(i) for i in range(n_v)])

@@ -340,13 +340,35 @@ def test_00_quickstart_reuses_a_run(trained, demo_root, out_dir):
     assert s["query"] in s["what_this_shows"] and 0.0 <= s["moment_hit"] <= 1.0
 
 
+def test_a_missing_run_directory_is_an_error_naming_it(tmp_path):
+    from ralbook.errors import RalbookError
+
+    typo = tmp_path / "runs" / "demo" / "rnu"
+    with pytest.raises(RalbookError, match=f"run directory {typo} does not exist.*train_if_missing=True"):
+        pipeline.ensure_run(typo)
+    typo.mkdir(parents=True)
+    with pytest.raises(RalbookError, match="holds no trained model"):
+        pipeline.ensure_run(typo)
+    assert not any(typo.iterdir())  # nothing was trained there
+
+
+@pytest.mark.slow
+def test_a_notebook_given_a_missing_run_fails_with_the_path(tmp_path):
+    from ralbook.errors import RalbookError
+
+    typo = tmp_path / "rnu"
+    with pytest.raises(RalbookError, match=f"failed in cell .*run directory {typo} does not exist"):
+        execute("05_word_confidence", tmp_path, run_dir=str(typo))
+    assert not typo.exists()
+
+
 @pytest.fixture(scope="module")
 def alone(tiny_root, out_dir) -> tuple[Path, Path, dict]:
     """04 from a fresh kernel with an empty run_dir, on the tiny collection: it must train a run itself."""
     run = out_dir / "fallback_run"
     where = out_dir / "alone"
     s = execute("04_uncertainty", where, run_dir=str(run), data_root=str(tiny_root), fallback_epochs=1,
-                n_projection_videos=2, n_samples=5)
+                n_projection_videos=2, n_samples=5, train_if_missing=True)
     return run, where, s
 
 

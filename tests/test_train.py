@@ -310,3 +310,28 @@ def test_evaluate_accepts_the_authors_checkpoint_format(reference_run, data_root
     # the demo preset's own sizes do not fit these weights: a clear error, exit 2
     assert cli.main(args[:-8] + ["--no-progress"]) == 2
     assert "does not fit" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- feature sizes from the data
+
+
+def test_a_new_run_takes_its_feature_sizes_from_the_collection(data_root, tmp_path):
+    from ralbook.train import Trainer
+
+    cfg = preset("demo", data={"data_root": str(data_root)}, model={"hidden_size": 16, "n_heads": 2})
+    assert (cfg.data.visual_dim, cfg.data.text_dim) != (DIMS["visual_dim"], DIMS["text_dim"])
+    with pytest.warns(UserWarning, match=r"data.visual_dim=24 \(not 64\), data.text_dim=16 \(not 48\)"):
+        trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    assert (trainer.cfg.model.visual_dim, trainer.cfg.model.text_dim) == (24, 16)
+    assert trainer.model.cfg.visual_dim == 24
+    # a resumed run keeps its sizes: a collection that does not fit is an error
+    with pytest.raises(CheckpointError, match="expects visual features of size 64"):
+        Trainer(cfg, tmp_path / "run2", progress=False, infer_sizes=False)
+
+
+def test_a_synced_key_in_evaluate_names_the_key_to_use(reference_run, capsys):
+    ref_dir, _ = reference_run
+    code = cli.main(["evaluate", "--checkpoint", str(ref_dir / BEST_FILE), "--set", "model.visual_dim=1024",
+                     "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "set data.visual_dim instead" in err[0]
