@@ -354,11 +354,13 @@ def evaluate(model: Any, collection: Any, split: str = "test", cfg: Optional[Con
              cap_ids: Optional[list[str]] = None, query_chunk: Optional[int] = None,
              video_chunk: Optional[int] = None, video_batch: int = 64,
              relevant: Optional[Union[str, Path, dict[str, list[str]]]] = None, topk: int = 10,
-             keep_scores: bool = False, amp: Optional[str] = None, progress: bool = True) -> EvalResult:
+             keep_scores: bool = False, amp: Optional[str] = None, progress: bool = True,
+             videos: Optional[Any] = None) -> EvalResult:
     """Rank every caption of ``split`` against every video of it; R@K for clip, frame and fused scores.
 
     ``video_ids``/``cap_ids`` override the split's own lists (used for a validation set carved
     out of the training videos). ``relevant``: a file or dict caption id -> relevant video ids.
+    ``videos``: the VideoEncoding of ``video_ids``, when it is already computed (shared evaluation).
     """
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
@@ -384,8 +386,10 @@ def evaluate(model: Any, collection: Any, split: str = "test", cfg: Optional[Con
     model.eval()
     try:
         with torch.no_grad():
-            videos = SortedVideos(encode_video_set(model, collection, video_ids, device, video_batch, num_workers,
-                                                   amp, progress))
+            if videos is None:
+                videos = encode_video_set(model, collection, video_ids, device, video_batch, num_workers, amp,
+                                          progress)
+            videos = SortedVideos(videos)
             loader = DataLoader(QueryDataset(collection, [cap_ids[i] for i in order]), batch_size=query_chunk,
                                 shuffle=False, num_workers=num_workers, collate_fn=collate_queries,
                                 generator=_seeded_generator())
@@ -503,6 +507,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", help="caption file to evaluate (default test)")
     parser.add_argument("--relevant", help="optional file: caption id -> relevant video ids (JSON or text lines)")
     parser.add_argument("--json", help="write metrics and per-query ranks / top-10 ids to this JSON file")
+    parser.add_argument("--index", help="two-stage retrieval over this index folder (see `ralbook index`)")
+    parser.add_argument("--rerank", type=int, default=200, metavar="K",
+                        help="with --index: fused score for the K best videos of the clip-scale stage")
     add_data_arguments(parser)
 
 
@@ -518,6 +525,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     collection = Collection.from_config(cfg.data)
     check_dims(cfg, collection)
     model.to(device)
+    if getattr(args, "index", None):
+        from ralbook.index import run_index_evaluation
+
+        return run_index_evaluation(args, model, cfg, collection)
     result = evaluate(model, collection, args.split, cfg, device, relevant=args.relevant,
                       progress=not args.no_progress)
     print(format_metrics(result, title=f"{cfg.data.collection} {args.split}: {len(result.cap_ids)} queries x "
