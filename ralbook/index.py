@@ -177,7 +177,7 @@ class Index:
         """Some stored encodings as a float32 VideoEncoding on the model's device."""
         from ralbook.model import VideoEncoding
 
-        return VideoEncoding(*(torch.from_numpy(np.ascontiguousarray(self.arrays[n][index], dtype=np.float32))
+        return VideoEncoding(*(torch.from_numpy(np.array(self.arrays[n][index], dtype=np.float32))
                                .to(self.device) for n in ARRAYS))
 
     def encode_queries(self, query_features: Tensor, query_mask: Tensor) -> Any:
@@ -191,7 +191,7 @@ class Index:
         rows = []
         with torch.no_grad():
             for start in range(0, len(self), video_chunk):
-                clips = torch.from_numpy(np.ascontiguousarray(self.arrays["clips"][start:start + video_chunk],
+                clips = torch.from_numpy(np.array(self.arrays["clips"][start:start + video_chunk],
                                                               dtype=np.float32)).to(self.device)
                 empty = clips.new_zeros(clips.shape[0], 0)  # the clip score reads the clip tokens only
                 rows.append(self.model.clip_scores(queries, VideoEncoding(clips, empty, empty)))
