@@ -38,7 +38,7 @@ ARRAYS = ("clips", "frames", "mask")  # the fields of VideoEncoding, in order
 DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
-class IndexError_(RalbookError):
+class IndexFolderError(RalbookError):
     """An index folder that is missing, incomplete, or built from another model."""
 
 
@@ -53,6 +53,16 @@ def model_hash(model: torch.nn.Module) -> str:
 
 
 # ----------------------------------------------------------------------------- building
+
+
+def _open_npy(path: Path, shape: tuple[int, ...], dtype: Any) -> Any:
+    """A new .npy file of ``shape`` (its header written, the data still empty), opened for appending rows."""
+    with path.open("wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                 "fortran_order": False, "shape": shape})
+    handle = path.open("r+b")
+    handle.seek(0, os.SEEK_END)
+    return handle
 
 
 def build_index(model: Any, collection: Any, split: str, cfg: Any, out_dir: PathLike,
@@ -78,8 +88,7 @@ def build_index(model: Any, collection: Any, split: str, cfg: Any, out_dir: Path
     m = cfg.model
     shapes = {"clips": (len(ids), m.n_clips, m.hidden_size), "frames": (len(ids), m.max_frames, m.hidden_size),
               "mask": (len(ids), m.max_frames)}
-    arrays = {name: np.lib.format.open_memmap(out / f"{name}.npy", mode="w+", dtype=DTYPES[dtype], shape=shape)
-              for name, shape in shapes.items()}
+    files = {name: _open_npy(out / f"{name}.npy", shape, DTYPES[dtype]) for name, shape in shapes.items()}
     loader = DataLoader(VideoDataset(collection, ids), batch_size=batch_size, shuffle=False,
                         num_workers=cfg.data.num_workers, collate_fn=collate_videos)
     was_training = model.training
@@ -91,15 +100,15 @@ def build_index(model: Any, collection: Any, split: str, cfg: Any, out_dir: Path
                 with autocast(device, cfg.train.amp):
                     enc = model.encode_videos(batch["clip_feats"].to(device), batch["frame_feats"].to(device),
                                               batch["frame_mask"].to(device))
-                n = len(enc)
-                for name in ARRAYS:
-                    arrays[name][done:done + n] = getattr(enc, name).float().cpu().numpy()
-                done += n
+                for name in ARRAYS:  # plain writes at the batch's place: memory holds one batch only
+                    files[name].write(getattr(enc, name).float().cpu().numpy().astype(DTYPES[dtype]).tobytes())
+                done += len(enc)
     finally:
         model.train(was_training)
-    for array in arrays.values():
-        array.flush()
-    del arrays
+        for f in files.values():
+            f.close()
+    if done != len(ids):
+        raise RalbookError(f"indexing {out}: encoded {done} videos, expected {len(ids)}")
     save_atomic({"format": "ralbook-model", "version": 1, "config": cfg.to_dict(),
                  "model": {k: v.cpu() for k, v in model.state_dict().items()}}, out / MODEL_FILE)
     manifest = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "model_hash": model_hash(model),
@@ -141,20 +150,20 @@ class Index:
         path = Path(path)
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
-            raise IndexError_(f"{path} is not a complete ralbook index: it holds no {MANIFEST} "
+            raise IndexFolderError(f"{path} is not a complete ralbook index: it holds no {MANIFEST} "
                               f"(build it with `python -m ralbook index`)")
         try:
             manifest = json.loads(manifest_path.read_text())
         except json.JSONDecodeError as err:
-            raise IndexError_(f"{manifest_path} is not valid JSON: {err}") from err
+            raise IndexFolderError(f"{manifest_path} is not valid JSON: {err}") from err
         if manifest.get("format") != INDEX_FORMAT or manifest.get("version") != INDEX_VERSION:
-            raise IndexError_(f"{manifest_path}: expected format {INDEX_FORMAT} version {INDEX_VERSION}, got "
+            raise IndexFolderError(f"{manifest_path}: expected format {INDEX_FORMAT} version {INDEX_VERSION}, got "
                               f"{manifest.get('format')!r} version {manifest.get('version')!r}")
         arrays = {}
         for name in ARRAYS:
             array = np.load(path / f"{name}.npy", mmap_mode="r")
             if list(array.shape) != manifest["shapes"][name]:
-                raise IndexError_(f"{path / (name + '.npy')}: shape {list(array.shape)}, the manifest says "
+                raise IndexFolderError(f"{path / (name + '.npy')}: shape {list(array.shape)}, the manifest says "
                                   f"{manifest['shapes'][name]}")
             arrays[name] = array
         if model is None:
@@ -162,7 +171,7 @@ class Index:
             model = build_model(cfg.model)
             load_model_state(model, load_file(path / MODEL_FILE)["model"], path / MODEL_FILE)
         if model_hash(model) != manifest["model_hash"]:
-            raise IndexError_(f"{path} was built with other model weights (hash {manifest['model_hash'][:12]}, "
+            raise IndexFolderError(f"{path} was built with other model weights (hash {manifest['model_hash'][:12]}, "
                               f"this model {model_hash(model)[:12]}): rebuild the index with this checkpoint")
         return cls(path, manifest, arrays, model.to(device).eval())
 
@@ -356,7 +365,7 @@ def run_index_evaluation(args: argparse.Namespace, model: Any, cfg: Any, collect
 
     index = Index.open(args.index, model=model)
     if index.manifest["split"] != args.split:
-        raise IndexError_(f"{args.index} indexes split {index.manifest['split']!r}, not {args.split!r}")
+        raise IndexFolderError(f"{args.index} indexes split {index.manifest['split']!r}, not {args.split!r}")
     extra = read_relevant_file(args.relevant) if args.relevant else None
     result, missed = evaluate_index(index, collection, args.split, args.rerank, relevant=extra,
                                     progress=not args.no_progress)

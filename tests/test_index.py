@@ -12,7 +12,7 @@ from ralbook import cli
 from ralbook.checkpoint import save_atomic
 from ralbook.data import Collection
 from ralbook.evaluate import encode_video_set, evaluate
-from ralbook.index import Index, IndexError_, build_index, evaluate_index, model_hash
+from ralbook.index import Index, IndexFolderError, build_index, evaluate_index, model_hash
 from ralbook.model import build_model
 from test_train import easy_demo, tiny_cfg
 
@@ -52,10 +52,10 @@ def test_the_index_holds_the_encodings_and_the_model(setup, tmp_path):
 def test_an_index_refuses_another_model_or_an_unfinished_folder(setup, tmp_path):
     cfg, model, _, folder, _ = setup
     other = build_model(cfg.model)
-    with pytest.raises(IndexError_, match="other model weights"):
+    with pytest.raises(IndexFolderError, match="other model weights"):
         Index.open(folder, model=other)
     (tmp_path / "broken").mkdir()
-    with pytest.raises(IndexError_, match="manifest.json"):
+    with pytest.raises(IndexFolderError, match="manifest.json"):
         Index.open(tmp_path / "broken")
 
 
