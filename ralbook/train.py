@@ -423,8 +423,8 @@ class Trainer:
 
     def validate(self) -> EvalResult:
         s = self.splits
-        return self._evaluate()(self.model, self.collection, s.val_name, self.cfg, self.device, video_ids=s.val_videos,
-                        cap_ids=s.val_captions, progress=self.progress)
+        return self._evaluate()(self.model, self.collection, s.val_name, self.cfg, self.device,
+                                video_ids=s.val_videos, cap_ids=s.val_captions, progress=self.progress)
 
     def finish_epoch(self, epoch: int, started: float) -> dict[str, Any]:
         """Validate, update early stopping and best.pt, append the epoch record, save last.pt."""
@@ -563,13 +563,12 @@ def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool =
 
 
 def _run_config(cfg: Config, world: Any, resume: bool, run_dir: Path) -> dict[str, Any]:
-    """config.json: the configuration, plus {"distributed": {world_size, backend}} for a distributed start."""
-    saved = json.loads((run_dir / CONFIG_FILE).read_text()) if resume else {}
-    out = {**cfg.to_dict(), **({"distributed": saved["distributed"]} if "distributed" in saved else {})}
-    if world.distributed:
+    """config.json: the configuration, plus {"distributed": {world_size, backend}} of the latest (re)start
+    when the run is or was distributed."""
+    out = cfg.to_dict()
+    was_distributed = resume and "distributed" in json.loads((run_dir / CONFIG_FILE).read_text())
+    if world.distributed or was_distributed:
         out["distributed"] = {"world_size": world.size, "backend": world.backend}
-    elif resume and "distributed" in out:
-        out["distributed"] = {"world_size": 1, "backend": "none"}
     return out
 
 
