@@ -256,9 +256,10 @@ def _pair_scorer(model: Any, queries: Any) -> Any:
 
     words = F.normalize(queries.words, dim=-1)
     weights = model._word_weights(words, queries.mask)
+    no_words = queries.words[:, :0]  # the clip score reads the pooled query only: do not copy the words
 
     def score(rows: Tensor, video: Any) -> tuple[Tensor, Tensor]:
-        clip = model.clip_scores(queries.select(rows), video)
+        clip = model.clip_scores(type(queries)(queries.pooled[rows], no_words[rows], queries.mask[rows, :0]), video)
         sims = masked_max_sim(words[rows], queries.mask[rows], F.normalize(video.frames, dim=-1), video.mask)
         return clip, torch.einsum("qvt,qt->qv", sims, weights[rows])
 
@@ -294,7 +295,7 @@ def two_stage_ranks(stages: dict[str, Tensor], relevant: Tensor) -> tuple[dict[s
     return out, found
 
 
-def evaluate_index(index: Index, collection: Any, split: str, rerank: int, query_chunk: int = 1000,
+def evaluate_index(index: Index, collection: Any, split: str, rerank: int, query_chunk: int = 2000,
                    relevant: Optional[dict[str, list[str]]] = None, progress: bool = True) -> tuple[Any, int]:
     """(EvalResult, number of queries with no relevant video among the first-stage top ``rerank``)."""
     from torch.utils.data import DataLoader
