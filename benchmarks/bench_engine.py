@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ralbook.config import Config, preset  # noqa: E402
 from ralbook.evaluate import autocast, concat_encodings, rank_encoded, resolve_device  # noqa: E402
+from ralbook.train import _float_output  # noqa: E402  (the trainer's cast of model outputs to float32)
 
 
 def bench_config(args: argparse.Namespace) -> Config:
@@ -104,7 +105,7 @@ def measure_train(args: argparse.Namespace) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, cfg.train.amp):
             out = fmodel(batch)
-        total, _ = objective(out, batch["labels"], hard_negatives=args.hard)
+        total, _ = objective(_float_output(out), batch["labels"], hard_negatives=args.hard)
         total.backward()
         optimizer.step()
         sync(device)
@@ -115,38 +116,82 @@ def measure_train(args: argparse.Namespace) -> dict[str, Any]:
             "rss_before_gb": baseline, "peak_device_gb": peak_device_gb(device), "device": str(device)}
 
 
+def encode_in_batches(encode: Any, inputs: dict[str, torch.Tensor], size: int, device: torch.device) -> Any:
+    """One encoder over ``inputs`` in slices of ``size`` rows, concatenated."""
+    parts = []
+    for s in range(0, len(next(iter(inputs.values()))), size):
+        parts.append(encode(*(v[s:s + size].to(device) for v in inputs.values())))
+    return concat_encodings(parts)
+
+
+def timed(device: torch.device, fn: Any) -> tuple[Any, float, float]:
+    """(result, seconds, FLOPs): FLOPs counted by torch's FlopCounterMode in a separate, untimed call."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - start, float(counter.get_total_flops())
+
+
+def matmul_rate(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device, repeats: int = 5) -> float:
+    """GFLOP/s of a plain (m, k) x (k, n) matrix product in ``dtype`` (best of ``repeats``)."""
+    a = torch.randn(m, k, device=device).to(dtype)
+    b = torch.randn(k, n, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first call warms up
+        sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * m * k * n / best / 1e9
+
+
 def measure_eval(args: argparse.Namespace) -> dict[str, Any]:
+    """Evaluation time, and the achieved GFLOP/s of video encoding and scoring next to plain matrix products."""
     from ralbook.model import build_model
 
     cfg, device = bench_config(args), resolve_device(args.device)
     n_videos, n_queries = (int(x) for x in args.eval_size.split("x"))
     torch.manual_seed(0)
-    model = build_model(cfg.model).to(device).eval()
+    model = build_model(cfg.model).to(device).eval().requires_grad_(False)  # (FlopCounterMode needs no grad)
     g = torch.Generator().manual_seed(2)
     videos_in = synthetic_videos(n_videos, cfg, g)
     queries_in = synthetic_queries(n_queries, cfg, g, pad_to=cfg.data.max_desc_len)
     relevant = torch.randint(0, n_videos, (n_queries, 1), generator=g)
-    sync(device)
-    start = time.perf_counter()
     with torch.no_grad(), autocast(device, cfg.train.amp):
-        parts = []
-        for s in range(0, n_videos, args.video_batch):
-            sl = {k: v[s:s + args.video_batch].to(device) for k, v in videos_in.items()}
-            parts.append(model.encode_videos(sl["clip_feats"], sl["frame_feats"], sl["frame_mask"]))
-        videos = concat_encodings(parts)
-        encoded = time.perf_counter() - start
-        qparts = []
-        for s in range(0, n_queries, args.query_chunk):
-            sl = {k: v[s:s + args.query_chunk].to(device) for k, v in queries_in.items()}
-            qparts.append(model.encode_queries(sl["query_feats"], sl["query_mask"]))
-        queries = concat_encodings(qparts)
-        result = rank_encoded(model, queries, videos, relevant, args.query_chunk, args.video_chunk)
-    sync(device)
-    total = time.perf_counter() - start
-    return {"task": "eval", "videos": n_videos, "queries": n_queries, "eval_s": total, "encode_videos_s": encoded,
-            "query_chunk": args.query_chunk, "video_chunk": args.video_chunk,
+        videos, encode_s, encode_flops = timed(device, lambda: encode_in_batches(
+            model.encode_videos, videos_in, args.video_batch, device))
+        queries, query_s, _ = timed(device, lambda: encode_in_batches(
+            model.encode_queries, queries_in, args.query_chunk, device))
+        result, score_s, score_flops = timed(device, lambda: rank_encoded(
+            model, queries, videos, relevant, args.query_chunk, args.video_chunk))
+    d, lf, lq = cfg.model.hidden_size, cfg.model.max_frames, cfg.data.max_desc_len
+    # plain products of the shapes that dominate: the feed-forward layer of a video batch, one scoring chunk
+    rates = {f"{what}_{name}": matmul_rate(m, k, n, dtype, device)
+             for what, (m, k, n) in (("encode", (args.video_batch * lf, d, 4 * d)),
+                                     ("score", (args.query_chunk * lq, d, args.video_chunk * lf)))
+             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    return {"task": "eval", "videos": n_videos, "queries": n_queries, "eval_s": encode_s + query_s + score_s,
+            "encode_videos_s": encode_s, "encode_queries_s": query_s, "score_s": score_s,
+            "encode_gflops": encode_flops / 1e9, "score_gflops": score_flops / 1e9,
+            "matmul_gflop_per_s": rates, "query_chunk": args.query_chunk, "video_chunk": args.video_chunk,
             "peak_rss_gb": peak_rss_gb(), "peak_device_gb": peak_device_gb(device), "device": str(device),
             "fused_SumR_random_model": result.metrics["fused"]["SumR"]}
+
+
+def native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's bf16 instructions named in /proc/cpuinfo (amx_bf16, avx512_bf16), or 'none'."""
+    try:
+        flags = set(cpuinfo.read_text().split())
+    except OSError:
+        return "unknown (no /proc/cpuinfo)"
+    found = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+    return ", ".join(found) or "none"
 
 
 def measure_read(args: argparse.Namespace) -> dict[str, Any]:
@@ -180,6 +225,19 @@ def child_args(args: argparse.Namespace, task: str, value: str) -> list[str]:
               ["--hard"] if args.hard else []) + [f"--set={a}" for a in args.set]
     extra = {"train": ["--batch-size", value], "eval": ["--eval-size", value], "read": ["--read", value]}[task]
     return [sys.executable, __file__, "--child", task] + common + extra
+
+
+def achieved_rates(r: dict[str, Any], amp: str) -> str:
+    """GFLOP/s of encoding and scoring, and their fraction of the plain matrix product in fp32 and bf16."""
+    lines = []
+    for what, seconds in (("encode", r["encode_videos_s"]), ("score", r["score_s"])):
+        rate = r[f"{what}_gflops"] / seconds
+        plain = r["matmul_gflop_per_s"]
+        fp32, bf16 = plain[f"{what}_fp32"], plain[f"{what}_bf16"]
+        lines.append(f"  {what:<6}: {r[what + '_gflops']:.0f} GFLOP in {seconds:.2f} s = {rate:.1f} GFLOP/s "
+                     f"({amp}); plain matmul of similar size {fp32:.1f} GFLOP/s fp32, {bf16:.1f} GFLOP/s bf16: "
+                     f"{100 * rate / fp32:.0f}% of fp32, {100 * rate / bf16:.0f}% of bf16")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -219,7 +277,8 @@ def main() -> None:
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {resolve_device(args.device)}, "
           f"preset {args.preset}: hidden {args.hidden}, heads {args.heads}, Dv {args.visual_dim}, Dt {args.text_dim}, "
-          f"amp {args.amp}, compile {args.compile}" + "".join(f", {a}" for a in args.set), flush=True)
+          f"amp {args.amp}, compile {args.compile}" + "".join(f", {a}" for a in args.set)
+          + f"; native bf16: {native_bf16()}", flush=True)
     results = []
     jobs = [("train", str(b)) for b in args.batch_sizes] + [("eval", s) for s in args.eval_sizes]
     jobs += [("read", str(args.read))] if args.read else []
@@ -242,6 +301,7 @@ def main() -> None:
             print(f"eval {r['videos']} videos x {r['queries']} queries: {r['eval_s']:.2f} s "
                   f"(video encoding {r['encode_videos_s']:.2f} s; chunks {r['query_chunk']} queries x "
                   f"{r['video_chunk']} videos), peak RSS {r['peak_rss_gb']:.2f} GB{dev}", flush=True)
+            print(achieved_rates(r, args.amp), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-demo": ("ralbook.demo", "(re)generate the bundled demo collection"),
     "train": ("ralbook.train", "train a model"),
     "evaluate": ("ralbook.evaluate", "evaluate a checkpoint"),
+    "index": ("ralbook.index", "encode a split's videos once into an index folder (two-stage retrieval)"),
     "demo": ("ralbook.pipeline", "the main job: train on the demo data and run all notebooks"),
     "extract": ("ralbook.extract", "video files (+ captions) -> a collection of CLIP features"),
     "search": ("ralbook.search", "rank a collection's videos for a free-text query"),

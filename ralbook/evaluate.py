@@ -403,13 +403,14 @@ def evaluate(model: Any, collection: Any, split: str = "test", cfg: Optional[Con
              video_chunk: Optional[int] = None, video_batch: int = 64,
              relevant: Optional[Union[str, Path, dict[str, list[str]]]] = None, topk: int = 10,
              keep_scores: bool = False, amp: Optional[str] = None, progress: bool = True,
-             source: str = "the model") -> EvalResult:
+             source: str = "the model", videos: Optional[Any] = None) -> EvalResult:
     """Rank every caption of ``split`` against every video of it; R@K for clip, frame and fused scores.
 
     ``video_ids``/``cap_ids`` override the split's own lists (used for a validation set carved
     out of the training videos). ``relevant``: a file or dict caption id -> relevant video ids.
     ``source`` names the model in errors (e.g. ``checkpoint runs/demo/best.pt``): NonFiniteError
     when a weight, a video encoding or a score is NaN or infinite.
+    ``videos``: the VideoEncoding of ``video_ids``, when it is already computed (shared evaluation).
     """
     from ralbook.checkpoint import check_finite_state
 
@@ -438,9 +439,11 @@ def evaluate(model: Any, collection: Any, split: str = "test", cfg: Optional[Con
     model.eval()
     try:
         with torch.no_grad():
-            encoded = encode_video_set(model, collection, video_ids, device, video_batch, num_workers, amp, progress)
-            check_finite_encodings(encoded, video_ids, source, split)
-            videos = SortedVideos(encoded)
+            if videos is None:
+                videos = encode_video_set(model, collection, video_ids, device, video_batch, num_workers, amp,
+                                          progress)
+            check_finite_encodings(videos, video_ids, source, split)
+            videos = SortedVideos(videos)
             loader = DataLoader(QueryDataset(collection, [cap_ids[i] for i in order]), batch_size=query_chunk,
                                 shuffle=False, num_workers=num_workers, collate_fn=collate_queries,
                                 generator=_seeded_generator())
@@ -567,6 +570,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", help="caption file to evaluate (default test)")
     parser.add_argument("--relevant", help="optional file: caption id -> relevant video ids (JSON or text lines)")
     parser.add_argument("--json", help="write metrics and per-query ranks / top-10 ids to this JSON file")
+    parser.add_argument("--index", help="two-stage retrieval over this index folder (see `ralbook index`)")
+    parser.add_argument("--rerank", type=int, default=200, metavar="K",
+                        help="with --index: fused score for the K best videos of the clip-scale stage")
     add_data_arguments(parser)
 
 
@@ -582,6 +588,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     collection = Collection.from_config(cfg.data)
     check_dims(cfg, collection)
     model.to(device)
+    if getattr(args, "index", None):
+        from ralbook.index import run_index_evaluation
+
+        return run_index_evaluation(args, model, cfg, collection)
     from ralbook.runtime import use_bars
 
     result = evaluate(model, collection, args.split, cfg, device, relevant=args.relevant,

@@ -320,7 +320,10 @@ class Trainer:
         self.bars = progress and runtime.use_bars()  # else (a log file): one line per epoch, no bars
         self.callbacks = list(callbacks or [])
         self.checkpoint_every = max(0, int(checkpoint_every))
-        self.device = resolve_device(cfg.train.device)
+        from ralbook import distributed
+
+        self.world = distributed.current_world()
+        self.device = distributed.rank_device(resolve_device(cfg.train.device), self.world)
         self.amp = cfg.train.amp or "none"
         autocast(self.device, self.amp)  # validates the amp setting before anything runs
         require_data_root(cfg)
@@ -337,6 +340,9 @@ class Trainer:
         seed_everything(cfg.train.seed)
         self.model = build_model(cfg.model).to(self.device)
         self.forward_model = torch.compile(self.model) if cfg.train.compile else self.model
+        if self.world.distributed:
+            distributed.check_batches(len(self.splits.train_videos), cfg.train.batch_size, self.world)
+            self.forward_model = distributed.wrap_for_training(self.model, self.device)
         self.objective = Objective(cfg.loss)
         self.steps_per_epoch = math.ceil(len(self.splits.train_videos) / cfg.train.batch_size)
         self.optimizer = build_optimizer(self.model, cfg.train.lr, cfg.train.warmup, cfg.train.weight_decay,
@@ -361,11 +367,15 @@ class Trainer:
     def save_last(self) -> None:
         from ralbook.checkpoint import save_atomic, with_content_hash
 
+        if not self.world.is_main:  # only rank 0 writes the run directory
+            return
         save_atomic(with_content_hash(self._training_state()), self.run_dir / LAST_FILE)
 
     def save_best(self, epoch: int, val: dict[str, dict[str, float]]) -> None:
         from ralbook.checkpoint import save_atomic, with_content_hash
 
+        if not self.world.is_main:
+            return
         save_atomic(with_content_hash({"format": MODEL_FORMAT, "version": FORMAT_VERSION, "config": self.cfg.to_dict(),
                                        "model": self.model.state_dict(), "epoch": epoch, "val_metrics": val}),
                     self.run_dir / BEST_FILE)
@@ -450,12 +460,12 @@ class Trainer:
         self._check_inputs(batch)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.amp):
-            out = self.forward_model(batch)
+            out = self._forward(batch)
         out = _float_output(out)
         self._non_finite("model outputs", {f.name: getattr(out, f.name) for f in dataclasses.fields(out)
                                            if torch.is_tensor(getattr(out, f.name))
                                            and getattr(out, f.name).is_floating_point()})
-        total, parts = self.objective(out, batch["labels"], hard_negatives=hard_negatives)
+        total, parts = self.objective(out, hard_negatives=hard_negatives)  # labels: out.labels
         if self.scaler is not None:
             self.scaler.scale(total).backward()
             self.scaler.step(self.optimizer)
@@ -466,6 +476,14 @@ class Trainer:
         self._non_finite("weights after the step", {"loss": total.detach(), **dict(self.model.named_parameters())})
         self._accumulate(total, parts)
         return total
+
+    def _forward(self, batch: dict[str, Any]) -> Any:
+        """The model output of one batch; in a distributed run, of the global batch (see ralbook.distributed)."""
+        if not self.world.distributed:
+            return self.forward_model(batch)
+        from ralbook.distributed import dropout_seed
+
+        return self.forward_model(batch, dropout_seed(self.cfg.train.seed, self.state.global_step, self.world.rank))
 
     def _loader(self, batches: list[list[int]]) -> Any:
         from torch.utils.data import DataLoader
@@ -486,6 +504,10 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=len(batches), initial=start, desc=f"epoch {epoch}", leave=False, unit="batch",
                    disable=not self.bars)
+        if self.world.distributed:  # this rank reads its share of every global batch
+            from ralbook.distributed import share
+
+            batches = [b[share(len(b), self.world)] for b in batches]
         for index, batch in enumerate(self._loader(batches[start:]), start=start + 1):
             total = self.train_step(batch, hard)
             self.state.step_in_epoch = index
@@ -510,11 +532,16 @@ class Trainer:
                                "lower train.lr or turn off train.amp")
         return out
 
+    def _evaluate(self) -> Callable[..., EvalResult]:
+        from ralbook.distributed import evaluate_shared
+
+        return evaluate_shared if self.world.distributed else evaluate
+
     def validate(self) -> EvalResult:
         s = self.splits
-        return evaluate(self.model, self.collection, s.val_name, self.cfg, self.device, video_ids=s.val_videos,
-                        cap_ids=s.val_captions, progress=self.bars,
-                        source=f"the model in training (epoch {self.state.epoch})")
+        return self._evaluate()(self.model, self.collection, s.val_name, self.cfg, self.device,
+                                video_ids=s.val_videos, cap_ids=s.val_captions, progress=self.bars,
+                                source=f"the model in training (epoch {self.state.epoch})")
 
     def finish_epoch(self, epoch: int, started: float) -> dict[str, Any]:
         """Validate, update early stopping and best.pt, append the epoch record, save last.pt."""
@@ -534,8 +561,9 @@ class Trainer:
                   "hard_negatives": epoch >= self.cfg.train.hard_negative_start_epoch, "loss": losses, "val": val,
                   "improved": improved, "best_epoch": self.state.best_epoch, "bad_epochs": self.state.bad_epochs,
                   "time_s": round(elapsed, 3)}
-        records = [r for r in read_metrics(self.run_dir) if r["epoch"] < epoch] + [record]
-        _write_metrics(self.run_dir, records)
+        if self.world.is_main:
+            records = [r for r in read_metrics(self.run_dir) if r["epoch"] < epoch] + [record]
+            _write_metrics(self.run_dir, records)
         # the state now points at the next epoch
         self.state.epoch, self.state.step_in_epoch, self.sums = epoch + 1, 0, None
         if self.state.bad_epochs > self.cfg.train.patience:
@@ -581,14 +609,17 @@ class Trainer:
     def test(self) -> dict[str, Any]:
         """Evaluate best.pt on the test split and write test_metrics.json."""
         from ralbook.checkpoint import read_ralbook
+        from ralbook.distributed import barrier
 
+        barrier()  # rank 0 has written best.pt
         best, _ = read_ralbook(self.run_dir / BEST_FILE, (MODEL_FORMAT,))
         load_model_state(self.model, best["model"], self.run_dir / BEST_FILE)
-        result = evaluate(self.model, self.collection, "test", self.cfg, self.device, progress=self.bars,
-                          source=f"checkpoint {self.run_dir / BEST_FILE}")
+        result = self._evaluate()(self.model, self.collection, "test", self.cfg, self.device, progress=self.bars,
+                                  source=f"checkpoint {self.run_dir / BEST_FILE}")
         out = {"split": "test", "epoch": best["epoch"], "n_queries": len(result.cap_ids),
                "n_videos": len(result.video_ids), "metrics": result.metrics}
-        _write_json(self.run_dir / TEST_FILE, out)
+        if self.world.is_main:
+            _write_json(self.run_dir / TEST_FILE, out)
         if self.progress:
             print(format_metrics(result, title=f"test ({len(result.cap_ids)} queries x {len(result.video_ids)} "
                                                f"videos), best epoch {best['epoch']}"))
@@ -596,14 +627,18 @@ class Trainer:
 
 
 def read_run_config(run_dir: PathLike) -> Config:
-    """The configuration a run directory holds (config.json); RalbookError naming the file when it cannot."""
+    """The configuration a run directory holds (config.json, without the record of how it was distributed);
+    RalbookError naming the file when it cannot."""
     from ralbook.errors import ConfigError
 
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise RalbookError(f"nothing to resume in {run_dir}: it holds no {CONFIG_FILE}")
     try:
-        return Config.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(saved, dict):
+            saved.pop("distributed", None)  # the record of how the run was distributed, not a setting
+        return Config.from_dict(saved)
     except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError and ConfigError are ValueErrors
         raise RalbookError(f"{path} is not a valid ralbook configuration: {shorten(str(err), 200)}") from err
 
@@ -636,16 +671,23 @@ def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool =
     kill would. ``checkpoint_every``: also write last.pt every that many steps (0: at epoch ends).
     ``threads``: CPU threads (None/0: chosen from the machine's load, see ralbook.runtime).
     """
-    runtime.configure_threads(threads, announce=print if progress else None)
+    from ralbook.distributed import current_world, describe
+
+    world = current_world()
+    runtime.configure_threads(threads, announce=print if progress and world.is_main else None)
     run_dir = Path(run_dir)
     cfg.sync()
     cfg.check()
     can_resume = _prepare_run_dir(cfg, run_dir, resume)
-    # checks data and settings first; a new run takes its feature sizes from the collection
-    trainer = Trainer(cfg, run_dir, progress, callbacks, checkpoint_every, infer_sizes=not resume)
-    if not resume:
+    # checks data and settings first (a new run takes its feature sizes from the collection); only rank 0
+    # prints and writes
+    trainer = Trainer(cfg, run_dir, progress and world.is_main, callbacks, checkpoint_every,
+                      infer_sizes=not resume)
+    if world.distributed and world.is_main:
+        print(describe(world, cfg.train.batch_size), flush=True)
+    if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(run_dir / CONFIG_FILE, trainer.cfg.to_dict())
+        _write_json(run_dir / CONFIG_FILE, _run_config(trainer.cfg, world, resume, run_dir))
     if can_resume:
         trainer.restore(run_dir / LAST_FILE)
     elif resume and progress:
@@ -658,6 +700,16 @@ def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool =
         test = trainer.test()
     s = trainer.state
     return RunResult(run_dir, s.best_epoch, s.best_val, test["metrics"], s.epoch, s.stopped_early)
+
+
+def _run_config(cfg: Config, world: Any, resume: bool, run_dir: Path) -> dict[str, Any]:
+    """config.json: the configuration, plus {"distributed": {world_size, backend}} of the latest (re)start
+    when the run is or was distributed."""
+    out = cfg.to_dict()
+    was_distributed = resume and "distributed" in json.loads((run_dir / CONFIG_FILE).read_text())
+    if world.distributed or was_distributed:
+        out["distributed"] = {"world_size": world.size, "backend": world.backend}
+    return out
 
 
 def load_run(run_dir: PathLike, device: Optional[Union[str, torch.device]] = None) -> tuple[Config, Any]:
@@ -688,6 +740,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     parser.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
                         help="also write last.pt every STEPS training steps (default: at epoch ends only)")
+    parser.add_argument("--dist-timeout", type=float, default=300.0, metavar="SECONDS",
+                        help="under torchrun: give up when the other ranks do not answer within this time")
     add_data_arguments(parser)
 
 
@@ -714,9 +768,24 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, Path]:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from ralbook import distributed
+
     cfg, out = config_from_args(args)
-    result = train(cfg, out, resume=args.resume, progress=not args.no_progress,
-                   checkpoint_every=args.checkpoint_every)
+    # under torchrun: join the other ranks (a no-op for a single process)
+    world = distributed.init_from_env(resolve_device(cfg.train.device), args.dist_timeout)
+    try:
+        result = train(cfg, out, resume=args.resume, progress=not args.no_progress,
+                       checkpoint_every=args.checkpoint_every)
+    except RuntimeError as err:  # gloo reports a vanished peer as a plain RuntimeError
+        if not (world.distributed and distributed.is_communication_error(err)):
+            raise
+        raise RalbookError(f"rank {world.rank}: lost the other ranks (one failed or stalled for more than "
+                           f"--dist-timeout {args.dist_timeout:.0f} s; its own message says why): "
+                           f"{' '.join(str(err).split())[:80]}") from err
+    finally:
+        distributed.shutdown()
+    if not world.is_main:
+        return 0
     nan = float("nan")
     val_sumr = result.best_val.get("fused", {}).get("SumR", nan)
     test_sumr = (result.test or {}).get("fused", {}).get("SumR", nan)

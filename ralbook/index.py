@@ -1,0 +1,385 @@
+"""Two-stage retrieval over a stored index of encoded videos, for collections too large to score exhaustively.
+
+``python -m ralbook index`` encodes every video of a split once and stores the encodings (clip
+tokens, frame tokens, frame mask) as memory-mapped ``.npy`` arrays next to a small manifest
+(model hash, configuration, video ids) and the model weights. Building writes one batch of videos
+at a time, so it holds the same memory whatever the collection size.
+
+Searching ranks every video by the clip-scale score first (an exact matrix product over the
+stored clip tokens, read chunk by chunk), keeps the ``rerank`` best videos of each query and
+computes the full fused score only for them. The final order is those K videos by fused score,
+followed by every other video in first-stage order. A relevant video outside the first-stage top K
+therefore keeps its first-stage rank, which is always worse than K: recall at cut-offs <= K
+counts it as missed, and ``evaluate --index`` reports how often that happens.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ralbook.errors import RalbookError
+
+PathLike = Union[str, os.PathLike]
+INDEX_FORMAT, INDEX_VERSION = "ralbook-index", 1
+MANIFEST, MODEL_FILE = "manifest.json", "model.pt"
+ARRAYS = ("clips", "frames", "mask")  # the fields of VideoEncoding, in order
+DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+class IndexFolderError(RalbookError):
+    """An index folder that is missing, incomplete, or built from another model."""
+
+
+def model_hash(model: torch.nn.Module) -> str:
+    """sha256 of the parameter and buffer names, shapes, dtypes and values (identifies the weights)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def _open_npy(path: Path, shape: tuple[int, ...], dtype: Any) -> Any:
+    """A new .npy file of ``shape`` (its header written, the data still empty), opened for appending rows."""
+    with path.open("wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                 "fortran_order": False, "shape": shape})
+    handle = path.open("r+b")
+    handle.seek(0, os.SEEK_END)
+    return handle
+
+
+def build_index(model: Any, collection: Any, split: str, cfg: Any, out_dir: PathLike,
+                device: Optional[torch.device] = None, batch_size: int = 64, dtype: str = "float32",
+                video_ids: Optional[list[str]] = None, progress: bool = True) -> Path:
+    """Encode the videos of ``split`` into ``out_dir``; the manifest is written last (it marks a complete index)."""
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from ralbook.checkpoint import save_atomic
+    from ralbook.data import VideoDataset, collate_videos
+    from ralbook.evaluate import autocast
+
+    if dtype not in DTYPES:
+        raise RalbookError(f"index dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # an interrupted rebuild must not look complete
+    device = device or next(model.parameters()).device
+    ids = list(video_ids) if video_ids is not None else collection.videos(split)
+    if not ids:
+        raise RalbookError(f"split {split!r} of collection {cfg.data.collection!r} has no videos to index")
+    m = cfg.model
+    shapes = {"clips": (len(ids), m.n_clips, m.hidden_size), "frames": (len(ids), m.max_frames, m.hidden_size),
+              "mask": (len(ids), m.max_frames)}
+    files = {name: _open_npy(out / f"{name}.npy", shape, DTYPES[dtype]) for name, shape in shapes.items()}
+    loader = DataLoader(VideoDataset(collection, ids), batch_size=batch_size, shuffle=False,
+                        num_workers=cfg.data.num_workers, collate_fn=collate_videos)
+    was_training = model.training
+    model.eval()
+    done = 0
+    try:
+        with torch.no_grad():
+            for batch in tqdm(loader, desc="index videos", leave=False, disable=not progress):
+                with autocast(device, cfg.train.amp):
+                    enc = model.encode_videos(batch["clip_feats"].to(device), batch["frame_feats"].to(device),
+                                              batch["frame_mask"].to(device))
+                for name in ARRAYS:  # plain writes at the batch's place: memory holds one batch only
+                    files[name].write(getattr(enc, name).float().cpu().numpy().astype(DTYPES[dtype]).tobytes())
+                done += len(enc)
+    finally:
+        model.train(was_training)
+        for f in files.values():
+            f.close()
+    if done != len(ids):
+        raise RalbookError(f"indexing {out}: encoded {done} videos, expected {len(ids)}")
+    save_atomic({"format": "ralbook-model", "version": 1, "config": cfg.to_dict(),
+                 "model": {k: v.cpu() for k, v in model.state_dict().items()}}, out / MODEL_FILE)
+    manifest = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "model_hash": model_hash(model),
+                "config": cfg.to_dict(), "collection": cfg.data.collection, "split": split, "dtype": dtype,
+                "n_videos": len(ids), "video_ids": ids, "shapes": {k: list(v) for k, v in shapes.items()}}
+    tmp = out / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest))
+    os.replace(tmp, out / MANIFEST)
+    return out
+
+
+# ----------------------------------------------------------------------------- searching
+
+
+@dataclass
+class SearchResult:
+    """Top ``k`` videos of each query, best first."""
+
+    indices: np.ndarray  # (Nq, k) positions in the index
+    scores: np.ndarray   # (Nq, k) fused scores
+    ids: list[list[str]]
+
+
+class Index:
+    """An index folder: memory-mapped encodings, the model that made them, and the video ids."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], arrays: dict[str, np.ndarray], model: Any):
+        self.path, self.manifest, self.arrays, self.model = path, manifest, arrays, model
+        self.video_ids: list[str] = list(manifest["video_ids"])
+
+    @classmethod
+    def open(cls, path: PathLike, model: Optional[Any] = None, device: Union[str, torch.device] = "cpu") -> "Index":
+        """Open an index; ``model`` (default: the weights stored in it) must be the one that built it."""
+        from ralbook.checkpoint import load_file
+        from ralbook.config import Config
+        from ralbook.evaluate import load_model_state
+        from ralbook.model import build_model
+
+        path = Path(path)
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            raise IndexFolderError(f"{path} is not a complete ralbook index: it holds no {MANIFEST} "
+                              f"(build it with `python -m ralbook index`)")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as err:
+            raise IndexFolderError(f"{manifest_path} is not valid JSON: {err}") from err
+        if manifest.get("format") != INDEX_FORMAT or manifest.get("version") != INDEX_VERSION:
+            raise IndexFolderError(f"{manifest_path}: expected format {INDEX_FORMAT} version {INDEX_VERSION}, got "
+                              f"{manifest.get('format')!r} version {manifest.get('version')!r}")
+        arrays = {}
+        for name in ARRAYS:
+            array = np.load(path / f"{name}.npy", mmap_mode="r")
+            if list(array.shape) != manifest["shapes"][name]:
+                raise IndexFolderError(f"{path / (name + '.npy')}: shape {list(array.shape)}, the manifest says "
+                                  f"{manifest['shapes'][name]}")
+            arrays[name] = array
+        if model is None:
+            cfg = Config.from_dict(manifest["config"])
+            model = build_model(cfg.model)
+            load_model_state(model, load_file(path / MODEL_FILE)["model"], path / MODEL_FILE)
+        if model_hash(model) != manifest["model_hash"]:
+            raise IndexFolderError(f"{path} was built with other model weights (hash {manifest['model_hash'][:12]}, "
+                              f"this model {model_hash(model)[:12]}): rebuild the index with this checkpoint")
+        return cls(path, manifest, arrays, model.to(device).eval())
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def videos(self, index: Union[slice, np.ndarray]) -> Any:
+        """Some stored encodings as a float32 VideoEncoding on the model's device."""
+        from ralbook.model import VideoEncoding
+
+        return VideoEncoding(*(torch.from_numpy(np.array(self.arrays[n][index], dtype=np.float32))
+                               .to(self.device) for n in ARRAYS))
+
+    def encode_queries(self, query_features: Tensor, query_mask: Tensor) -> Any:
+        with torch.no_grad():
+            return self.model.encode_queries(query_features.to(self.device).float(), query_mask.to(self.device))
+
+    def first_stage(self, queries: Any, video_chunk: int = 1000) -> Tensor:
+        """(Nq, Nv) clip-scale scores, exact, reading the stored clip tokens ``video_chunk`` videos at a time."""
+        from ralbook.model import VideoEncoding
+
+        rows = []
+        with torch.no_grad():
+            for start in range(0, len(self), video_chunk):
+                clips = torch.from_numpy(np.array(self.arrays["clips"][start:start + video_chunk],
+                                                              dtype=np.float32)).to(self.device)
+                empty = clips.new_zeros(clips.shape[0], 0)  # the clip score reads the clip tokens only
+                rows.append(self.model.clip_scores(queries, VideoEncoding(clips, empty, empty)))
+        return torch.cat(rows, dim=1)
+
+    def rerank(self, queries: Any, candidates: Tensor) -> tuple[Tensor, Tensor]:
+        """(clip, frame) scores (Nq, K) of each query against its K candidate videos, one video at a time."""
+        n, k = candidates.shape
+        flat = candidates.reshape(-1).cpu()
+        order = torch.argsort(flat, stable=True)
+        videos, counts = torch.unique_consecutive(flat[order], return_counts=True)
+        owners = torch.arange(n).repeat_interleave(k)[order]
+        clip, frame = torch.empty(n * k), torch.empty(n * k)
+        score = _pair_scorer(self.model, queries)
+        start = 0
+        with torch.no_grad():
+            for v, c in zip(videos.tolist(), counts.tolist()):
+                rows = owners[start:start + c]
+                c_s, f_s = score(rows.to(self.device), self.videos(slice(v, v + 1)))
+                clip[order[start:start + c]] = c_s[:, 0].float().cpu()
+                frame[order[start:start + c]] = f_s[:, 0].float().cpu()
+                start += c
+        return clip.view(n, k), frame.view(n, k)
+
+    def two_stage(self, queries: Any, rerank: int) -> dict[str, Tensor]:
+        """First-stage scores (Nq, Nv), candidates (Nq, K) sorted by video index, their clip/frame/fused scores."""
+        first = self.first_stage(queries).cpu()
+        k = max(1, min(rerank, len(self)))
+        candidates = torch.sort(first.topk(k, dim=1).indices, dim=1).values  # ties in video order, as exhaustive
+        clip, frame = self.rerank(queries, candidates)
+        return {"first": first, "candidates": candidates, "clip": clip, "frame": frame,
+                "fused": self.model.fuse(clip, frame)}
+
+    def search(self, query_features: Tensor, query_mask: Tensor, k: int = 10, rerank: int = 100) -> SearchResult:
+        """The ``k`` best videos of each query: clip-scale first stage, fused score for the top ``rerank``."""
+        stages = self.two_stage(self.encode_queries(query_features, query_mask), max(rerank, k))
+        k = min(k, stages["candidates"].shape[1])
+        order = torch.sort(stages["fused"], dim=1, descending=True, stable=True).indices[:, :k]
+        indices = stages["candidates"].gather(1, order).numpy()
+        return SearchResult(indices, stages["fused"].gather(1, order).numpy(),
+                            [[self.video_ids[j] for j in row] for row in indices])
+
+
+def _pair_scorer(model: Any, queries: Any) -> Any:
+    """f(rows, one_video) -> (clip, frame) scores (len(rows), 1).
+
+    RAL's frame score weights words by a confidence MLP of the query alone: it is computed once per
+    query here instead of once per (query, video) call. Other models go through score_encoded.
+    """
+    if not (getattr(model.cfg, "csa", False) and hasattr(model, "_word_weights")):
+        return lambda rows, video: model.score_encoded(queries.select(rows), video)
+    from ralbook.model import masked_max_sim
+
+    words = F.normalize(queries.words, dim=-1)
+    weights = model._word_weights(words, queries.mask)
+    no_words = queries.words[:, :0]  # the clip score reads the pooled query only: do not copy the words
+
+    def score(rows: Tensor, video: Any) -> tuple[Tensor, Tensor]:
+        clip = model.clip_scores(type(queries)(queries.pooled[rows], no_words[rows], queries.mask[rows, :0]), video)
+        sims = masked_max_sim(words[rows], queries.mask[rows], F.normalize(video.frames, dim=-1), video.mask)
+        return clip, torch.einsum("qvt,qt->qv", sims, weights[rows])
+
+    return score
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def two_stage_ranks(stages: dict[str, Tensor], relevant: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    """Ranks per score kind and whether a relevant video was among the candidates, for two_stage output.
+
+    clip: the exact first-stage rank. frame and fused: a relevant candidate's rank among the K
+    candidates; a relevant video outside them keeps its first-stage rank (> K). Best relevant video wins.
+    """
+    from ralbook.evaluate import ranks_from_scores
+
+    first, candidates = stages["first"], stages["candidates"]
+    n, nv = first.shape
+    out = {"clip": ranks_from_scores(first, relevant)}
+    found = torch.zeros(n, dtype=torch.bool)
+    for kind in ("frame", "fused"):
+        best = torch.full((n,), nv + 1, dtype=torch.long)
+        for r in range(relevant.shape[1]):
+            target = relevant[:, r:r + 1]
+            hit = candidates == target
+            inside = hit.any(dim=1) & (target[:, 0] >= 0)
+            position = torch.where(inside, hit.float().argmax(dim=1), torch.full((n,), -1)).unsqueeze(1)
+            rank = torch.where(inside, ranks_from_scores(stages[kind], position), ranks_from_scores(first, target))
+            best = torch.minimum(best, rank)
+            found |= inside
+        out[kind] = best
+    return out, found
+
+
+def evaluate_index(index: Index, collection: Any, split: str, rerank: int, query_chunk: int = 2000,
+                   relevant: Optional[dict[str, list[str]]] = None, progress: bool = True) -> tuple[Any, int]:
+    """(EvalResult, number of queries with no relevant video among the first-stage top ``rerank``)."""
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from ralbook.data import QueryDataset, collate_queries
+    from ralbook.evaluate import EvalResult, recall_metrics, relevant_indices
+
+    cap_ids = [c for c, _ in collection.captions(split)]
+    loader = DataLoader(QueryDataset(collection, cap_ids), batch_size=query_chunk, shuffle=False,
+                        collate_fn=collate_queries)
+    ranks: dict[str, list[Tensor]] = {"clip": [], "frame": [], "fused": []}
+    tops, missed = [], 0
+    for batch in tqdm(loader, desc=f"two-stage {split}", leave=False, disable=not progress):
+        rel = relevant_indices(batch["cap_ids"], batch["video_ids"], index.video_ids, relevant)
+        stages = index.two_stage(index.encode_queries(batch["query_feats"], batch["query_mask"]), rerank)
+        chunk, found = two_stage_ranks(stages, rel)
+        missed += int((~found).sum())
+        for kind in ranks:
+            ranks[kind].append(chunk[kind])
+        order = torch.sort(stages["fused"], dim=1, descending=True, stable=True).indices[:, :10]
+        tops.append(stages["candidates"].gather(1, order))
+    arrays = {k: torch.cat(v).numpy() for k, v in ranks.items()}
+    top = torch.cat(tops).numpy()
+    result = EvalResult({k: recall_metrics(r) for k, r in arrays.items()}, arrays,
+                        {"clip": top, "frame": top, "fused": top}, cap_ids, index.video_ids, split)
+    return result, missed
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_index_arguments(parser: argparse.ArgumentParser) -> None:
+    from ralbook.evaluate import add_data_arguments
+
+    parser.add_argument("--checkpoint", required=True, help="best.pt of a run, or the authors' checkpoint")
+    parser.add_argument("--preset", choices=["demo", "tvr", "act", "cha"], help="configuration of an authors' file")
+    parser.add_argument("--split", default="test", help="caption file whose videos are indexed (default test)")
+    parser.add_argument("--out", required=True, help="index folder to write")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                        help="storage type of the encodings (float16 halves the disk size)")
+    parser.add_argument("--batch-size", type=int, default=64, help="videos encoded at once (bounds memory)")
+    add_data_arguments(parser)
+
+
+def run_index(args: argparse.Namespace) -> int:
+    from ralbook.data import Collection
+    from ralbook.evaluate import (apply_data_arguments, check_dims, model_from_checkpoint, require_data_root,
+                                  resolve_device)
+
+    cfg, model, _ = model_from_checkpoint(args.checkpoint, args.preset, adjust=lambda c: apply_data_arguments(c, args))
+    require_data_root(cfg)
+    collection = Collection.from_config(cfg.data)
+    check_dims(cfg, collection)
+    device = resolve_device(cfg.train.device)
+    started = time.perf_counter()
+    out = build_index(model.to(device), collection, args.split, cfg, args.out, device, args.batch_size, args.dtype,
+                      progress=not args.no_progress)
+    size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
+    print(f"index {out}: {len(collection.videos(args.split))} videos of {cfg.data.collection} {args.split}, "
+          f"{size:.1f} MiB, {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def run_index_evaluation(args: argparse.Namespace, model: Any, cfg: Any, collection: Any) -> int:
+    """``evaluate --index DIR --rerank K``: two-stage ranking with the model of --checkpoint."""
+    from ralbook.evaluate import format_metrics, read_relevant_file
+
+    index = Index.open(args.index, model=model)
+    if index.manifest["split"] != args.split:
+        raise IndexFolderError(f"{args.index} indexes split {index.manifest['split']!r}, not {args.split!r}")
+    extra = read_relevant_file(args.relevant) if args.relevant else None
+    result, missed = evaluate_index(index, collection, args.split, args.rerank, relevant=extra,
+                                    progress=not args.no_progress)
+    n = len(result.cap_ids)
+    print(format_metrics(result, title=f"{cfg.data.collection} {args.split}: {n} queries x {len(index)} videos, "
+                                       f"two-stage (clip-scale top {args.rerank}, then fused)"))
+    print(f"{missed} of {n} queries ({100.0 * missed / n:.1f}%) have no relevant video among the first-stage top "
+          f"{args.rerank}; such a video keeps its first-stage rank (> {args.rerank})")
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({**result.to_json(), "rerank": args.rerank, "outside_rerank": missed}, indent=1))
+    return 0
+
+
+__all__ = ["Index", "SearchResult", "build_index", "evaluate_index", "model_hash", "two_stage_ranks"]

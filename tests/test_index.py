@@ -1,0 +1,125 @@
+"""Index folder and two-stage retrieval: round trip, equality with exhaustive ranking, ranks outside K."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ralbook import cli
+from ralbook.checkpoint import save_atomic
+from ralbook.data import Collection
+from ralbook.evaluate import encode_video_set, evaluate
+from ralbook.index import Index, IndexFolderError, build_index, evaluate_index, model_hash
+from ralbook.model import build_model
+from test_train import easy_demo, tiny_cfg
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+N_TEST = 25
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = easy_demo(tmp_path_factory.mktemp("data"), 10, 4, N_TEST)
+    cfg = tiny_cfg(root)
+    torch.manual_seed(0)
+    model = build_model(cfg.model).eval()
+    collection = Collection.from_config(cfg.data)
+    folder = build_index(model, collection, "test", cfg, tmp_path_factory.mktemp("index") / "idx",
+                         batch_size=7, progress=False)
+    exhaustive = evaluate(model, collection, "test", cfg, "cpu", keep_scores=True, progress=False)
+    return cfg, model, collection, folder, exhaustive
+
+
+def test_the_index_holds_the_encodings_and_the_model(setup, tmp_path):
+    cfg, model, collection, folder, _ = setup
+    index = Index.open(folder)  # with the weights stored in the folder
+    assert index.video_ids == collection.videos("test") and len(index) == N_TEST
+    assert index.manifest["model_hash"] == model_hash(model)
+    want = encode_video_set(model, collection, index.video_ids, torch.device("cpu"), 64, progress=False)
+    got = index.videos(slice(None))
+    for name in ("clips", "frames", "mask"):
+        assert torch.allclose(getattr(got, name), getattr(want, name), atol=1e-6), name
+    assert isinstance(index.arrays["frames"], np.memmap)
+    half = Index.open(build_index(model, collection, "test", cfg, tmp_path / "half", dtype="float16",
+                                  progress=False))
+    assert half.arrays["frames"].dtype == np.float16
+    assert torch.allclose(half.videos(slice(None)).frames, want.frames, atol=2e-3)
+
+
+def test_an_index_refuses_another_model_or_an_unfinished_folder(setup, tmp_path):
+    cfg, model, _, folder, _ = setup
+    other = build_model(cfg.model)
+    with pytest.raises(IndexFolderError, match="other model weights"):
+        Index.open(folder, model=other)
+    (tmp_path / "broken").mkdir()
+    with pytest.raises(IndexFolderError, match="manifest.json"):
+        Index.open(tmp_path / "broken")
+
+
+def test_two_stage_equals_exhaustive_when_k_covers_every_video(setup):
+    cfg, model, collection, folder, exhaustive = setup
+    index = Index.open(folder, model=model)
+    result, missed = evaluate_index(index, collection, "test", rerank=N_TEST, query_chunk=17, progress=False)
+    assert missed == 0
+    for kind in ("clip", "frame", "fused"):
+        assert np.array_equal(result.ranks[kind], exhaustive.ranks[kind]), kind
+    assert result.metrics == exhaustive.metrics
+    feats, mask = _queries(collection, exhaustive.cap_ids[:6])
+    found = index.search(feats, mask, k=5, rerank=N_TEST)
+    fused = torch.from_numpy(exhaustive.scores["fused"][:6])
+    assert np.array_equal(found.indices, torch.sort(fused, dim=1, descending=True, stable=True).indices[:, :5])
+    assert np.allclose(found.scores, fused.gather(1, torch.from_numpy(found.indices)), atol=1e-5)
+
+
+def _queries(collection, cap_ids):
+    from ralbook.data import QueryDataset, collate_queries
+
+    batch = collate_queries([QueryDataset(collection, cap_ids)[i] for i in range(len(cap_ids))])
+    return batch["query_feats"], batch["query_mask"]
+
+
+def test_ranks_outside_the_first_stage_are_first_stage_ranks(setup):
+    """Brute force from the exhaustive score matrices: inside the top K the rank among the K by fused
+    score, outside it the clip-score rank, which exceeds K."""
+    _, model, collection, folder, exhaustive = setup
+    k = 4
+    result, missed = evaluate_index(Index.open(folder, model=model), collection, "test", rerank=k, progress=False)
+    clip, fused = exhaustive.scores["clip"], exhaustive.scores["fused"]
+    index = {v: i for i, v in enumerate(exhaustive.video_ids)}
+    want, outside = [], 0
+    for q, cap in enumerate(exhaustive.cap_ids):
+        own = index[collection.video_of(cap)]
+        by_clip = sorted(range(len(index)), key=lambda j: (-clip[q, j], j))
+        if own in by_clip[:k]:
+            top = sorted(by_clip[:k], key=lambda j: (-fused[q, j], j))
+            want.append(top.index(own) + 1)
+        else:
+            outside += 1
+            want.append(by_clip.index(own) + 1)
+            assert want[-1] > k
+    assert outside > 0 and missed == outside  # the setting does exercise the outside case
+    assert np.array_equal(result.ranks["fused"], np.array(want))
+    assert np.array_equal(result.ranks["clip"], exhaustive.ranks["clip"])
+
+
+def test_index_and_evaluate_commands(setup, tmp_path, capsys):
+    cfg, model, _, _, exhaustive = setup
+    ckpt = tmp_path / "best.pt"
+    save_atomic({"format": "ralbook-model", "version": 1, "config": cfg.to_dict(), "model": model.state_dict()}, ckpt)
+    data = ["--data-root", cfg.data.data_root, "--collection", cfg.data.collection, "--no-progress"]
+    assert cli.main(["index", "--checkpoint", str(ckpt), "--split", "test", "--out", str(tmp_path / "idx")] + data) == 0
+    out_json = tmp_path / "two.json"
+    assert cli.main(["evaluate", "--checkpoint", str(ckpt), "--index", str(tmp_path / "idx"), "--rerank", "3",
+                     "--json", str(out_json)] + data) == 0
+    printed = capsys.readouterr().out
+    assert "have no relevant video among the first-stage top 3" in printed
+    saved = json.loads(out_json.read_text())
+    assert saved["rerank"] == 3 and saved["metrics"]["clip"] == exhaustive.metrics["clip"]
+    other = tmp_path / "other.pt"
+    save_atomic({"format": "ralbook-model", "version": 1, "config": cfg.to_dict(),
+                 "model": build_model(cfg.model).state_dict()}, other)
+    assert cli.main(["evaluate", "--checkpoint", str(other), "--index", str(tmp_path / "idx")] + data) == 2
+    assert "other model weights" in capsys.readouterr().err
