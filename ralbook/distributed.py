@@ -298,8 +298,9 @@ def wrap_for_training(model: nn.Module, device: torch.device) -> nn.Module:
 
 def evaluate_shared(model: Any, collection: Any, split: str, cfg: Any, device: torch.device, *,
                     video_ids: Optional[list[str]] = None, cap_ids: Optional[list[str]] = None,
-                    progress: bool = True) -> Any:
-    """``ralbook.evaluate.evaluate`` with the work shared by the ranks; every rank gets the same result."""
+                    progress: bool = True, source: str = "the model") -> Any:
+    """``ralbook.evaluate.evaluate`` with the work shared by the ranks; every rank gets the same result.
+    ``source`` names the model in errors about non-finite numbers."""
     from ralbook.evaluate import EvalResult, encode_video_set, evaluate, recall_metrics
     from ralbook.model import VideoEncoding
 
@@ -324,7 +325,7 @@ def evaluate_shared(model: Any, collection: Any, split: str, cfg: Any, device: t
         result = None
         if my_caps:
             result = evaluate(model, collection, split, cfg, device, video_ids=video_ids, cap_ids=my_caps,
-                              videos=videos, progress=progress)
+                              videos=videos, progress=progress, source=source)
     finally:
         model.train(was_training)
     parts = [p for p in gather_objects(None if result is None else (result.ranks, result.topk)) if p is not None]

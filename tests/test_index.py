@@ -108,7 +108,8 @@ def test_ranks_outside_the_first_stage_are_first_stage_ranks(setup):
 def test_index_and_evaluate_commands(setup, tmp_path, capsys):
     cfg, model, _, _, exhaustive = setup
     ckpt = tmp_path / "best.pt"
-    save_atomic({"format": "ralbook-model", "version": 1, "config": cfg.to_dict(), "model": model.state_dict()}, ckpt)
+    save_atomic({"format": "ralbook-model", "version": 1, "config": cfg.to_dict(), "model": model.state_dict(),
+                 "epoch": 0, "val_metrics": {}}, ckpt)
     data = ["--data-root", cfg.data.data_root, "--collection", cfg.data.collection, "--no-progress"]
     assert cli.main(["index", "--checkpoint", str(ckpt), "--split", "test", "--out", str(tmp_path / "idx")] + data) == 0
     out_json = tmp_path / "two.json"
