@@ -121,6 +121,6 @@ def test_index_and_evaluate_commands(setup, tmp_path, capsys):
     assert saved["rerank"] == 3 and saved["metrics"]["clip"] == exhaustive.metrics["clip"]
     other = tmp_path / "other.pt"
     save_atomic({"format": "ralbook-model", "version": 1, "config": cfg.to_dict(),
-                 "model": build_model(cfg.model).state_dict()}, other)
+                 "model": build_model(cfg.model).state_dict(), "epoch": 0, "val_metrics": {}}, other)
     assert cli.main(["evaluate", "--checkpoint", str(other), "--index", str(tmp_path / "idx")] + data) == 2
     assert "other model weights" in capsys.readouterr().err
