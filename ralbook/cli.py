@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-demo": ("ralbook.demo", "(re)generate the bundled demo collection"),
     "train": ("ralbook.train", "train a model"),
     "evaluate": ("ralbook.evaluate", "evaluate a checkpoint"),
+    "sigma-report": ("ralbook.uncertainty", "AUC of a model's sigma for ambiguity labels, with baselines"),
     "demo": ("ralbook.pipeline", "the main job: train on the demo data and run all notebooks"),
 }
 
