@@ -348,3 +348,61 @@ def run_sigma_report(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return 0
+
+
+# ----------------------------------------------------------------------------- an input probe
+
+
+def text_statistics(features: Sequence[np.ndarray]) -> np.ndarray:
+    """Raw statistics of each caption's token rows (L, Dt), no model involved: (n, 5).
+
+    Columns: mean, max, min and standard deviation over tokens of a token row's variance over
+    feature dimensions, and the number of tokens. What a probe can read from the input alone.
+    """
+    out = np.empty((len(features), 5))
+    for i, rows in enumerate(features):
+        var = np.asarray(rows, dtype=np.float64).var(axis=1)
+        out[i] = (var.mean(), var.max(), var.min(), var.std(), len(var))
+    return out
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, ridge: float = 1e-3, iterations: int = 100) -> np.ndarray:
+    """Weights (bias last) of a ridge-regularised logistic regression, by Newton's method.
+
+    Features are used as given (standardise them first); deterministic, no solver dependency.
+    """
+    x = np.column_stack([np.asarray(x, dtype=np.float64), np.ones(len(x))])
+    y = np.asarray(y, dtype=np.float64)
+    w = np.zeros(x.shape[1])
+    penalty = ridge * np.eye(x.shape[1])
+    penalty[-1, -1] = 0.0
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-np.clip(x @ w, -50, 50)))
+        grad = x.T @ (p - y) + penalty @ w
+        hess = (x * (p * (1 - p))[:, None]).T @ x + penalty
+        step = np.linalg.solve(hess + 1e-9 * np.eye(x.shape[1]), grad)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return w
+
+
+def probe_auc(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
+    """AUC on held-out items of a logistic probe fitted on training items (features standardised on train)."""
+    mean, std = train_x.mean(axis=0), train_x.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    w = fit_logistic((train_x - mean) / std, train_y)
+    score = ((test_x - mean) / std) @ w[:-1]
+    positive = np.asarray(test_y) == 1
+    return auc(score[positive], score[~positive])
+
+
+def caption_probe_auc(collection: Any, truth: Any, train_split: str = "train", test_split: str = "test") -> float:
+    """:func:`probe_auc` of ambiguity from :func:`text_statistics`, trained on one split's captions and
+    tested on another's (the generator's ground truth gives the labels)."""
+    def data(split: str) -> tuple[np.ndarray, np.ndarray]:
+        caps = [c for c, _ in collection.captions(split) if c in truth.captions]
+        return (text_statistics([collection.text_features(c) for c in caps]),
+                np.array([truth.captions[c].ambiguity for c in caps]))
+
+    return probe_auc(*data(train_split), *data(test_split))
