@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("ralbook.train", "train a model"),
     "evaluate": ("ralbook.evaluate", "evaluate a checkpoint"),
     "sigma-report": ("ralbook.uncertainty", "AUC of a model's sigma for ambiguity labels, with baselines"),
+    "robustness": ("ralbook.robustness", "the robustness study: models x ambiguity x noise, cached runs"),
     "demo": ("ralbook.pipeline", "the main job: train on the demo data and run all notebooks"),
 }
 

@@ -274,19 +274,23 @@ class ModelOutputs:
     score_caps: list[str]
     score_videos: list[str]
     n_frames: list[int]
+    metrics: dict[str, dict[str, float]]   # the ranking's R@K (with ``relevant`` when given)
 
 
 def model_outputs(model: Any, collection: Any, split: str, cfg: Any = None, batch_size: int = 32,
-                  progress: bool = False) -> ModelOutputs:
-    """Run the MSRA heads and the ranking once over a split (reusing analysis and evaluate)."""
+                  relevant: Any = None, progress: bool = False) -> ModelOutputs:
+    """Run the MSRA heads and the ranking once over a split (reusing analysis and evaluate).
+
+    ``relevant`` (file or dict caption id -> videos) only changes the recalls, not the scores.
+    """
     from ralbook.analysis import collect_distributions
     from ralbook.evaluate import evaluate
 
     video_ids = collection.videos(split)
     dist = collect_distributions(model, collection, video_ids, split, batch_size=batch_size, progress=progress)
-    result = evaluate(model, collection, split, cfg, keep_scores=True, progress=progress)
+    result = evaluate(model, collection, split, cfg, keep_scores=True, relevant=relevant, progress=progress)
     return ModelOutputs(dist, result.scores["fused"], list(result.cap_ids), list(result.video_ids),
-                        [collection.n_frames(v) for v in dist.video_ids])
+                        [collection.n_frames(v) for v in dist.video_ids], result.metrics)
 
 
 def sigma_report(outputs: ModelOutputs, labels: Labels, level: Optional[str] = None,
