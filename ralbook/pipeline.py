@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 from ralbook.errors import RalbookError
 
 # The numbered notebooks, in order. The main job runs all but the sweep, which trains four more models
-# (``--ablation`` adds it).
+# (``--ablation`` adds it), and the robustness study, which trains dozens (``--robustness`` adds it).
 NOTEBOOKS: tuple[str, ...] = (
     "00_quickstart.ipynb",
     "01_data_inspection.ipynb",
@@ -34,8 +34,10 @@ NOTEBOOKS: tuple[str, ...] = (
     "04_uncertainty.ipynb",
     "05_word_confidence.ipynb",
     "06_ablation_sweep.ipynb",
+    "07_robustness.ipynb",
 )
 SWEEP_NOTEBOOK = "06_ablation_sweep.ipynb"
+ROBUSTNESS_NOTEBOOK = "07_robustness.ipynb"
 KERNEL_NAME = "python3"
 # Files a finished run directory holds (written by ralbook.train); the first is enough to load a model.
 RUN_MARKERS: tuple[str, ...] = ("best.pt", "last.pt")
@@ -345,6 +347,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ablation", action="store_true",
                         help="also run 06_ablation_sweep (trains 4 more models; adds several minutes)")
     parser.add_argument("--ablation-epochs", type=int, default=3, help="epochs per ablation variant (default 3)")
+    parser.add_argument("--robustness", action="store_true",
+                        help="also run 07_robustness (the full study: about 45 minutes on 2 CPU cores; cached)")
     parser.add_argument("--retrain", action="store_true",
                         help="delete OUT/run and train again (default: reuse or resume the run there)")
 
@@ -370,6 +374,8 @@ def demo_parameters(name: str, out: Path, run_dir: Path, data_root: Path, figure
         return {**common, "data_root": str(data_root)}
     if name.startswith("02"):
         return {**common, **per_run, "preset": "demo", "epochs": epochs, "resume": True}
+    if name.startswith("07"):
+        return {**common, "device": device, "cache_dir": str(out / "robustness")}
     if name.startswith("06"):
         return {**common, "data_root": str(data_root), "device": device, "sweep_dir": str(out / "ablation"),
                 "epochs": ablation_epochs}
@@ -388,7 +394,8 @@ def run_demo(args: argparse.Namespace) -> int:
     run_dir = out / "run"
     nb_dir = root / "notebooks"
     available = [n for n in NOTEBOOKS if (nb_dir / n).is_file()]
-    default = [n for n in available if n != SWEEP_NOTEBOOK or getattr(args, "ablation", False)]
+    opt_in = {SWEEP_NOTEBOOK: getattr(args, "ablation", False), ROBUSTNESS_NOTEBOOK: getattr(args, "robustness", False)}
+    default = [n for n in available if opt_in.get(n, True)]
     names = _selected(args.notebooks, available) if args.notebooks else default
     if not (data_root / "demo").is_dir():
         raise RalbookError(f"demo data not found in {data_root}/demo (regenerate it: python -m ralbook make-demo)")

@@ -364,3 +364,32 @@ def test_main_job_runs_selected_notebooks_and_says_where(alone, tiny_root, out_d
     assert any(p.name.startswith("01_data_inspection_demo") for p in figures.iterdir())
     for where in (out / "notebooks", out / "run", figures):
         assert str(where) in printed
+
+
+@pytest.mark.slow
+def test_07_robustness_tiny_study(tiny_root, out_dir):
+    """A tiny plan (2 models, 1 seed, 1 epoch, a 2-point PM sweep): runs, cache, figures and generated findings."""
+    cache = out_dir / "robustness"
+    params = dict(cache_dir=str(cache), ambiguity=[0.5], noise=["low", "high"], models=["ral", "gmmformer_v2"],
+                  seeds=[0], loss_scales=[1.0, 10.0], sweep_terms=["pm"], n_train=12, n_val=4, n_test=10, epochs=1,
+                  hidden_size=16, n_boot=20)
+    s = execute("07_robustness", out_dir, **params)
+    # grid 1 x 2 x 2 x 1 = 4 runs, sweep 2 (x1 is the grid's RAL run at noise low): 5 distinct runs
+    assert (s["n_runs"], s["trained"], s["cached"]) == (6, 5, 1)
+    assert len(list((cache / "runs").iterdir())) == 5
+    results = [json.loads(p.read_text()) for p in (cache / "runs").glob("*/result.json")]
+    grid = [g for g in s["summary"] if g["group"] == "grid"]
+    swept = next(g for g in s["summary"] if g["scale"] == 10.0)
+    assert sorted([g["sumr_mean"] for g in grid] + [swept["sumr_mean"]]) == pytest.approx(
+        sorted(r["sumr"] for r in results))  # one seed: each mean is the run's own SumR
+    assert s["findings"] and all(isinstance(line, str) for line in s["findings"])
+    assert_figures(s, "sumr_vs_ambiguity", "sigma_auc_vs_weight")
+    again = execute("07_robustness", out_dir, **params)
+    assert (again["trained"], again["cached"]) == (0, 6) and again["summary"] == s["summary"]
+
+
+def test_main_job_parameters_of_the_opt_in_study(tmp_path):
+    params = pipeline.demo_parameters("07_robustness.ipynb", tmp_path, tmp_path / "run", tmp_path / "data",
+                                      tmp_path / "figures", "cpu", 0)
+    assert params["cache_dir"] == str(tmp_path / "robustness") and params["device"] == "cpu"
+    assert "07_robustness.ipynb" in pipeline.NOTEBOOKS and pipeline.ROBUSTNESS_NOTEBOOK == "07_robustness.ipynb"
