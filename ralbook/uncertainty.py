@@ -278,17 +278,28 @@ class ModelOutputs:
 
 
 def model_outputs(model: Any, collection: Any, split: str, cfg: Any = None, batch_size: int = 32,
-                  relevant: Any = None, progress: bool = False) -> ModelOutputs:
+                  relevant: Any = None, video_ids: Optional[Sequence[str]] = None,
+                  progress: bool = False) -> ModelOutputs:
     """Run the MSRA heads and the ranking once over a split (reusing analysis and evaluate).
 
     ``relevant`` (file or dict caption id -> videos) only changes the recalls, not the scores.
+    ``video_ids``: a subset of the split's videos (their captions ranked against them only).
     """
     from ralbook.analysis import collect_distributions
     from ralbook.evaluate import evaluate
 
-    video_ids = collection.videos(split)
+    video_ids = list(video_ids) if video_ids is not None else collection.videos(split)
+    chosen = set(video_ids)
+    cap_ids = [c for c, _ in collection.captions(split) if collection.video_of(c) in chosen]
     dist = collect_distributions(model, collection, video_ids, split, batch_size=batch_size, progress=progress)
-    result = evaluate(model, collection, split, cfg, keep_scores=True, relevant=relevant, progress=progress)
+    if isinstance(relevant, (str, Path)):
+        from ralbook.evaluate import read_relevant_file
+
+        relevant = read_relevant_file(relevant)
+    if relevant is not None:  # keep only the videos ranked here
+        relevant = {c: [v for v in vs if v in chosen] for c, vs in relevant.items() if c in set(cap_ids)}
+    result = evaluate(model, collection, split, cfg, video_ids=video_ids, cap_ids=cap_ids, keep_scores=True,
+                      relevant=relevant, progress=progress)
     return ModelOutputs(dist, result.scores["fused"], list(result.cap_ids), list(result.video_ids),
                         [collection.n_frames(v) for v in dist.video_ids], result.metrics)
 
@@ -301,6 +312,38 @@ def sigma_report(outputs: ModelOutputs, labels: Labels, level: Optional[str] = N
     items = item_scalars(level, outputs.dist, outputs.scores, outputs.score_caps, outputs.score_videos,
                          outputs.n_frames, temperature)
     return report(items, labels, n_boot, seed)
+
+
+def subset_labels(labels: Labels, ids: CollectionT[str]) -> Optional[Labels]:
+    """The labels of the items in ``ids`` only (None when fewer than both classes remain)."""
+    keep = [i for i, k in enumerate(labels.ids) if k in ids]
+    values = labels.values[keep]
+    if values.size == 0 or values.min() == values.max():
+        return None
+    return Labels(labels.kind, [labels.ids[i] for i in keep], values, labels.path)
+
+
+def interpret(reports: dict[str, dict[str, Any]], probe: Optional[float] = None) -> list[str]:
+    """Plain sentences computed from sigma reports (name -> report): does the interval exclude 0.5,
+    and does sigma beat the strongest baseline (distance of its AUC from 0.5)?"""
+    lines = []
+    if probe is not None:
+        lines.append(f"The inputs carry the ambiguity: a logistic probe on raw token statistics (no model) separates "
+                     f"ambiguous from specific held-out captions with AUC {probe:.3f}.")
+    for name, r in reports.items():
+        low, high = r["auc_ci"]
+        if low > 0.5:
+            relation = "higher for the label-1 items: the interval excludes 0.5"
+        elif high < 0.5:
+            relation = "lower for the label-1 items (the opposite of the claim): the interval excludes 0.5"
+        else:
+            relation = "not related to the labels at this sample size: the interval includes 0.5"
+        best, value = max(r["baselines"].items(), key=lambda kv: abs(kv[1] - 0.5))
+        beats = abs(r["auc"] - 0.5) > abs(value - 0.5)
+        lines.append(f"{name} ({r['level']} level, {r['n_pos']} vs {r['n_neg']}): sigma AUC {r['auc']:.3f} "
+                     f"[{low:.3f}, {high:.3f}], so sigma is {relation}. The strongest baseline, {best}, reaches "
+                     f"{value:.3f}: sigma {'separates better than' if beats else 'does not beat'} it.")
+    return lines
 
 
 def labels_for_split(path: str | Path, collection: Any, split: str) -> Labels:
