@@ -255,8 +255,8 @@ def report(items: ItemScalars, labels: Labels, n_boot: int = DEFAULT_BOOTSTRAP, 
 def format_report(result: dict[str, Any], title: str = "") -> str:
     """The report as a short fixed-width table: sigma first, then the baselines."""
     lines = [title] if title else []
-    lines.append(f"level {result['level']}: {result['n_pos']} ambiguous vs {result['n_neg']} specific "
-                 "(AUC 0.5 = no relation; larger score = predicted ambiguous)")
+    lines.append(f"level {result['level']}: {result['n_pos']} items labelled 1 (ambiguous) vs {result['n_neg']} "
+                 "labelled 0 (AUC 0.5 = no relation; larger score = predicted label 1)")
     lines.append(f"{'score':<14}{'AUC':>7}   95% interval")
     low, high = result["auc_ci"]
     lines.append(f"{'sigma':<14}{result['auc']:>7.3f}   [{low:.3f}, {high:.3f}]")

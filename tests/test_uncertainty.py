@@ -234,3 +234,27 @@ def test_cli_sigma_report_errors_are_one_line(trained, tmp_path, capsys):
     assert cli.main(["sigma-report", "--checkpoint", str(ckpt), "--labels", str(tmp_path / "v.tsv"),
                      "--level", "caption", "--no-progress"]) == 2
     assert "needs both labels" in capsys.readouterr().err
+
+
+def test_interpretation_follows_the_numbers():
+    from ralbook.uncertainty import interpret
+
+    above = {"level": "caption", "auc": 0.68, "auc_ci": [0.64, 0.72], "n_pos": 3, "n_neg": 4,
+             "baselines": {"length": 0.42, "entropy": 0.74}}
+    inside = dict(above, auc=0.52, auc_ci=[0.47, 0.57], baselines={"length": 0.51})
+    below = dict(above, auc=0.3, auc_ci=[0.25, 0.35], baselines={"length": 0.45})
+    lines = interpret({"a": above, "b": inside, "c": below}, probe=0.957)
+    assert "AUC 0.957" in lines[0]
+    assert "0.680 [0.640, 0.720]" in lines[1] and "interval excludes 0.5" in lines[1]
+    assert "entropy, reaches 0.740: sigma does not beat it" in lines[1]
+    assert "interval includes 0.5" in lines[2] and "separates better than" in lines[2]
+    assert "opposite of the claim" in lines[3]
+
+
+def test_subset_labels_keeps_both_classes_or_gives_none():
+    from ralbook.uncertainty import subset_labels
+
+    labels = Labels("caption", ["a", "b", "c"], np.array([1, 0, 1]), "x.tsv")
+    kept = subset_labels(labels, {"a", "b"})
+    assert kept.ids == ["a", "b"] and kept.values.tolist() == [1, 0]
+    assert subset_labels(labels, {"a", "c"}) is None
