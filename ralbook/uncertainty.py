@@ -339,10 +339,15 @@ def interpret(reports: dict[str, dict[str, Any]], probe: Optional[float] = None)
         else:
             relation = "not related to the labels at this sample size: the interval includes 0.5"
         best, value = max(r["baselines"].items(), key=lambda kv: abs(kv[1] - 0.5))
-        beats = abs(r["auc"] - 0.5) > abs(value - 0.5)
+        lead = abs(r["auc"] - 0.5) - abs(value - 0.5)
+        if abs(lead) < (high - low) / 2:
+            verdict = (f"sigma {'separates slightly better than' if lead > 0 else 'does not beat'} it, by "
+                       f"{abs(lead):.3f}, less than half its interval width (not a clear difference)")
+        else:
+            verdict = f"sigma {'separates better than' if lead > 0 else 'does not beat'} it (by {abs(lead):.3f})"
         lines.append(f"{name} ({r['level']} level, {r['n_pos']} vs {r['n_neg']}): sigma AUC {r['auc']:.3f} "
                      f"[{low:.3f}, {high:.3f}], so sigma is {relation}. The strongest baseline, {best}, reaches "
-                     f"{value:.3f}: sigma {'separates better than' if beats else 'does not beat'} it.")
+                     f"{value:.3f}: {verdict}.")
     return lines
 
 

@@ -246,8 +246,9 @@ def test_interpretation_follows_the_numbers():
     lines = interpret({"a": above, "b": inside, "c": below}, probe=0.957)
     assert "AUC 0.957" in lines[0]
     assert "0.680 [0.640, 0.720]" in lines[1] and "interval excludes 0.5" in lines[1]
-    assert "entropy, reaches 0.740: sigma does not beat it" in lines[1]
-    assert "interval includes 0.5" in lines[2] and "separates better than" in lines[2]
+    assert "entropy, reaches 0.740: sigma does not beat it (by 0.060)" in lines[1]
+    assert "interval includes 0.5" in lines[2] and "separates slightly better than it, by 0.010" in lines[2]
+    assert "separates better than it (by 0.150)" in lines[3]
     assert "opposite of the claim" in lines[3]
 
 
