@@ -25,7 +25,9 @@ NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 DEMO_SIZES = {"n_train": 300, "n_val": 50, "n_test": 100}
 TINY = {"hidden_size": 32}
 TINY_OVERRIDES = {"train.lr": 1e-3}
-TRAIN_EPOCHS = 3
+# 5, not 3: with the generator's noisy generic words (version 2), word confidence needs more steps to prefer
+# content words; this run's filler AUC measured 0.51 after 3 epochs, 0.74 after 5 (full demo training: 0.975).
+TRAIN_EPOCHS = 5
 
 
 # ----------------------------------------------------------------------------- stored notebooks (fast)
@@ -270,9 +272,10 @@ def test_05_word_confidence(trained, out_dir):
     Thresholds, with the values observed on this machine:
 
     * ``filler_auc`` (probability that a content word gets more confidence than a filler word, pooled over
-      the test captions): 0.5 means no preference. Untrained models give 0.46-0.60 (8 seeds); this test's
-      small run gives 0.79, short runs of the same size with other seeds 0.81-0.90, and the full demo
-      training 0.98. Threshold 0.7: well above every untrained value, with room for seed and platform noise.
+      the test captions): 0.5 means no preference. Untrained models give 0.46-0.60 (8 seeds). On the
+      version-1 generator this test's small run (3 epochs) gave 0.79; on version 2 (noisy generic words) the
+      same run gives 0.51 after 3 epochs and 0.74 after 5 (TRAIN_EPOCHS), the full demo training 0.975.
+      Threshold 0.7: above every untrained value; the margin at 5 epochs is thin (0.04).
     * localisation (share of words whose best-matching frame lies inside the caption's ground-truth moment):
       content words 0.45 against a chance level of 0.22 (the moment's share of the frames) and 0.29 for
       filler words in this test's run; 0.70 / 0.22 / 0.42 after the full demo training. Thresholds: content
