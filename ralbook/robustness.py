@@ -47,7 +47,12 @@ SWEEP_TERMS: dict[str, str] = {"pm": "loss.pm_weight", "da": "loss.da_weight"}
 
 @dataclass(frozen=True)
 class StudyPlan:
-    """What the study trains. Defaults: the full study (66 runs, sized for about 45 minutes on 2 CPU cores)."""
+    """What the study trains. Defaults: the full study (72 runs, 66 distinct: the sweep's x1 runs are grid runs).
+
+    Sized to fit about 45 minutes on two free CPU cores: a run took about 55 s on a shared 2-core
+    machine under a load of about 10, so a free machine should do better; this is an estimate, not a
+    timing on a free machine.
+    """
 
     ambiguity: tuple[float, ...] = (0.0, 0.25, 0.5)
     noise: tuple[str, ...] = ("low", "high")
