@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("ralbook.train", "train a model"),
     "evaluate": ("ralbook.evaluate", "evaluate a checkpoint"),
     "index": ("ralbook.index", "encode a split's videos once into an index folder (two-stage retrieval)"),
+    "sigma-report": ("ralbook.uncertainty", "AUC of a model's sigma for ambiguity labels, with baselines"),
+    "robustness": ("ralbook.robustness", "the robustness study: models x ambiguity x noise, cached runs"),
     "demo": ("ralbook.pipeline", "the main job: train on the demo data and run all notebooks"),
     "extract": ("ralbook.extract", "video files (+ captions) -> a collection of CLIP features"),
     "search": ("ralbook.search", "rank a collection's videos for a free-text query"),

@@ -11,9 +11,15 @@ what RAL is meant to do:
   inside a moment are a fixed linear map of the moment's concept vectors plus slow drift and noise,
   background frames carry a scene signal that no caption names;
 * words: one token row per word, stored beside the features; content words embed their concept,
-  generic words ("person", "moves", "something") embed a whole family, filler words ("the", "then")
-  are fixed vectors orthogonal to every concept;
-* query ambiguity: ambiguous captions name the action and the object with generic words;
+  filler words ("the", "then") are fixed vectors orthogonal to every concept; a generic word
+  ("moves", "something", "outdoors") is, at each use, a random mixture of the words of every
+  concept it stands for plus extra noise, so the input itself is spread out;
+* query ambiguity: ambiguous captions name the action and the object with generic words, and
+  truthfully match every video with a moment those words fit: ``GroundTruth/relevant_SPLIT.json``
+  lists them all (``evaluate --relevant`` uses it); ``GroundTruth/labels/`` holds label files for
+  ``sigma-report``;
+* video-side uncertainty: videos differ in their number of events (moments) and in the share of
+  frames that no caption describes; ``videos.json`` records both;
 * distractors: moments copied from another video of the split with one or two concepts changed.
 
 Everything is derived from one seed with NumPy generators, computed in float64 and stored as
@@ -34,8 +40,9 @@ import numpy as np
 
 from ralbook.errors import DataError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SPLITS = ("train", "val", "test")
+EVAL_SPLITS = ("val", "test")   # splits that get a multi-ground-truth file and label files
 SLOTS = ("action", "object", "attribute", "place")
 
 # ----------------------------------------------------------------------------- vocabulary (data)
@@ -168,6 +175,7 @@ class DemoParams:
     kind_share: float = 0.3          # weight of the kind vector inside a concept vector
     synonym_noise: float = 0.3
     token_noise: float = 0.4
+    generic_noise: float = 1.5       # extra noise on a generic word's row (on top of its member mixture)
     context_mix: float = 0.15        # each token row mixes in this much of its neighbours' word vectors
     position_strength: float = 0.2
     spread_fraction: float = 0.15    # videos whose last caption is moved to the end of the caption file
@@ -213,6 +221,8 @@ class VideoTruth:
     n_frames: int
     scene: int
     moments: list[Moment]
+    n_events: int = 0                     # moments (events) in the video
+    unrelated_share: float = 0.0          # share of frames inside no captioned moment
 
 
 @dataclass
@@ -260,6 +270,7 @@ class World:
     word_type: dict[str, str]
     word_ref: dict[str, Optional[str]]
     positions: np.ndarray                 # (max_words, text_dim)
+    members: dict[str, np.ndarray] = field(default_factory=dict)  # generic word -> (k, text_dim) member words
 
     def concepts_of(self, kind: str, family: Optional[str] = None) -> list[str]:
         return [c for c, k in self.concept_kind.items()
@@ -328,8 +339,18 @@ def build_world(params: DemoParams) -> World:
             noise = _unit(rng.standard_normal(params.text_dim))
             word_vectors[word] = text_map @ latent[word_ref[word]] + params.synonym_noise * noise
     positions = rng.standard_normal((30, params.text_dim)) / np.sqrt(params.text_dim)
+    members = {word: np.stack([word_vectors[w] for c in _members(ref, kind_of, family_of)
+                               for w in CONCEPTS[kind_of[c]][family_of[c]][c]])
+               for word, ref in GENERIC_WORDS.items() if ref != "person"}
     return World(kind_of, family_of, latent, visual_map, scenes, text_map, word_vectors, word_type, word_ref,
-                 positions)
+                 positions, members)
+
+
+def _members(ref: str, kind_of: dict[str, str], family_of: dict[str, str]) -> list[str]:
+    """Concepts a generic reference ("family:F" or "kind:K") stands for, in table order."""
+    what, name = ref.split(":", 1)
+    table = family_of if what == "family" else kind_of
+    return [c for c in kind_of if table[c] == name]
 
 
 # ----------------------------------------------------------------------------- videos
@@ -509,8 +530,20 @@ def _pad_with_fillers(rng: np.random.Generator, p: DemoParams, words: list[str])
 
 
 def _token_features(rng: np.random.Generator, world: World, p: DemoParams, words: list[str]) -> np.ndarray:
-    """One row per word: its base vector, a little of its neighbours', a position code and noise."""
-    base = np.stack([world.word_vectors[w] for w in words])
+    """One row per word: its base vector, a little of its neighbours', a position code and noise.
+
+    A generic word's base vector is drawn at each use: a Dirichlet(1) mixture of the word vectors
+    of every concept it stands for, plus ``generic_noise`` (so its input is spread out).
+    """
+    rows = []
+    for w in words:
+        if w in world.members:
+            pool = world.members[w]
+            extra = rng.standard_normal(p.text_dim) / np.sqrt(p.text_dim)
+            rows.append(rng.dirichlet(np.ones(len(pool))) @ pool + p.difficulty * p.generic_noise * extra)
+        else:
+            rows.append(world.word_vectors[w])
+    base = np.stack(rows)
     padded = np.concatenate([base[:1], base, base[-1:]])
     neighbours = 0.5 * (padded[:-2] + padded[2:])
     noise = rng.standard_normal(base.shape) / np.sqrt(p.text_dim)
@@ -554,6 +587,7 @@ class _SplitData:
     captions: dict[str, CaptionTruth]
     order: list[str]                       # caption ids in caption-file order
     features: dict[str, np.ndarray]        # cap id -> (L, Dt)
+    relevant: dict[str, list[str]]         # cap id -> every video of the split it describes truthfully
 
 
 def _sample_n_captions(rng: np.random.Generator, p: DemoParams) -> int:
@@ -591,6 +625,10 @@ def _generate_split(split: str, video_ids: list[str], world: World, p: DemoParam
         targets = [int(i) for i in np.concatenate([rng.permutation(len(moments))
                                                    for _ in range(-(-n_caps // len(moments)))])[:n_caps]]
         per_video[vid] = []
+        captioned = sorted(set(targets))
+        videos[vid].n_events = len(moments)
+        videos[vid].unrelated_share = round(1.0 - sum(moments[i].end - moments[i].start for i in captioned)
+                                            / videos[vid].n_frames, 6)
         for j, m_idx in enumerate(targets):
             cap_id = f"{vid}#enc#{j}"
             m = moments[m_idx]
@@ -601,13 +639,14 @@ def _generate_split(split: str, video_ids: list[str], world: World, p: DemoParam
                                             int(ambiguous), 0)
             features[cap_id] = _token_features(rng, world, p, words)
             per_video[vid].append(cap_id)
-    _annotate_confusions(world, videos, captions)
+    relevant = _annotate_confusions(world, videos, captions)
     order = _caption_order(rng, p, video_ids, per_video)
-    return _SplitData(video_ids, frames, videos, captions, order, features)
+    return _SplitData(video_ids, frames, videos, captions, order, features, relevant)
 
 
-def _annotate_confusions(world: World, videos: dict[str, VideoTruth], captions: dict[str, CaptionTruth]) -> None:
-    """Fill ``n_consistent`` and ``distractors`` of every caption of one split.
+def _annotate_confusions(world: World, videos: dict[str, VideoTruth],
+                         captions: dict[str, CaptionTruth]) -> dict[str, list[str]]:
+    """Fill ``n_consistent`` and ``distractors`` of every caption of one split; return the described videos.
 
     ``n_consistent``: videos of the split with a moment the caption describes truthfully (its own
     included): every specific word names one of the moment's concepts and every generic word fits.
@@ -625,7 +664,8 @@ def _annotate_confusions(world: World, videos: dict[str, VideoTruth], captions: 
     slot_of = {c: SLOTS.index(world.concept_kind[c]) for c in names}
     family_slot = {f: SLOTS.index(world.concept_kind[c]) for c, f in world.concept_family.items()}
     moment_base = {v: int(np.flatnonzero(owner == i)[0]) for i, v in enumerate(vids)}
-    for cap in captions.values():
+    relevant: dict[str, list[str]] = {}
+    for cap_id, cap in captions.items():
         fits = np.ones(len(table), dtype=bool)
         for c in cap.concepts:
             fits &= table[:, slot_of[c]] == index[c]
@@ -644,6 +684,9 @@ def _annotate_confusions(world: World, videos: dict[str, VideoTruth], captions: 
         near_video[vids.index(cap.video)] = False
         cap.n_consistent = int(described.sum())
         cap.distractors = [vids[i] for i in np.flatnonzero(near_video)]
+        # own video first, so a reader that takes the first entry gets the caption's source video
+        relevant[cap_id] = [cap.video] + [vids[i] for i in np.flatnonzero(described) if vids[i] != cap.video]
+    return relevant
 
 
 def _caption_order(rng: np.random.Generator, p: DemoParams, video_ids: list[str],
@@ -708,7 +751,7 @@ def generate_from_params(root: str | os.PathLike, params: DemoParams, progress: 
     out = Path(root) / params.collection
     text_dir, truth_dir = out / "TextData", out / "GroundTruth"
     feature_dir = out / "FeatureData" / params.feature
-    for d in (text_dir, truth_dir, feature_dir):
+    for d in (text_dir, truth_dir, truth_dir / "labels", feature_dir):
         d.mkdir(parents=True, exist_ok=True)
 
     ids, start = {}, 0
@@ -756,6 +799,44 @@ def _write_ground_truth(truth_dir: Path, params: DemoParams, world: World, split
                 for data in splits.values() for c, t in data.captions.items()}
     _write_text(truth_dir / "videos.json", _json_lines(videos))
     _write_text(truth_dir / "captions.json", _json_lines(captions))
+    for split in EVAL_SPLITS:
+        data = splits[split]
+        _write_text(truth_dir / relevant_file(split), _json_lines({c: data.relevant[c] for c in data.order}))
+        for name, labels in split_labels(data.videos, data.captions, data.order).items():
+            _write_text(truth_dir / label_file(split, name), "".join(f"{k}\t{v}\n" for k, v in labels.items()))
+
+
+def relevant_file(split: str) -> str:
+    """Path, inside ``GroundTruth/``, of a split's multi-ground truth (caption id -> every matching video)."""
+    return f"relevant_{split}.json"
+
+
+def label_file(split: str, name: str) -> str:
+    """Path, inside ``GroundTruth/``, of one of a split's label files for ``sigma-report``."""
+    return f"labels/{split}_{name}.tsv"
+
+
+def split_labels(videos: dict[str, VideoTruth], captions: dict[str, CaptionTruth],
+                 order: list[str]) -> dict[str, dict[str, int]]:
+    """The 0/1 labels a split's ground truth gives (1 = the uncertain side), per label-file name.
+
+    ``caption_ambiguous``: the caption is ambiguous. ``support_ambiguous``: at least half of the
+    video's captions are ambiguous (the support set is mostly vague). ``video_unrelated``: the
+    video's share of frames that no caption describes is above the split's median.
+    ``video_events``: the video's number of events is above the split's median.
+    """
+    per_video: dict[str, list[int]] = {}
+    for c in order:
+        per_video.setdefault(captions[c].video, []).append(captions[c].ambiguity)
+    vids = list(per_video)
+    unrelated = np.array([videos[v].unrelated_share for v in vids])
+    events = np.array([videos[v].n_events for v in vids])
+    return {
+        "caption_ambiguous": {c: captions[c].ambiguity for c in order},
+        "support_ambiguous": {v: int(2 * sum(a) >= len(a)) for v, a in per_video.items()},
+        "video_unrelated": {v: int(x > np.median(unrelated)) for v, x in zip(vids, unrelated)},
+        "video_events": {v: int(x > np.median(events)) for v, x in zip(vids, events)},
+    }
 
 
 def generate_demo(root: str | os.PathLike = "data", seed: int = 2025, n_train: int = 600, n_val: int = 100,
@@ -797,7 +878,8 @@ def load_ground_truth(root: str | os.PathLike = "data", collection: str = "demo"
             raise DataError(f"{path}: not valid JSON ({err})") from err
     meta = loaded["world.json"]
     videos = {v: VideoTruth(split=d["split"], n_frames=d["n_frames"], scene=d["scene"],
-                            moments=[Moment(**m) for m in d["moments"]])
+                            moments=[Moment(**m) for m in d["moments"]], n_events=d.get("n_events", 0),
+                            unrelated_share=d.get("unrelated_share", 0.0))
               for v, d in loaded["videos.json"].items()}
     words_path = Path(root) / collection / "TextData" / f"{collection}_words.json"
     words = json.loads(words_path.read_text(encoding="utf-8")) if words_path.is_file() else {}

@@ -29,7 +29,7 @@ from ralbook import report
 from ralbook.errors import RalbookError
 
 # The numbered notebooks, in order. The main job runs all but the sweep, which trains four more models
-# (``--ablation`` adds it).
+# (``--ablation`` adds it), and the robustness study, which trains dozens (``--robustness`` adds it).
 NOTEBOOKS: tuple[str, ...] = (
     "00_quickstart.ipynb",
     "01_data_inspection.ipynb",
@@ -38,8 +38,10 @@ NOTEBOOKS: tuple[str, ...] = (
     "04_uncertainty.ipynb",
     "05_word_confidence.ipynb",
     "06_ablation_sweep.ipynb",
+    "07_robustness.ipynb",
 )
 SWEEP_NOTEBOOK = "06_ablation_sweep.ipynb"
+ROBUSTNESS_NOTEBOOK = "07_robustness.ipynb"
 KERNEL_NAME = "python3"
 # The demo job's run folder inside OUT; its name tags the figures (``03_evaluate_ral_demo_recall.png``).
 DEMO_RUN_NAME = "ral_demo"
@@ -387,6 +389,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ablation", action="store_true",
                         help="also run 06_ablation_sweep (trains 4 more models; adds several minutes)")
     parser.add_argument("--ablation-epochs", type=int, default=3, help="epochs per ablation variant (default 3)")
+    parser.add_argument("--robustness", action="store_true",
+                        help="also run 07_robustness (the full study: about 45 minutes on 2 CPU cores; cached)")
     parser.add_argument("--retrain", action="store_true",
                         help=f"delete OUT/{DEMO_RUN_NAME} and train again (default: reuse or resume the run there)")
 
@@ -412,6 +416,8 @@ def demo_parameters(name: str, out: Path, run_dir: Path, data_root: Path, figure
         return {**common, "data_root": str(data_root)}
     if name.startswith("02"):
         return {**common, **per_run, "preset": "demo", "epochs": epochs, "resume": True}
+    if name.startswith("07"):
+        return {**common, "device": device, "cache_dir": str(out / "robustness")}
     if name.startswith("06"):
         return {**common, "data_root": str(data_root), "device": device, "sweep_dir": str(out / "ablation"),
                 "epochs": ablation_epochs}
@@ -430,7 +436,8 @@ def run_demo(args: argparse.Namespace) -> int:
     run_dir = out / DEMO_RUN_NAME
     nb_dir = root / "notebooks"
     available = [n for n in NOTEBOOKS if (nb_dir / n).is_file()]
-    default = [n for n in available if n != SWEEP_NOTEBOOK or getattr(args, "ablation", False)]
+    opt_in = {SWEEP_NOTEBOOK: getattr(args, "ablation", False), ROBUSTNESS_NOTEBOOK: getattr(args, "robustness", False)}
+    default = [n for n in available if opt_in.get(n, True)]
     names = _selected(args.notebooks, available) if args.notebooks else default
     if not (data_root / "demo").is_dir():
         raise RalbookError(f"demo data not found in {data_root}/demo (regenerate it: python -m ralbook make-demo)")

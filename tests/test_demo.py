@@ -168,6 +168,103 @@ def test_consistency_counts_match_a_plain_recount(small):
             assert max(shared) >= 2 and gt.videos[vid].split == cap.split
 
 
+def test_multi_ground_truth_lists_every_described_video(small):
+    """relevant_SPLIT.json: a plain recount with caption_describes, own video first; train has none."""
+    gt = load_ground_truth(small)
+    world = build_world(DemoParams(seed=7, **SMALL))
+    truth_dir = small / "demo" / "GroundTruth"
+    assert not (truth_dir / "relevant_train.json").exists()
+    for split in ("val", "test"):
+        relevant = json.loads((truth_dir / f"relevant_{split}.json").read_text())
+        caps = {c: t for c, t in gt.captions.items() if t.split == split}
+        assert set(relevant) == set(caps)
+        for cap_id, cap in caps.items():
+            want = {vid for vid, v in gt.videos.items() if v.split == split
+                    and any(caption_describes(world, cap.concepts, cap.generic, m.concepts) for m in v.moments)}
+            assert relevant[cap_id][0] == cap.video and set(relevant[cap_id]) == want
+            assert len(relevant[cap_id]) == len(want) == cap.n_consistent
+
+
+def test_evaluation_reads_the_multi_ground_truth(small):
+    from ralbook.evaluate import read_relevant_file, relevant_indices
+
+    relevant = read_relevant_file(small / "demo" / "GroundTruth" / "relevant_test.json")
+    caps = [c for c, _ in read_captions(small, "test")]
+    videos = list(dict.fromkeys(c.split("#")[0] for c in caps))
+    rows = relevant_indices(caps, [c.split("#")[0] for c in caps], videos, relevant)
+    assert [sorted(videos[j] for j in row if j >= 0) for row in rows.tolist()] == [sorted(relevant[c]) for c in caps]
+
+
+def test_videos_record_events_and_unrelated_frames(small):
+    gt = load_ground_truth(small)
+    for vid, video in gt.videos.items():
+        caps = [c for c in gt.captions.values() if c.video == vid]
+        covered = set()
+        for c in caps:
+            covered.update(range(c.start, c.end))
+        assert video.n_events == len(video.moments) >= 1
+        assert video.unrelated_share == pytest.approx(1 - len(covered) / video.n_frames, abs=1e-6)
+    shares = [v.unrelated_share for v in gt.videos.values()]
+    assert min(shares) < max(shares) and len({v.n_events for v in gt.videos.values()}) > 1
+
+
+def test_label_files_follow_the_ground_truth(small):
+    from ralbook.uncertainty import read_labels
+
+    gt = load_ground_truth(small)
+    labels_dir = small / "demo" / "GroundTruth" / "labels"
+    for split in ("val", "test"):
+        caps = {c for c, t in gt.captions.items() if t.split == split}
+        vids = {v for v, t in gt.videos.items() if t.split == split}
+
+        def read(name):
+            rows = [line.split("\t") for line in (labels_dir / f"{split}_{name}.tsv").read_text().splitlines()]
+            return {k: int(v) for k, v in rows}
+
+        assert read("caption_ambiguous") == {c: gt.captions[c].ambiguity for c in caps}
+        support = read("support_ambiguous")
+        for v in vids:
+            own = [gt.captions[c].ambiguity for c in caps if gt.captions[c].video == v]
+            assert support[v] == int(np.mean(own) >= 0.5)
+        median = np.median([gt.videos[v].unrelated_share for v in vids])
+        assert read("video_unrelated") == {v: int(gt.videos[v].unrelated_share > median) for v in vids}
+        if split == "test":  # the sigma-report reader accepts what the generator writes (both classes present)
+            assert read_labels(labels_dir / "test_caption_ambiguous.tsv", caps, vids).kind == "caption"
+
+
+def test_generic_words_are_noisy_mixtures_of_their_members():
+    """A generic word's rows vary from use to use; a specific word's rows vary only by token noise and context."""
+    from ralbook.demo import _token_features
+
+    params = DemoParams(seed=11)
+    world = build_world(params)
+    rng = np.random.default_rng(0)
+    generic = np.stack([_token_features(rng, world, params, ["a", "person", "handles", "the", "ball"])[2]
+                        for _ in range(200)])
+    specific = np.stack([_token_features(rng, world, params, ["a", "person", "lifts", "the", "ball"])[2]
+                         for _ in range(200)])
+    assert generic.var(axis=0).sum() > 3 * specific.var(axis=0).sum()
+    # on average the mixture points at its family: closer to the family's words than to other actions
+    members = world.members["handles"]
+    others = np.stack([world.word_vectors[w] for w in ("walks", "eats", "talks")])
+    mean = generic.mean(axis=0)
+    assert cos(mean[None], members).mean() > cos(mean[None], others).mean() + 0.2
+
+
+@pytest.mark.parametrize("source", ["shipped", "other seed"])
+def test_a_probe_on_raw_text_statistics_separates_ambiguous_captions(source, tmp_path):
+    """The signal is in the inputs: logistic regression on per-caption token-variance statistics,
+    trained on train captions, reaches AUC >= 0.9 on held-out test captions (no model involved)."""
+    from ralbook.data import Collection
+    from ralbook.uncertainty import caption_probe_auc
+
+    root = SHIPPED
+    if source != "shipped":
+        root = tmp_path
+        generate_demo(root, seed=31, n_train=200, n_val=5, n_test=120)
+    assert caption_probe_auc(Collection(root, "demo"), load_ground_truth(root)) >= 0.9
+
+
 def test_planted_distractors_share_some_but_not_all_concepts(tmp_path):
     generate_demo(tmp_path, seed=3, n_train=6, n_val=2, n_test=3, distractor_fraction=1.0)
     gt = load_ground_truth(tmp_path)

@@ -25,7 +25,9 @@ NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 DEMO_SIZES = {"n_train": 300, "n_val": 50, "n_test": 100}
 TINY = {"hidden_size": 32}
 TINY_OVERRIDES = {"train.lr": 1e-3}
-TRAIN_EPOCHS = 3
+# 5, not 3: with the generator's noisy generic words (version 2), word confidence needs more steps to prefer
+# content words; this run's filler AUC measured 0.51 after 3 epochs, 0.74 after 5 (full demo training: 0.975).
+TRAIN_EPOCHS = 5
 
 
 # ----------------------------------------------------------------------------- stored notebooks (fast)
@@ -250,21 +252,13 @@ def test_03_evaluate_reports_metrics_and_compares_runs(trained, demo_root, out_d
 
 @pytest.mark.slow
 def test_04_uncertainty(trained, out_dir):
-    """Sigma per video / support set / caption, and its relation to the demo's recorded ambiguity.
+    """Sigma per video / support set / caption, the sigma report with its baselines, and generated conclusions.
 
-    What the numbers say (values observed on this machine, recorded in the report):
-
-    * The MSRA heads are trained: at initialisation log sigma is ~0 (all weights N(0, 0.02)), so every
-      sigma is ~1 (0.99 +- 0.01 measured on an untrained model); training shrinks it, to a mean of
-      0.27 for the single captions in this test's small run and 0.33 after the full demo training.
-      Threshold: mean caption sigma < 0.9.
-    * RAL's claim that sigma captures query *ambiguity* is NOT reproduced on the demo data: the AUC of
-      caption sigma separating ambiguous from specific captions is 0.56 here and 0.48 after the full
-      demo training (test split, 692 captions); support-set sigma against the share of ambiguous captions
-      gives Spearman 0.09 here and -0.10 after the full training; untrained models give AUCs from 0.30 to
-      0.60 (8 seeds). So no direction is
-      asserted; the test checks that the notebook's AUC is the right number, recomputed here by another
-      path (one forward pass per batch of captions, pairwise AUC by definition).
+    No direction of the sigma-ambiguity relation is asserted (the numbers are what the notebook reports; the
+    measured values are in the helper's report): the test checks that the notebook's AUC is the right number,
+    recomputed here by another path (one forward pass per batch of captions, pairwise AUC by definition), that
+    the sigma report's caption-level AUC is the same number, and that its interval and baselines are present.
+    Threshold kept from before: training shrinks sigma (about 1 at initialisation), mean caption sigma < 0.9.
     """
     from ralbook.analysis import query_sigmas, sigma_summary
     from ralbook.data import QueryDataset, collate_queries
@@ -290,6 +284,15 @@ def test_04_uncertainty(trained, out_dir):
     assert s["ambiguity_auc"] == pytest.approx(expected, abs=2e-3)
     assert -1.0 <= s["length_spearman"] <= 1.0 and -1.0 <= s["support_ambiguity_spearman"] <= 1.0
     assert_figures(s, "sigma_hist", "sigma_vs_ambiguity", "sigma_vs_length", "projection")
+    report = s["sigma_report"]["caption_ambiguous"]
+    assert report["level"] == "caption" and report["auc"] == pytest.approx(expected, abs=2e-3)
+    assert report["auc_ci"][0] <= report["auc"] <= report["auc_ci"][1]
+    assert (report["n_pos"], report["n_neg"]) == (int(amb.sum()), int((~amb).sum()))
+    assert set(report["baselines"]) == {"length", "neg_margin", "entropy"}
+    assert {r["level"] for r in s["sigma_report"].values()} <= {"caption", "support_set", "video"}
+    assert 0.0 <= s["probe_auc"] <= 1.0
+    shows = " ".join(s["what_this_shows"])
+    assert f"{report['auc']:.3f}" in shows and "07_robustness" in shows
 
 
 @pytest.mark.slow
@@ -299,9 +302,10 @@ def test_05_word_confidence(trained, out_dir):
     Thresholds, with the values observed on this machine:
 
     * ``filler_auc`` (probability that a content word gets more confidence than a filler word, pooled over
-      the test captions): 0.5 means no preference. Untrained models give 0.46-0.60 (8 seeds); this test's
-      small run gives 0.79, short runs of the same size with other seeds 0.81-0.90, and the full demo
-      training 0.98. Threshold 0.7: well above every untrained value, with room for seed and platform noise.
+      the test captions): 0.5 means no preference. Untrained models give 0.46-0.60 (8 seeds). On the
+      version-1 generator this test's small run (3 epochs) gave 0.79; on version 2 (noisy generic words) the
+      same run gives 0.51 after 3 epochs and 0.74 after 5 (TRAIN_EPOCHS), the full demo training 0.975.
+      Threshold 0.7: above every untrained value; the margin at 5 epochs is thin (0.04).
     * localisation (share of words whose best-matching frame lies inside the caption's ground-truth moment):
       content words 0.45 against a chance level of 0.22 (the moment's share of the frames) and 0.29 for
       filler words in this test's run; 0.70 / 0.22 / 0.42 after the full demo training. Thresholds: content
@@ -458,3 +462,32 @@ def test_figures_command_rewrites_the_curated_folder(alone, tiny_root, out_dir, 
     results = json.loads((curated / report.RESULTS_FILE).read_text())
     assert results == json.loads((out / report.RESULTS_FILE).read_text())
     assert (curated / report.RESULTS_MD).read_text() == report.results_markdown(results, pngs)
+
+
+@pytest.mark.slow
+def test_07_robustness_tiny_study(tiny_root, out_dir):
+    """A tiny plan (2 models, 1 seed, 1 epoch, a 2-point PM sweep): runs, cache, figures and generated findings."""
+    cache = out_dir / "robustness"
+    params = dict(cache_dir=str(cache), ambiguity=[0.5], noise=["low", "high"], models=["ral", "gmmformer_v2"],
+                  seeds=[0], loss_scales=[1.0, 10.0], sweep_terms=["pm"], n_train=12, n_val=4, n_test=10, epochs=1,
+                  hidden_size=16, n_boot=20)
+    s = execute("07_robustness", out_dir, **params)
+    # grid 1 x 2 x 2 x 1 = 4 runs, sweep 2 (x1 is the grid's RAL run at noise low): 5 distinct runs
+    assert (s["n_runs"], s["trained"], s["cached"]) == (6, 5, 1)
+    assert len(list((cache / "runs").iterdir())) == 5
+    results = [json.loads(p.read_text()) for p in (cache / "runs").glob("*/result.json")]
+    grid = [g for g in s["summary"] if g["group"] == "grid"]
+    swept = next(g for g in s["summary"] if g["scale"] == 10.0)
+    assert sorted([g["sumr_mean"] for g in grid] + [swept["sumr_mean"]]) == pytest.approx(
+        sorted(r["sumr"] for r in results))  # one seed: each mean is the run's own SumR
+    assert s["findings"] and all(isinstance(line, str) for line in s["findings"])
+    assert_figures(s, "sumr_vs_ambiguity", "sigma_auc_vs_weight")
+    again = execute("07_robustness", out_dir, **params)
+    assert (again["trained"], again["cached"]) == (0, 6) and again["summary"] == s["summary"]
+
+
+def test_main_job_parameters_of_the_opt_in_study(tmp_path):
+    params = pipeline.demo_parameters("07_robustness.ipynb", tmp_path, tmp_path / "run", tmp_path / "data",
+                                      tmp_path / "figures", "cpu", 0)
+    assert params["cache_dir"] == str(tmp_path / "robustness") and params["device"] == "cpu"
+    assert "07_robustness.ipynb" in pipeline.NOTEBOOKS and pipeline.ROBUSTNESS_NOTEBOOK == "07_robustness.ipynb"
