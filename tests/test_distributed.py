@@ -183,7 +183,6 @@ def test_a_failing_rank_ends_the_run_with_a_message(root, tmp_path):
     base = [sys.executable, "-m", "ralbook", "train", "--preset", "demo", "--epochs", "1", "--batch-size", "8",
             "--no-progress", "--dist-timeout", "60", "--out", str(tmp_path / "run")]
     sets = sum((["--set", f"{k}={v}"] for k, v in (("model.hidden_size", 16), ("model.n_heads", 2),
-                                                     ("model.visual_dim", 24), ("model.text_dim", 16),
                                                      ("data.visual_dim", 24), ("data.text_dim", 16))), [])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     started = time.monotonic()
