@@ -22,11 +22,13 @@ RECALL_AT: tuple[int, ...] = (1, 5, 10, 100)
 RESULTS_FILE = "results.json"
 RESULTS_MD = "RESULTS.md"
 FIGURES_DIR = "figures"
-# Notebook summaries the results file is made of, in order.
+# Notebook summaries the results file is made of, in order; the opt-in ones (06, 07) only when they were run
+# (a missing summary file is left out).
 SUMMARY_NOTEBOOKS: tuple[str, ...] = ("00_quickstart", "01_data_inspection", "02_train", "03_evaluate",
-                                      "04_uncertainty", "05_word_confidence", "06_ablation_sweep")
+                                      "04_uncertainty", "05_word_confidence", "06_ablation_sweep",
+                                      "07_robustness")
 # Summary keys left out of the results file (file lists and per-item arrays).
-_DROPPED_KEYS = {"figures", "run_files", "run_dir", "epochs", "val_sumr", "shown"}
+_DROPPED_KEYS = {"figures", "run_files", "run_dir", "cache_dir", "epochs", "val_sumr", "shown"}
 
 
 # ----------------------------------------------------------------------------- display and chance levels
@@ -184,6 +186,33 @@ def word_confidence_text(filler_auc: Optional[float], per_caption_auc: Optional[
                      + (": content words localise the moment." if content > chance + 0.1 else
                         ": no clear localisation by content words on this run."))
     return _bullets(lines)
+
+
+def uncertainty_text(reports: Mapping[str, Mapping[str, Any]], probe: Optional[float] = None,
+                     length_rho: Optional[float] = None) -> str:
+    """04: per label file, whether sigma's AUC interval excludes 0.5 and whether sigma beats each baseline."""
+    from ralbook.uncertainty import interpret
+
+    lines = interpret(dict(reports), probe)
+    if not reports:
+        lines.append("No label file was found for this split, so the sigma report (sigma against its baselines) "
+                     "was not run; `python -m ralbook sigma-report` takes a label file of your own.")
+    if length_rho is not None:
+        lines.append(f"Caption sigma and caption length: Spearman {length_rho:.3f} (0 = unrelated).")
+    lines.append("For how this changes with the share of ambiguous captions, visual noise and the L_PM / L_DA "
+                 "weights, see 07_robustness.ipynb.")
+    return _bullets(lines)
+
+
+def robustness_text(plan: Mapping[str, Any], findings: Sequence[str]) -> str:
+    """07: the plan's size, the study's findings, and how much a gap means with this many seeds."""
+    seeds = list(plan["seeds"])
+    sizes = (f"Plan: {len(seeds)} seed(s) {seeds}, {plan['epochs']} epochs, {plan['n_train']}/{plan['n_val']}/"
+             f"{plan['n_test']} videos, hidden size {plan['hidden_size']}; ambiguity {list(plan['ambiguity'])}, "
+             f"noise {list(plan['noise'])}.")
+    caveat = ("With a single seed there is no spread: differences are not yet evidence." if len(seeds) < 2
+              else "Spreads are standard deviations over seeds; a gap inside the spread is not a difference.")
+    return _bullets([sizes, *findings, caveat])
 
 
 # ----------------------------------------------------------------------------- the results file

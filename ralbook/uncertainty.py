@@ -323,9 +323,20 @@ def subset_labels(labels: Labels, ids: CollectionT[str]) -> Optional[Labels]:
     return Labels(labels.kind, [labels.ids[i] for i in keep], values, labels.path)
 
 
+def versus_baseline(r: dict[str, Any], name: str, value: float) -> str:
+    """Whether sigma separates the labels better than one baseline: the distances of both AUCs from 0.5
+    (a baseline below 0.5 separates too, the other way round), judged against half sigma's interval width."""
+    low, high = r["auc_ci"]
+    lead = abs(r["auc"] - 0.5) - abs(value - 0.5)
+    if abs(lead) < (high - low) / 2:
+        return (f"{name} {value:.3f}: sigma {'separates slightly better than' if lead > 0 else 'does not beat'} it, "
+                f"by {abs(lead):.3f}, less than half its interval width (not a clear difference)")
+    return f"{name} {value:.3f}: sigma {'separates better than' if lead > 0 else 'does not beat'} it (by {abs(lead):.3f})"
+
+
 def interpret(reports: dict[str, dict[str, Any]], probe: Optional[float] = None) -> list[str]:
     """Plain sentences computed from sigma reports (name -> report): does the interval exclude 0.5,
-    and does sigma beat the strongest baseline (distance of its AUC from 0.5)?"""
+    and does sigma beat each baseline (distance of its AUC from 0.5)?"""
     lines = []
     if probe is not None:
         lines.append(f"The inputs carry the ambiguity: a logistic probe on raw token statistics (no model) separates "
@@ -338,16 +349,11 @@ def interpret(reports: dict[str, dict[str, Any]], probe: Optional[float] = None)
             relation = "lower for the label-1 items (the opposite of the claim): the interval excludes 0.5"
         else:
             relation = "not related to the labels at this sample size: the interval includes 0.5"
-        best, value = max(r["baselines"].items(), key=lambda kv: abs(kv[1] - 0.5))
-        lead = abs(r["auc"] - 0.5) - abs(value - 0.5)
-        if abs(lead) < (high - low) / 2:
-            verdict = (f"sigma {'separates slightly better than' if lead > 0 else 'does not beat'} it, by "
-                       f"{abs(lead):.3f}, less than half its interval width (not a clear difference)")
-        else:
-            verdict = f"sigma {'separates better than' if lead > 0 else 'does not beat'} it (by {abs(lead):.3f})"
+        versus = [versus_baseline(r, b, v) for b, v in r["baselines"].items()]
+        beaten = sum(": sigma separates better than" in v for v in versus)
         lines.append(f"{name} ({r['level']} level, {r['n_pos']} vs {r['n_neg']}): sigma AUC {r['auc']:.3f} "
-                     f"[{low:.3f}, {high:.3f}], so sigma is {relation}. The strongest baseline, {best}, reaches "
-                     f"{value:.3f}: {verdict}.")
+                     f"[{low:.3f}, {high:.3f}], so sigma is {relation}. Baselines: {'; '.join(versus)}. Sigma "
+                     f"clearly beats {beaten} of {len(versus)} baselines.")
     return lines
 
 

@@ -135,7 +135,8 @@ def out_dir(tmp_path_factory) -> Path:
 
 
 # Notebooks whose saved outputs are checked for stray values (the others belong to other branches for now).
-CLEAN_OUTPUTS = {"00_quickstart", "01_data_inspection", "02_train", "03_evaluate", "05_word_confidence"}
+CLEAN_OUTPUTS = {"00_quickstart", "01_data_inspection", "02_train", "03_evaluate", "04_uncertainty",
+                 "05_word_confidence", "07_robustness"}
 STRAY = ("<Figure size", "PosixPath(", "0%|")
 
 
@@ -291,8 +292,8 @@ def test_04_uncertainty(trained, out_dir):
     assert set(report["baselines"]) == {"length", "neg_margin", "entropy"}
     assert {r["level"] for r in s["sigma_report"].values()} <= {"caption", "support_set", "video"}
     assert 0.0 <= s["probe_auc"] <= 1.0
-    shows = " ".join(s["what_this_shows"])
-    assert f"{report['auc']:.3f}" in shows and "07_robustness" in shows
+    shows = s["what_this_shows"]
+    assert shows.startswith("**What this shows**") and f"{report['auc']:.3f}" in shows and "07_robustness" in shows
 
 
 @pytest.mark.slow
@@ -481,6 +482,7 @@ def test_07_robustness_tiny_study(tiny_root, out_dir):
     assert sorted([g["sumr_mean"] for g in grid] + [swept["sumr_mean"]]) == pytest.approx(
         sorted(r["sumr"] for r in results))  # one seed: each mean is the run's own SumR
     assert s["findings"] and all(isinstance(line, str) for line in s["findings"])
+    assert s["what_this_shows"].startswith("**What this shows**") and s["findings"][0] in s["what_this_shows"]
     assert_figures(s, "sumr_vs_ambiguity", "sigma_auc_vs_weight")
     again = execute("07_robustness", out_dir, **params)
     assert (again["trained"], again["cached"]) == (0, 6) and again["summary"] == s["summary"]

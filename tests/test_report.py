@@ -18,7 +18,7 @@ FIGURES = REPO / "figures"
 # Hand-written documents: they may quote the paper's numbers (docs/method.md) and the generated RESULTS.md only.
 HAND_WRITTEN = ("README.md", "notebooks/README.md", "data/README.md", "figures/README.md", "docs/method.md")
 # Notebooks of other helpers whose parameter defaults still point into figures/ (changed when their branches merge).
-PENDING_DEFAULTS = {"04_uncertainty.ipynb", "06_ablation_sweep.ipynb"}
+PENDING_DEFAULTS = {"06_ablation_sweep.ipynb"}
 
 
 def metrics(clip: float, frame: float, fused: float, r1: float = 20.0) -> dict:
@@ -119,6 +119,36 @@ def test_data_text():
     assert "none is cut" in text and "35%" in text and "R@1 64.0" in text and "on the test split" in text
 
 
+def sigma_report(auc: float, ci: tuple[float, float], **baselines: float) -> dict:
+    return {"level": "caption", "auc": auc, "auc_ci": list(ci), "n_pos": 30, "n_neg": 70, "baselines": baselines}
+
+
+def test_uncertainty_text_says_whether_sigma_beats_each_baseline():
+    # sigma 0.70 [0.62, 0.78]: 0.20 from 0.5, half interval 0.08; length 0.55 (0.05 from 0.5), entropy 0.80 (0.30)
+    strong = report.uncertainty_text({"caption_ambiguous": sigma_report(0.70, (0.62, 0.78), length=0.55,
+                                                                        entropy=0.80)}, probe=0.9, length_rho=0.25)
+    assert strong.startswith("**What this shows**") and "sigma AUC 0.700 [0.620, 0.780]" in strong
+    assert "interval excludes 0.5" in strong and "AUC 0.900" in strong and "Spearman 0.250" in strong
+    assert "length 0.550: sigma separates better than it (by 0.150)" in strong
+    assert "entropy 0.800: sigma does not beat it (by 0.100)" in strong and "beats 1 of 2 baselines" in strong
+    # other numbers, other sentences: sigma near 0.5 with a wide interval beats neither baseline clearly
+    weak = report.uncertainty_text({"caption_ambiguous": sigma_report(0.53, (0.40, 0.66), length=0.55,
+                                                                      entropy=0.80)})
+    assert "interval includes 0.5" in weak and "beats 0 of 2 baselines" in weak
+    assert "length 0.550: sigma does not beat it, by 0.020, less than half its interval width" in weak
+    assert "Spearman" not in weak and "07_robustness" in weak
+    assert "sigma report (sigma against its baselines) was not run" in report.uncertainty_text({})
+
+
+def test_robustness_text_wraps_the_findings_with_the_plan():
+    plan = {"seeds": (0,), "epochs": 1, "n_train": 12, "n_val": 4, "n_test": 10, "hidden_size": 16,
+            "ambiguity": (0.5,), "noise": ("low", "high")}
+    one = report.robustness_text(plan, ["RAL leads."])
+    assert one.startswith("**What this shows**") and "* RAL leads." in one
+    assert "1 seed(s) [0], 1 epochs, 12/4/10 videos, hidden size 16" in one and "no spread" in one
+    assert "no spread" not in report.robustness_text(dict(plan, seeds=(0, 1)), [])
+
+
 # ----------------------------------------------------------------------------- results file and figures/
 
 
@@ -169,8 +199,9 @@ def test_committed_results_md_is_generated_from_the_committed_results_file():
 
 RUN_NUMBER = (re.compile(r"(?:SumR|AUC|R@\d+\b|seconds per epoch|s per epoch)[^.\n|]{0,40}?(\d+(?:\.\d+)?)"),
               re.compile(r"(\d+) (?:test |val |train )captions"), re.compile(r"videos[ ,/]+(\d+) captions"))
-# Numbers that define things rather than report a run: R@K, lengths, "0.5 = no preference", SumR's maximum.
-DEFINITIONS = {1.0, 5.0, 10.0, 100.0, 30.0, 32.0, 128.0, 0.5, 400.0}
+# Numbers that define things rather than report a run: R@K, lengths, "0.5 = no preference", SumR's maximum,
+# 95% intervals.
+DEFINITIONS = {1.0, 5.0, 10.0, 100.0, 30.0, 32.0, 128.0, 0.5, 400.0, 95.0}
 
 
 def numbers(text: str) -> set[float]:

@@ -246,9 +246,12 @@ def test_interpretation_follows_the_numbers():
     lines = interpret({"a": above, "b": inside, "c": below}, probe=0.957)
     assert "AUC 0.957" in lines[0]
     assert "0.680 [0.640, 0.720]" in lines[1] and "interval excludes 0.5" in lines[1]
-    assert "entropy, reaches 0.740: sigma does not beat it (by 0.060)" in lines[1]
+    # each baseline judged by its distance from 0.5 against sigma's (0.18 here), half the interval width 0.04
+    assert "length 0.420: sigma separates better than it (by 0.100)" in lines[1]
+    assert "entropy 0.740: sigma does not beat it (by 0.060)" in lines[1] and "beats 1 of 2 baselines" in lines[1]
     assert "interval includes 0.5" in lines[2] and "separates slightly better than it, by 0.010" in lines[2]
-    assert "separates better than it (by 0.150)" in lines[3]
+    assert "beats 0 of 1 baselines" in lines[2]
+    assert "length 0.450: sigma separates better than it (by 0.150)" in lines[3]
     assert "opposite of the claim" in lines[3]
 
 
