@@ -1,0 +1,1 @@
+"""One module per backbone; each encodes videos and queries and scores them."""
