@@ -176,9 +176,35 @@ REFERENCE_KEY_RULES: list[tuple[str, str]] = [
 ]
 
 
-def reference_to_ralbook_key(key: str) -> str:
-    """Name of the ralbook parameter that holds the authors' tensor ``key``."""
-    for pattern, replacement in REFERENCE_KEY_RULES:
+# MS-SL and GMMFormer share the names of their input projections, positions and attention blocks.
+_SINGLE_LAYER_RULES: list[tuple[str, str]] = [
+    (r"^(query|clip|frame)_pos_embed\.position_embeddings\.", r"\1_pos.table."),
+    (r"^(query|clip|frame)_pos_embed\.LayerNorm\.", r"\1_pos.norm."),
+    (r"^(query|clip|frame)_input_proj\.", r"\1_proj."),
+    (r"^modular_vector_mapping\.", "query_pool."),
+    (r"\.self\.query\.", ".attn.q."),
+    (r"\.self\.key\.", ".attn.k."),
+    (r"\.self\.value\.", ".attn.v."),
+    (r"\.output\.dense\.", ".out."),
+    (r"\.output\.LayerNorm\.", ".norm."),
+    (r"\.LayerNorm\.", ".norm."),
+    (r"\.net\.1\.", ".linear."),
+]
+
+# Rules per backbone (``model.backbone``): the public code's names -> ralbook's.
+KEY_RULES: dict[str, list[tuple[str, str]]] = {
+    "gmmformer_v2": REFERENCE_KEY_RULES,
+    "ms_sl": [(r"^mapping_linear\.0\.", "key_proj."), (r"^mapping_linear\.1\.", "value_proj."),
+              *_SINGLE_LAYER_RULES],
+    "gmmformer": [(r"^frame_encoder_1\.", "frame_encoder."),
+                  (r"^(clip_encoder|clip_encoder_2|frame_encoder|frame_encoder_2)\.attn(\d)\.", r"\1.branches.\2."),
+                  (r"^modular_vector_mapping_2\.", "frame_pool."), *_SINGLE_LAYER_RULES],
+}
+
+
+def reference_to_ralbook_key(key: str, backbone: str = "gmmformer_v2") -> str:
+    """Name of the ralbook parameter that holds the public code's tensor ``key``."""
+    for pattern, replacement in KEY_RULES[backbone]:
         key = re.sub(pattern, replacement, key)
     return key
 
@@ -195,22 +221,24 @@ def _state_dict_of(source: Union[PathLike, Mapping[str, Any]]) -> Mapping[str, A
     return obj
 
 
-def convert_reference_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Strip DataParallel ``module.`` prefixes and rename the authors' keys to ralbook's."""
+def convert_reference_state_dict(state: Mapping[str, torch.Tensor],
+                                 backbone: str = "gmmformer_v2") -> dict[str, torch.Tensor]:
+    """Strip DataParallel ``module.`` prefixes and rename the public code's keys to ralbook's."""
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         key = key[len("module."):] if key.startswith("module.") else key
-        out[reference_to_ralbook_key(key)] = value
+        out[reference_to_ralbook_key(key, backbone)] = value
     return out
 
 
 def load_reference(model: nn.Module, source: Union[PathLike, Mapping[str, Any]]) -> nn.Module:
-    """Load the authors' weights (a state dict, a checkpoint dict, or a file of either) into ``model``.
+    """Load the public code's weights (a state dict, a checkpoint dict, or a file of either) into ``model``.
 
-    Strict: every tensor must find a parameter of the same shape and every parameter must be filled;
-    otherwise CheckpointError lists the problems with both shapes.
+    The key names are those of the public code of the model's backbone (GMMFormer v2 + RAL,
+    GMMFormer, MS-SL). Strict: every tensor must find a parameter of the same shape and every
+    parameter must be filled; otherwise CheckpointError lists the problems with both shapes.
     """
-    state = convert_reference_state_dict(_state_dict_of(source))
+    state = convert_reference_state_dict(_state_dict_of(source), getattr(model, "name", "gmmformer_v2"))
     own = model.state_dict()
     unexpected = sorted(set(state) - set(own))
     missing = sorted(set(own) - set(state))

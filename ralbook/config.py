@@ -52,6 +52,8 @@ class ModelConfig:
     word_confidence: bool = True       # off: uniform weights over valid words
     msra: bool = True                  # off: no proxies, no L_PM / L_DA
     checkpoint_branches: bool = False  # recompute GMM branches in backward: half the memory, 15-20% more time
+    backbone: str = "gmmformer_v2"     # gmmformer_v2 | gmmformer | ms_sl (see docs/backbones.md)
+    gmm_windows: str = "per_video"     # gmmformer: per_video (padding-independent) | batch (as the public code)
 
 
 @dataclass

@@ -49,6 +49,8 @@ class ModelOutput:
     text_proxies: Optional[Tensor] = None   # (Nv, K, d)
     video_log_sigma: Optional[Tensor] = None
     text_log_sigma: Optional[Tensor] = None
+    backbone: str = "gmmformer_v2"          # selects the backbone's own loss terms
+    frame_by_query: bool = False            # frame scores are (Nq, Nq), positives on the diagonal (MS-SL)
 
 
 @dataclass

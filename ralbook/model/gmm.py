@@ -1,4 +1,4 @@
-"""The dynamic GMM block of GMMFormer v2: Gaussian-windowed attention branches mixed per position."""
+"""The Gaussian blocks: GMMFormer v2's dynamic GMM block and GMMFormer's averaged four-branch block."""
 from __future__ import annotations
 
 from typing import Optional
@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.utils.checkpoint
 from torch import Tensor
 
-from ralbook.model.layers import Dropout, Packing, TransformerLayer, gaussian_window
+from ralbook.model.layers import AttentionBlock, Dropout, Packing, TransformerLayer, gaussian_window, gaussian_windows
 
 # Widths of the eight parallel branches of a GMM block; None = plain attention (GMMFormer v2 order).
 GMM_WIDTHS: tuple[Optional[float], ...] = (None, 0.5, 1.0, 5.0, 10.0, 3.0, 0.1, 8.0)
@@ -49,3 +49,41 @@ class GMMBlock(nn.Module):
         summaries = self.summary.summarise(token, outs.view(b * n, length, d), flat_mask).view(b, n, d)
         weights = (self.gate(summaries) / self.sft_factor).softmax(dim=1)  # (B, 8, L): softmax over branches
         return (outs * weights.unsqueeze(-1)).sum(dim=1)
+
+
+# Widths of the four branches of a GMMFormer (v1) block; None = plain attention.
+GMMFORMER_WIDTHS: tuple[Optional[float], ...] = (None, 0.5, 1.0, 5.0)
+WINDOW_MODES = ("per_video", "batch")
+
+
+class GaussianBlock(nn.Module):
+    """GMMFormer's block: four attention sub-layers with Gaussian windows of different widths, averaged.
+
+    ``windows="batch"`` builds each window over the batch's padded length, as the public code
+    does, so a video encodes differently depending on the padding of its batch. ``"per_video"``
+    gives each video the window of its own length (the same as a batch holding only that video),
+    so the encoding does not depend on the batch.
+    """
+
+    def __init__(self, d: int, n_heads: int, dropout: float, windows: str = "per_video"):
+        super().__init__()
+        if windows not in WINDOW_MODES:
+            raise ValueError(f"windows must be one of {WINDOW_MODES}, got {windows!r}")
+        self.windows = windows
+        self.branches = nn.ModuleList(AttentionBlock(d, n_heads, dropout) for _ in GMMFORMER_WIDTHS)
+        self._cache: dict[tuple, Tensor] = {}
+
+    def _window(self, width: float, length: int, mask: Optional[Tensor], device: torch.device) -> Tensor:
+        if mask is None or self.windows == "batch":  # no padding, or the public code's padded-length window
+            key = (width, length, device)
+            if key not in self._cache:
+                self._cache[key] = gaussian_window(length, width).to(device)
+            return self._cache[key]
+        lengths = mask.sum(dim=1).round().long().cpu()
+        return gaussian_windows(lengths, length, width).to(device).unsqueeze(1)  # (B, 1, L, L)
+
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        """x (B, L, d), mask (B, L) or None -> (B, L, d)."""
+        outs = [branch(x, mask, None if width is None else self._window(width, x.shape[1], mask, x.device))
+                for width, branch in zip(GMMFORMER_WIDTHS, self.branches)]
+        return torch.stack(outs, dim=-1).mean(dim=-1)

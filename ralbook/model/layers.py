@@ -123,13 +123,35 @@ class Packing:
 
 def gaussian_window(length: int, width: float) -> Tensor:
     """(L, L) multiplicative attention window of GMMFormer: row i peaks at key i / L, rows max-normalised."""
-    centre = torch.arange(length, dtype=torch.float64).unsqueeze(1) / length
-    position = torch.linspace(0, 1, length, dtype=torch.float64).unsqueeze(0)
+    return gaussian_windows(torch.tensor([length]), length, width)[0]
+
+
+def gaussian_windows(lengths: Tensor, size: int, width: float) -> Tensor:
+    """(B, size, size): for each row of ``lengths`` the window of its own length, in the top-left corner.
+
+    Row i of a length-n window peaks at key i / n over key positions linspace(0, 1, n); keys at or
+    beyond n get 0 and rows at or beyond n get 1 (padding: masked or discarded anyway).
+    """
+    n = lengths.to(torch.float64).view(-1, 1, 1)
+    index = torch.arange(size, dtype=torch.float64)
+    centre = index.view(1, -1, 1) / n
+    position = index.view(1, 1, -1) / (n - 1).clamp(min=1)  # linspace(0, 1, n); a single key sits at 0
     s = max(width, 0.01) / 9
-    # the Gaussian density N(position; centre, s) divided by its row maximum, computed in log space
+    # the Gaussian density divided by its row maximum, computed in log space
     # (the density itself underflows to a row of zeros for narrow windows at short lengths)
     log_density = -((position - centre) ** 2) / (2 * s**2)
-    return (log_density - log_density.max(dim=-1, keepdim=True).values).exp().float()
+    log_density = log_density.masked_fill(index.view(1, 1, -1) >= n, float("-inf"))
+    window = (log_density - log_density.max(dim=-1, keepdim=True).values).exp()
+    return window.masked_fill(index.view(1, -1, 1) >= n, 1.0).float()
+
+
+def masked_softmax_pool(logits: Tensor, mask: Tensor, tokens: Tensor) -> Tensor:
+    """sum_l softmax_l(logits) tokens_l over valid positions: logits (B, L), mask (B, L), tokens (B, L, d) -> (B, d).
+
+    Padding gets the logit -1e10 (the public codes' form), i.e. exactly zero weight.
+    """
+    logits = logits * mask + (1.0 - mask) * -1e10
+    return torch.einsum("bl,bld->bd", logits.softmax(dim=-1), tokens)
 
 
 class Attention(nn.Module):
@@ -148,14 +170,16 @@ class Attention(nn.Module):
         return x.view(x.shape[0], x.shape[1], self.n_heads, self.head_dim).transpose(1, 2)
 
     def forward(self, query: Tensor, keys: Tensor, key_mask: Optional[Tensor] = None,
-                packing: Optional[Packing] = None) -> Tensor:
+                packing: Optional[Packing] = None, window: Optional[Tensor] = None) -> Tensor:
+        """``window`` (Lq, Lk) or (B, 1, Lq, Lk) replaces the layer's own window for this call."""
+        window = self.window if window is None else window
         q, k, v = self.q(query), self.k(keys), self.v(keys)
         if packing is not None:  # the projections ran on valid rows only; attention needs (B, L, d)
             q, k, v = packing.unpack(q), packing.unpack(k), packing.unpack(v)
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, h, Lq, Lk)
-        if self.window is not None:
-            scores = scores * self.window  # shrinks distant logits towards 0 (not a log-bias)
+        if window is not None:
+            scores = scores * window  # shrinks distant logits towards 0 (not a log-bias)
         if key_mask is not None:
             scores = scores + (1.0 - key_mask[:, None, None, :]) * -10000.0
         context = self.dropout(scores.softmax(dim=-1)) @ v
@@ -224,3 +248,18 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     """Mean of the valid rows of x (B, L, d) under mask (B, L); an all-padding row gives 0."""
     m = mask.unsqueeze(-1).to(x.dtype)
     return (x * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
+
+class AttentionBlock(nn.Module):
+    """The attention sub-layer of MS-SL and GMMFormer ("BertAttention"): self-attention, output
+    projection, dropout, residual and LayerNorm; no feed-forward part."""
+
+    def __init__(self, d: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.attn = Attention(d, n_heads, dropout)
+        self.out = nn.Linear(d, d)
+        self.norm = nn.LayerNorm(d)
+        self.dropout = Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None, window: Optional[Tensor] = None) -> Tensor:
+        return self.norm(x + self.dropout(self.out(self.attn(x, x, mask, window=window))))

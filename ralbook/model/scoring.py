@@ -87,3 +87,13 @@ def masked_max_sim(a: Tensor, a_mask: Tensor, b: Tensor, b_mask: Tensor) -> Tens
         values = _chunked_max(a, b)[0]
     values = torch.where(has_padding[None, :, None], values.clamp(min=0), values)
     return F.pad(values, (0, length_a - ka))  # padded query words score 0
+
+
+def max_over_clips(queries: Tensor, clips: Tensor, normalized: bool = True) -> tuple[Tensor, Tensor]:
+    """Clip-scale score: for each (query, video) the best clip's similarity and its index, each (Nq, Nv).
+
+    queries (Nq, d), clips (Nv, Lc, d); ``normalized``: cosine, else dot products.
+    """
+    if normalized:
+        queries, clips = F.normalize(queries, dim=-1), F.normalize(clips, dim=-1)
+    return torch.einsum("qd,vcd->qvc", queries, clips).max(dim=-1)
