@@ -17,7 +17,7 @@ import re
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Iterable, Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -202,6 +202,20 @@ KEY_RULES: dict[str, list[tuple[str, str]]] = {
 }
 
 
+# A parameter name only one backbone's public code has (after ralbook's renaming or before it).
+_SIGNATURES = {"gmmformer_v2": ("weight_token", "frame_branch_query_encoder"), "ms_sl": ("mapping_linear", "key_proj"),
+               "gmmformer": ("clip_encoder_2", "modular_vector_mapping_2")}
+
+
+def guess_backbone(keys: Iterable[str]) -> Optional[str]:
+    """The backbone whose public code writes keys like these, or None."""
+    keys = list(keys)
+    for backbone, markers in _SIGNATURES.items():
+        if any(marker in key for key in keys for marker in markers):
+            return backbone
+    return None
+
+
 def reference_to_ralbook_key(key: str, backbone: str = "gmmformer_v2") -> str:
     """Name of the ralbook parameter that holds the public code's tensor ``key``."""
     for pattern, replacement in KEY_RULES[backbone]:
@@ -252,6 +266,9 @@ def load_reference(model: nn.Module, source: Union[PathLike, Mapping[str, Any]])
             lines.append(f"{len(unexpected)} checkpoint tensor(s) unused: " + ", ".join(unexpected[:8]))
         if missing:
             lines.append(f"{len(missing)} model parameter(s) not in the checkpoint: " + ", ".join(missing[:8]))
+        guess = guess_backbone(state.keys())
+        if guess and guess != getattr(model, "name", "gmmformer_v2"):
+            lines.append(f"its keys look like a {guess} checkpoint: set model.backbone={guess}")
         raise CheckpointError("checkpoint does not fit the model: " + " | ".join(lines))
     model.load_state_dict(state, strict=True)
     return model

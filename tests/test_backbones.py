@@ -6,6 +6,7 @@ their code produces; see tests/fixtures/README.md.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,101 @@ def test_scores_do_not_depend_on_query_padding(backbone, one_thread):
                                                                      m[i:i + 1, :int(m[i].sum())]), videos))
                 for i in range(len(q))]
     torch.testing.assert_close(torch.cat(rows), a, atol=ATOL, rtol=0)
+
+
+# ----------------------------------------------------------------------------- their checkpoint files
+
+
+@pytest.mark.parametrize("backbone,file", [("ms_sl", "ms_sl_model.ckpt"), ("gmmformer", "gmmformer_best.ckpt")])
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_loads_their_checkpoint_files(backbone, file, prefix, tmp_path, one_thread):
+    """Files written by their own save routines; with ``module.`` prefixes as DataParallel writes them."""
+    from ralbook.checkpoint import load_file, replaced_classes
+
+    path = FIXTURES / file
+    if prefix:
+        obj = load_file(path)
+        key = "model" if backbone == "ms_sl" else "state_dict"
+        obj[key] = {prefix + k: v for k, v in obj[key].items()}
+        path = tmp_path / file
+        torch.save({k: (dict(v) if isinstance(v, dict) else v) for k, v in obj.items() if k != "optimizer"}, path)
+    else:
+        with pytest.raises(Exception):  # their classes (EasyDict, their schedule) are not importable here
+            torch.load(path, weights_only=False)
+    fx = torch.load(FIXTURES / f"fixture_{backbone}.pt")
+    model = build_model(model_config(fx, backbone, gmm_windows="batch"))
+    load_reference(model, path)
+    if not prefix:
+        assert replaced_classes()  # their config / schedule objects became inert stand-ins
+    model.eval()
+    with torch.no_grad():
+        videos = model.encode_videos(fx["clip_feats"], fx["frame_feats"], fx["frame_mask"])
+        clip, frame = model.score(fx["query_feats"], fx["query_mask"], videos)
+    torch.testing.assert_close(model.fuse(clip, frame), fx["fused"], atol=ATOL, rtol=0)
+
+
+def test_wrong_backbone_is_named(one_thread):
+    from ralbook.errors import CheckpointError
+
+    fx = torch.load(FIXTURES / "fixture_ms_sl.pt")
+    with pytest.raises(CheckpointError, match=r"model\.backbone=ms_sl"):
+        load_reference(build_model(model_config(fx, "gmmformer")), FIXTURES / "ms_sl_model.ckpt")
+    with pytest.raises(CheckpointError, match=r"22 checkpoint tensor\(s\) unused: clip_encoder\.attn\.k\.bias"):
+        load_reference(build_model(model_config(fx, "gmmformer")), FIXTURES / "ms_sl_model.ckpt")
+    # a missing tensor is named
+    state = {k: v for k, v in fx["state_dict"].items() if k != "mapping_linear.1.weight"}
+    with pytest.raises(CheckpointError, match=r"not in the checkpoint: value_proj\.weight"):
+        load_reference(build_model(model_config(fx, "ms_sl")), state)
+
+
+def test_cli_evaluates_their_checkpoint(tmp_path, capsys, one_thread):
+    """``evaluate --checkpoint their.ckpt --preset tvr --set model.backbone=ms_sl`` (sizes of the tiny fixture)."""
+    from layout import write_random_collection
+
+    from ralbook.cli import main
+
+    spec = write_random_collection(tmp_path / "data", dv=40, dt=24)
+    sizes = ["data.visual_dim=40", "data.text_dim=24", "model.hidden_size=32", "model.n_heads=2",
+             "data.max_frames=16", "data.n_clips=8", "data.max_desc_len=12", "data.num_workers=0"]
+    for backbone, file in (("ms_sl", "ms_sl_model.ckpt"), ("gmmformer", "gmmformer_best.ckpt")):
+        argv = ["evaluate", "--checkpoint", str(FIXTURES / file), "--preset", "tvr", "--set",
+                f"model.backbone={backbone}", "--data-root", str(spec.root), "--collection", spec.name,
+                "--feature", spec.feature, "--no-progress", "--device", "cpu", "--json", str(tmp_path / "m.json")]
+        for s in sizes:
+            argv += ["--set", s]
+        assert main(argv) == 0
+        assert f"reference checkpoint {FIXTURES / file}" in capsys.readouterr().out
+        result = json.loads((tmp_path / "m.json").read_text())
+        assert result["n_queries"] == len(spec.captions["test"]) and 0 <= result["metrics"]["fused"]["SumR"] <= 400
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+def test_backbone_setting_brings_its_recipe():
+    from ralbook.config import preset
+
+    tvr = preset("tvr")
+    assert tvr.model.backbone == "gmmformer_v2"
+    ms = tvr.override("model.backbone=ms_sl")
+    # MS-SL's run script for TVR: margin 0.1, lr 2.5e-4, NCE weights 0.02 / 0.04, fusion 0.7 / 0.3, dropout 0.1
+    assert (ms.loss.margin, ms.train.lr, ms.loss.loss_factor, ms.model.alpha, ms.model.drop) == \
+        (0.1, 2.5e-4, [0.02, 0.04, 0.0, 0.0], 0.7, 0.1)
+    assert preset("cha", model={"backbone": "ms_sl"}).model.alpha == 0.5
+    gmm = preset("act").override("model.backbone=gmmformer")
+    assert (gmm.loss.margin, gmm.loss.loss_factor[:3], gmm.loss.neg_factor[:2], gmm.train.hard_negative_start_epoch) \
+        == (0.2, [0.02, 0.04, 0.015], [0.2, 32.0], 20)
+    # later settings win, and switching back restores the preset exactly
+    assert tvr.override("model.backbone=ms_sl").override("loss.margin=0.3").loss.margin == 0.3
+    assert ms.override("model.backbone=gmmformer_v2").to_dict() == tvr.to_dict()
+    with pytest.raises(KeyError, match="gmmformer_v2"):
+        tvr.override("model.backbone=msl")
+
+
+def test_build_model_refuses_unknown_settings():
+    from ralbook.errors import RalbookError
+
+    with pytest.raises(RalbookError, match="model.backbone"):
+        build_model(ModelConfig(backbone="nope"))
+    with pytest.raises(RalbookError, match="model.gmm_windows"):
+        build_model(ModelConfig(backbone="gmmformer", gmm_windows="padded"))
