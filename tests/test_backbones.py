@@ -288,3 +288,103 @@ def test_short_demo_run_learns(backbone, epochs, tmp_path_factory, one_thread):
     result = train(cfg, tmp_path_factory.mktemp("runs") / backbone, progress=False)
     chance = sum(100.0 * min(k, LEARN_TEST) / LEARN_TEST for k in (1, 5, 10, 100))
     assert result.test["fused"]["SumR"] > chance + 25, (result.test, chance)
+
+
+# ----------------------------------------------------------------------------- RAL attached to MS-SL / GMMFormer
+
+
+def with_ral(backbone: str):
+    """Fixture weights for the backbone, seeded random weights for RAL's parts (all built); switches set per test."""
+    fx = torch.load(FIXTURES / f"fixture_{backbone}.pt")
+    bare = build_model(model_config(fx, backbone, gmm_windows="batch"))
+    load_reference(bare, fx["state_dict"])
+    torch.manual_seed(5)
+    full = build_model(model_config(fx, backbone, gmm_windows="batch", csa=True, word_confidence=True, msra=True))
+    missing, unexpected = full.load_state_dict(bare.state_dict(), strict=False)
+    assert not unexpected and all(k.split(".")[0] in RAL_PARTS for k in missing)
+    with torch.no_grad():  # confidence far from uniform (its initial weights are tiny)
+        for p in full.word_confidence_mlp.parameters():
+            p.add_(torch.randn(p.shape))
+    return bare.eval(), full.eval(), fx
+
+
+RAL_PARTS = {"word_proj", "word_encoder", "word_confidence_mlp", "video_mean", "video_sigma", "text_mean", "text_sigma"}
+
+
+def switch(model, csa: bool, word_confidence: bool, msra: bool):
+    model.cfg.csa, model.cfg.word_confidence, model.cfg.msra = csa, word_confidence, msra
+    return model
+
+
+def outputs(model, fx):
+    b = batch_of(fx)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        videos = model.encode_videos(b["clip_feats"], b["frame_feats"], b["frame_mask"])
+        queries = model.encode_queries(b["query_feats"], b["query_mask"])
+        clip, frame = model.score_encoded(queries, videos)
+        out = model(b)
+        _, parts = Objective(LossConfig(loss_factor=[0.02, 0.04, 0.001, 0.0], hard_pool_size=1))(
+            out, hard_negatives=True)
+    return videos, queries, clip, frame, out, parts
+
+
+@pytest.mark.parametrize("backbone", ["ms_sl", "gmmformer"])
+def test_ral_all_off_is_the_bare_backbone_bit_for_bit(backbone, one_thread):
+    bare, full, fx = with_ral(backbone)
+    (va, qa, ca, fa, oa, pa) = outputs(bare, fx)
+    (vb, qb, cb, fb, ob, pb) = outputs(switch(full, False, False, False), fx)
+    pairs = [(va.clips, vb.clips), (va.frames, vb.frames), (qa.pooled, qb.pooled), (qa.words, qb.words), (ca, cb),
+             (fa, fb), (oa.frame_scores, ob.frame_scores), (oa.clip_scores_raw, ob.clip_scores_raw)]
+    assert all(torch.equal(x, y) for x, y in pairs)
+    assert oa.frame_by_query == ob.frame_by_query and ob.video_proxies is None
+    assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def brute_force_csa(queries, videos, weights=None):
+    """Per (query, video): sum over valid words of weight * max over frames of cos (a padded frame counts as 0)."""
+    nq, nv = queries.mask.shape[0], videos.mask.shape[0]
+    out = torch.zeros(nq, nv)
+    for q in range(nq):
+        valid_words = torch.nonzero(queries.mask[q]).squeeze(1)
+        w = weights[q] if weights is not None else queries.mask[q] / queries.mask[q].sum()
+        for v in range(nv):
+            frames = F.normalize(videos.frames[v][videos.mask[v] > 0], dim=-1)
+            for t in valid_words:
+                sims = frames @ F.normalize(queries.words[q, t], dim=-1)
+                best = sims.max()
+                if (videos.mask[v] == 0).any():
+                    best = torch.clamp(best, min=0.0)
+                out[q, v] += w[t] * best
+    return out
+
+
+@pytest.mark.parametrize("backbone", ["ms_sl", "gmmformer"])
+def test_each_ral_part_changes_only_its_place(backbone, one_thread):
+    bare, full, fx = with_ral(backbone)
+    v0, q0, clip0, frame0, out0, parts0 = outputs(bare, fx)
+    # CSA (uniform word weights): clip scale untouched; frame scale = the set-to-set score of the word tokens
+    v1, q1, clip1, frame1, out1, parts1 = outputs(switch(full, True, False, False), fx)
+    assert torch.equal(clip1, clip0) and torch.equal(q1.pooled, q0.pooled) and torch.equal(v1.frames, v0.frames)
+    assert not torch.allclose(frame1, frame0, atol=1e-3)
+    torch.testing.assert_close(frame1, brute_force_csa(q1, v1), atol=ATOL, rtol=0)
+    assert not out1.frame_by_query and out1.frame_scores.shape == clip1.shape  # CSA replaces MS-SL's (Nq, Nq) scores
+    assert out1.video_proxies is None and "proxy_matching" not in parts1
+    # word confidence: only the weights of the words change
+    v2, q2, clip2, frame2, out2, _ = outputs(switch(full, True, True, False), fx)
+    g = full._word_weights(F.normalize(q2.words, dim=-1), q2.mask)
+    assert torch.equal(clip2, clip0) and torch.equal(q2.words, q1.words)
+    torch.testing.assert_close(g.sum(-1), torch.ones(len(g)))
+    torch.testing.assert_close(frame2, brute_force_csa(q2, v2, g), atol=ATOL, rtol=0)
+    assert not torch.allclose(frame2, frame1, atol=1e-4)
+    # MSRA: scores unchanged, proxies and their two loss terms appear, the other terms stay
+    v3, q3, clip3, frame3, out3, parts3 = outputs(switch(full, True, True, True), fx)
+    assert torch.equal(clip3, clip2) and torch.equal(frame3, frame2)
+    nv, k = len(v3), full.cfg.n_proxies
+    assert out3.video_proxies.shape == (nv, k, full.cfg.hidden_size) == out3.text_proxies.shape
+    assert set(parts3) - set(parts1) == {"proxy_matching", "distribution_alignment"}
+    assert all(torch.equal(parts3[t], parts1[t]) for t in ("clip_nce", "clip_triplet"))
+    # MSRA alone (no CSA): the backbone's frame score, plus proxies from the word encoder
+    v4, q4, clip4, frame4, out4, parts4 = outputs(switch(full, False, False, True), fx)
+    assert torch.equal(clip4, clip0) and torch.equal(frame4, frame0)
+    assert set(parts4) - set(parts0) == {"proxy_matching", "distribution_alignment"}
