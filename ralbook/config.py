@@ -144,7 +144,7 @@ class Config:
         elif isinstance(old, float) and isinstance(value, int):
             value = float(value)
         setattr(target, key, value)
-        if section == "model" and key == "backbone":
+        if section == "model" and key == "backbone" and value != old:  # a new backbone brings its recipe
             new.apply_backbone_recipe()
         new.sync()
         return new

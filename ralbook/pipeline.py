@@ -184,9 +184,13 @@ def build_config(preset_name: str = "demo", data_root: str = "", collection: str
     """
     from ralbook.config import preset
 
+    assignments = override_strings(overrides)
+    # a backbone brings its training recipe: set it first, so that the knobs and other overrides win
     try:
         cfg = preset(preset_name)
-    except KeyError as err:
+        for assignment in (a for a in assignments if a.split("=", 1)[0].strip() == "model.backbone"):
+            cfg = cfg.override(assignment)
+    except (KeyError, ValueError) as err:
         raise RalbookError(str(err)) from err
     if data_root:
         cfg.data.data_root = data_root
@@ -196,7 +200,7 @@ def build_config(preset_name: str = "demo", data_root: str = "", collection: str
                                 (hidden_size, "model", "hidden_size")):
         if value not in ("", 0, None):
             setattr(getattr(cfg, section), key, value)
-    for assignment in override_strings(overrides):
+    for assignment in assignments:
         try:
             cfg = cfg.override(assignment)
         except (KeyError, ValueError) as err:
