@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ralbook.config import ModelConfig
 from ralbook.model.encodings import ModelOutput, QueryEncoding, VideoEncoding
-from ralbook.model.layers import masked_softmax_pool
+from ralbook.model.layers import AttentionBlock, LinearLayer, PositionalEncoding, masked_softmax_pool
 from ralbook.model.ral import RALParts
 from ralbook.model.scoring import max_over_clips
 
@@ -103,9 +103,22 @@ class Backbone(RALParts, nn.Module):
 class SingleLayerQueries(Backbone):
     """Query branch of MS-SL and GMMFormer: projection, positions, one attention block, attention pooling.
 
-    The subclass creates ``query_pos``, ``query_proj``, ``query_encoder`` and ``query_pool``. With
-    CSA or MSRA on, RAL's word encoder gives the word tokens; otherwise they are the query tokens.
+    ``__init__`` creates the query branch and the input layers of both video branches; the subclass adds
+    its video encoders. With CSA or MSRA on, RAL's word encoder gives the word tokens; otherwise they are
+    the query tokens.
     """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        d, p_in = cfg.hidden_size, cfg.input_drop
+        self.query_pos = PositionalEncoding(cfg.max_desc_len, d, p_in)
+        self.clip_pos = PositionalEncoding(cfg.max_frames, d, p_in)
+        self.frame_pos = PositionalEncoding(cfg.max_frames, d, p_in)
+        self.query_proj = LinearLayer(cfg.text_dim, d, p_in)
+        self.query_encoder = AttentionBlock(d, cfg.n_heads, cfg.drop)
+        self.query_pool = nn.Linear(d, 1, bias=False)
+        self.clip_proj = LinearLayer(cfg.visual_dim, d, p_in)
+        self.frame_proj = LinearLayer(cfg.visual_dim, d, p_in)
 
     def encode_queries(self, query_feats: Tensor, query_mask: Tensor) -> QueryEncoding:
         query_mask = query_mask.to(query_feats.dtype)

@@ -18,7 +18,7 @@ from ralbook.config import ModelConfig
 from ralbook.model.backbones.base import SingleLayerQueries
 from ralbook.model.encodings import QueryEncoding, VideoEncoding
 from ralbook.model.gmm import GaussianBlock
-from ralbook.model.layers import AttentionBlock, LinearLayer, PositionalEncoding, masked_softmax_pool
+from ralbook.model.layers import AttentionBlock, masked_softmax_pool
 
 
 class GMMFormer(SingleLayerQueries):
@@ -30,19 +30,11 @@ class GMMFormer(SingleLayerQueries):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        d, h, p_in, p, windows = cfg.hidden_size, cfg.n_heads, cfg.input_drop, cfg.drop, cfg.gmm_windows
-        self.query_pos = PositionalEncoding(cfg.max_desc_len, d, p_in)
-        self.clip_pos = PositionalEncoding(cfg.max_frames, d, p_in)
-        self.frame_pos = PositionalEncoding(cfg.max_frames, d, p_in)
-        self.query_proj = LinearLayer(cfg.text_dim, d, p_in)
-        self.query_encoder = AttentionBlock(d, h, p)
-        self.clip_proj = LinearLayer(cfg.visual_dim, d, p_in)
+        d, h, p, windows = cfg.hidden_size, cfg.n_heads, cfg.drop, cfg.gmm_windows
         self.clip_encoder = GaussianBlock(d, h, p, windows)
         self.clip_encoder_2 = GaussianBlock(d, h, p, windows)
-        self.frame_proj = LinearLayer(cfg.visual_dim, d, p_in)
         self.frame_encoder = GaussianBlock(d, h, p, windows)
         self.frame_encoder_2 = GaussianBlock(d, h, p, windows)
-        self.query_pool = nn.Linear(d, 1, bias=False)
         self.frame_pool = nn.Linear(d, 1, bias=False)
         self.build_ral(AttentionBlock(d, h, p))
         self.reset_parameters()

@@ -16,7 +16,7 @@ from torch import Tensor
 from ralbook.config import ModelConfig
 from ralbook.model.backbones.base import SingleLayerQueries
 from ralbook.model.encodings import ModelOutput, QueryEncoding, VideoEncoding
-from ralbook.model.layers import AttentionBlock, LinearLayer, PositionalEncoding
+from ralbook.model.layers import AttentionBlock
 from ralbook.model.scoring import max_over_clips
 
 
@@ -35,17 +35,9 @@ class MSSL(SingleLayerQueries):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        d, h, p_in, p = cfg.hidden_size, cfg.n_heads, cfg.input_drop, cfg.drop
-        self.query_pos = PositionalEncoding(cfg.max_desc_len, d, p_in)
-        self.clip_pos = PositionalEncoding(cfg.max_frames, d, p_in)
-        self.frame_pos = PositionalEncoding(cfg.max_frames, d, p_in)
-        self.query_proj = LinearLayer(cfg.text_dim, d, p_in)
-        self.query_encoder = AttentionBlock(d, h, p)
-        self.clip_proj = LinearLayer(cfg.visual_dim, d, p_in)
+        d, h, p = cfg.hidden_size, cfg.n_heads, cfg.drop
         self.clip_encoder = AttentionBlock(d, h, p)
-        self.frame_proj = LinearLayer(cfg.visual_dim, d, p_in)
         self.frame_encoder = AttentionBlock(d, h, p)
-        self.query_pool = nn.Linear(d, 1, bias=False)
         self.key_proj = nn.Linear(d, d, bias=False)    # frames -> keys of the key-clip attention
         self.value_proj = nn.Linear(d, d, bias=False)  # frames -> values
         self.build_ral(AttentionBlock(d, h, p))
