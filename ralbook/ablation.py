@@ -79,8 +79,9 @@ def backbone_findings(rows: Sequence[Mapping[str, Any]], metric: str = "SumR") -
             verdict = (f"the difference is within seed noise (seeds alone move {metric} by up to {noise:.1f}), "
                        "so this run does not show an effect of RAL on this backbone.")
         else:
-            verdict = (f"the difference is larger than the seed range ({noise:.1f}), "
-                       f"so RAL {'helps' if diff > 0 else 'hurts'} this backbone on this data.")
+            verdict = (f"the difference is larger than the seed range ({noise:.1f}): a hint that RAL "
+                       f"{'helps' if diff > 0 else 'hurts'} this backbone on this data; with "
+                       f"{r['seeds']} seeds the range is a rough noise estimate, so more seeds would make it firm.")
         lines.append(f"- {said}: {verdict}")
     return "\n".join(lines)
 
