@@ -1,4 +1,5 @@
-"""RAL's parts that do not depend on a backbone: MSRA mean / sigma heads, support sets, proxies."""
+"""RAL's parts, for any backbone: MSRA mean / sigma heads, support sets, proxies, and ``RALParts``
+(CSA's word encoder, word confidence and set-to-set frame score; MSRA's distributions and proxies)."""
 from __future__ import annotations
 
 from typing import Any, Optional
