@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from ralbook.errors import RalbookError
 
-# The numbered notebooks, in order. The main job runs all but the sweep, which trains four more models
+# The numbered notebooks, in order. The main job runs all but the sweep, which trains sixteen more models
 # (``--ablation`` adds it).
 NOTEBOOKS: tuple[str, ...] = (
     "00_quickstart.ipynb",
@@ -347,7 +347,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--notebooks", nargs="*", default=None, metavar="NAME",
                         help="run only these notebooks (e.g. 01 04); default: 00-05")
     parser.add_argument("--ablation", action="store_true",
-                        help="also run 06_ablation_sweep (trains 4 more models; adds several minutes)")
+                        help="also run 06_ablation_sweep (trains 16 more models: 4 switch variants and 3 "
+                             "backbones x with / without RAL x 2 seeds; tens of minutes on a CPU)")
     parser.add_argument("--ablation-epochs", type=int, default=3, help="epochs per ablation variant (default 3)")
     parser.add_argument("--retrain", action="store_true",
                         help="delete OUT/run and train again (default: reuse or resume the run there)")
