@@ -388,3 +388,11 @@ def test_each_ral_part_changes_only_its_place(backbone, one_thread):
     v4, q4, clip4, frame4, out4, parts4 = outputs(switch(full, False, False, True), fx)
     assert torch.equal(clip4, clip0) and torch.equal(frame4, frame0)
     assert set(parts4) - set(parts0) == {"proxy_matching", "distribution_alignment"}
+
+
+def test_notebook_knobs_win_over_the_backbone_recipe():
+    from ralbook import pipeline
+
+    cfg = pipeline.build_config("tvr", epochs=3, seed=5, overrides={"train.lr": 1e-3, "model.backbone": "ms_sl"})
+    assert (cfg.model.backbone, cfg.train.n_epoch, cfg.train.seed, cfg.train.lr, cfg.loss.margin) == \
+        ("ms_sl", 3, 5, 1e-3, 0.1)
