@@ -396,3 +396,16 @@ def test_notebook_knobs_win_over_the_backbone_recipe():
     cfg = pipeline.build_config("tvr", epochs=3, seed=5, overrides={"train.lr": 1e-3, "model.backbone": "ms_sl"})
     assert (cfg.model.backbone, cfg.train.n_epoch, cfg.train.seed, cfg.train.lr, cfg.loss.margin) == \
         ("ms_sl", 3, 5, 1e-3, 0.1)
+
+
+@pytest.mark.parametrize("backbone", ["ms_sl", "gmmformer"])
+def test_weight_decay_groups_follow_the_public_rule(backbone):
+    """Their rule (no decay for names with "bias" / "LayerNorm") applied to their names picks the same tensors."""
+    from ralbook.checkpoint import reference_to_ralbook_key
+    from ralbook.optim import is_no_decay, parameter_groups
+
+    fx = torch.load(FIXTURES / f"fixture_{backbone}.pt")
+    model = build_model(model_config(fx, backbone))
+    theirs = {reference_to_ralbook_key(k, backbone) for k in fx["state_dict"] if is_no_decay(k)}
+    decay, no_decay = parameter_groups(model, 0.01)
+    assert set(no_decay["names"]) == theirs and len(decay["names"]) == len(fx["state_dict"]) - len(theirs)
