@@ -258,7 +258,10 @@ def test_backbone_setting_brings_its_recipe():
 
 
 def test_build_model_refuses_unknown_settings():
+    from ralbook import config, model
     from ralbook.errors import RalbookError
+
+    assert set(config.BACKBONES) == set(model.BACKBONES)  # the names settings accept are the ones built
 
     with pytest.raises(RalbookError, match="model.backbone"):
         build_model(ModelConfig(backbone="nope"))
