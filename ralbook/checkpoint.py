@@ -144,17 +144,24 @@ def replaced_classes() -> list[str]:
 
 # --------------------------------------------------------------------------- the authors' key names
 
+# Names all three public codes share: positional tables, input projections, the query pooling vector,
+# and the query / key / value projections of attention ("BertSelfAttention").
+_SHARED_RULES: list[tuple[str, str]] = [
+    (r"^(query|clip|frame)_pos_embed\.position_embeddings\.", r"\1_pos.table."),
+    (r"^(query|clip|frame)_pos_embed\.LayerNorm\.", r"\1_pos.norm."),
+    (r"^(query|clip|frame)_input_proj\.", r"\1_proj."),
+    (r"^modular_vector_mapping\.", "query_pool."),
+    (r"\.self\.query\.", ".attn.q."),
+    (r"\.self\.key\.", ".attn.k."),
+    (r"\.self\.value\.", ".attn.v."),
+    (r"\.net\.1\.", ".linear."),
+]
+
 # (pattern, replacement) applied in order to each key of the authors' state dict (SPEC section 10).
 REFERENCE_KEY_RULES: list[tuple[str, str]] = [
     (r"^frame_branch_query_encoder\.", "word_encoder."),
     (r"^frame_branch_query_proj\.", "word_proj."),
-    (r"^query_input_proj\.", "query_proj."),
-    (r"^clip_input_proj\.", "clip_proj."),
-    (r"^frame_input_proj\.", "frame_proj."),
     (r"^frame_encoder_1\.", "frame_encoder."),
-    (r"^(query|clip|frame)_pos_embed\.position_embeddings\.", r"\1_pos.table."),
-    (r"^(query|clip|frame)_pos_embed\.LayerNorm\.", r"\1_pos.norm."),
-    (r"^modular_vector_mapping\.", "query_pool."),
     (r"^text_weight_fc\.", "word_confidence_mlp."),
     (r"^pie_net_(video|text)\.attention\.w_(\d)\.", r"\1_mean.pool.w\2."),
     (r"^pie_net_(video|text)\.layer_norm\.", r"\1_mean.norm."),
@@ -166,29 +173,18 @@ REFERENCE_KEY_RULES: list[tuple[str, str]] = [
     (r"^(clip|frame)_encoder\.ca\.", r"\1_encoder.summary."),
     (r"^(clip|frame)_encoder\.layer1\.", r"\1_encoder.gate.0."),
     (r"^(clip|frame)_encoder\.layer2\.", r"\1_encoder.gate.3."),
+    *_SHARED_RULES,
     (r"\.LayerNorm\.", ".norm."),
-    (r"\.net\.1\.", ".linear."),
-    (r"\.self\.query\.", ".attn.q."),
-    (r"\.self\.key\.", ".attn.k."),
-    (r"\.self\.value\.", ".attn.v."),
     (r"\.output\.layer1\.", ".ffn.up."),
     (r"\.output\.layer2\.", ".ffn.down."),
 ]
 
-
-# MS-SL and GMMFormer share the names of their input projections, positions and attention blocks.
+# MS-SL and GMMFormer: their attention blocks ("BertAttention") have an output projection and no FFN.
 _SINGLE_LAYER_RULES: list[tuple[str, str]] = [
-    (r"^(query|clip|frame)_pos_embed\.position_embeddings\.", r"\1_pos.table."),
-    (r"^(query|clip|frame)_pos_embed\.LayerNorm\.", r"\1_pos.norm."),
-    (r"^(query|clip|frame)_input_proj\.", r"\1_proj."),
-    (r"^modular_vector_mapping\.", "query_pool."),
-    (r"\.self\.query\.", ".attn.q."),
-    (r"\.self\.key\.", ".attn.k."),
-    (r"\.self\.value\.", ".attn.v."),
+    *_SHARED_RULES,
     (r"\.output\.dense\.", ".out."),
     (r"\.output\.LayerNorm\.", ".norm."),
     (r"\.LayerNorm\.", ".norm."),
-    (r"\.net\.1\.", ".linear."),
 ]
 
 # Rules per backbone (``model.backbone``): the public code's names -> ralbook's.
