@@ -8,6 +8,7 @@ Synthetic in-memory inputs of the sizes used for the reference figures in issue 
     python benchmarks/bench_engine.py --preset act --device cuda --amp bf16
     python benchmarks/bench_engine.py --batch-sizes 128 --eval --set model.checkpoint_branches=true
     python benchmarks/bench_engine.py --batch-sizes --eval --read 500     # feature reading only
+    python benchmarks/bench_engine.py --backbones gmmformer_v2 gmmformer ms_sl --batch-sizes 32 --eval 200x1000
 
 Each measurement runs in its own process, so that its peak memory (resident set size on CPU,
 ``max_memory_allocated`` on CUDA) is its own. This is a measurement script, not a test.
@@ -28,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ralbook.config import Config, preset  # noqa: E402
+from ralbook.config import BACKBONES, Config, preset  # noqa: E402
 from ralbook.evaluate import autocast, concat_encodings, rank_encoded, resolve_device  # noqa: E402
 from ralbook.train import _float_output  # noqa: E402  (the trainer's cast of model outputs to float32)
 
@@ -262,6 +263,8 @@ def main() -> None:
     p.add_argument("--video-chunk", type=int, default=0, help="videos scored at once (0: the preset's)")
     p.add_argument("--video-batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--backbones", nargs="+", default=["gmmformer_v2"], choices=list(BACKBONES),
+                   help="measure each backbone (its recipe; RAL switches as the preset and --set say)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set model.checkpoint_branches=true (repeatable)")
     p.add_argument("--json", help="also write the results to this file")
@@ -280,28 +283,33 @@ def main() -> None:
           f"amp {args.amp}, compile {args.compile}" + "".join(f", {a}" for a in args.set)
           + f"; native bf16: {native_bf16()}", flush=True)
     results = []
-    jobs = [("train", str(b)) for b in args.batch_sizes] + [("eval", s) for s in args.eval_sizes]
-    jobs += [("read", str(args.read))] if args.read else []
-    for task, value in jobs:
-        run = subprocess.run(child_args(args, task, value), capture_output=True, text=True)
-        if run.returncode != 0:
-            print(f"{task} {value}: failed (exit {run.returncode}): {run.stderr.strip().splitlines()[-1:]}", flush=True)
-            continue
-        r = json.loads(run.stdout.strip().splitlines()[-1])
-        results.append(r)
-        dev = f", device peak {r['peak_device_gb']:.2f} GB" if r.get("peak_device_gb") is not None else ""
-        if task == "read":
-            print(f"feature reading: {r['ms_per_video']:.2f} ms per video ({r['videos']} videos, "
-                  f"{r['frames_per_video']:.0f} frames of Dv {args.visual_dim} on average)", flush=True)
-        elif task == "train":
-            print(f"train batch {r['batch']:>4} ({r['queries']} queries): {r['step_s']:.2f} s/step "
-                  f"(min {r['min_step_s']:.2f}), peak RSS {r['peak_rss_gb']:.2f} GB "
-                  f"(before the steps {r['rss_before_gb']:.2f} GB){dev}", flush=True)
-        else:
-            print(f"eval {r['videos']} videos x {r['queries']} queries: {r['eval_s']:.2f} s "
-                  f"(video encoding {r['encode_videos_s']:.2f} s; chunks {r['query_chunk']} queries x "
-                  f"{r['video_chunk']} videos), peak RSS {r['peak_rss_gb']:.2f} GB{dev}", flush=True)
-            print(achieved_rates(r, args.amp), flush=True)
+    settings = list(args.set)
+    for backbone in args.backbones:
+        args.set = [f"model.backbone={backbone}"] + settings
+        if len(args.backbones) > 1:
+            print(f"backbone {backbone}:", flush=True)
+        jobs = [("train", str(b)) for b in args.batch_sizes] + [("eval", s) for s in args.eval_sizes]
+        jobs += [("read", str(args.read))] if args.read else []
+        for task, value in jobs:
+            run = subprocess.run(child_args(args, task, value), capture_output=True, text=True)
+            if run.returncode != 0:
+                print(f"{task} {value}: failed (exit {run.returncode}): {run.stderr.strip().splitlines()[-1:]}", flush=True)
+                continue
+            r = json.loads(run.stdout.strip().splitlines()[-1])
+            results.append({**r, "backbone": backbone})
+            dev = f", device peak {r['peak_device_gb']:.2f} GB" if r.get("peak_device_gb") is not None else ""
+            if task == "read":
+                print(f"feature reading: {r['ms_per_video']:.2f} ms per video ({r['videos']} videos, "
+                      f"{r['frames_per_video']:.0f} frames of Dv {args.visual_dim} on average)", flush=True)
+            elif task == "train":
+                print(f"train batch {r['batch']:>4} ({r['queries']} queries): {r['step_s']:.2f} s/step "
+                      f"(min {r['min_step_s']:.2f}), peak RSS {r['peak_rss_gb']:.2f} GB "
+                      f"(before the steps {r['rss_before_gb']:.2f} GB){dev}", flush=True)
+            else:
+                print(f"eval {r['videos']} videos x {r['queries']} queries: {r['eval_s']:.2f} s "
+                      f"(video encoding {r['encode_videos_s']:.2f} s; chunks {r['query_chunk']} queries x "
+                      f"{r['video_chunk']} videos), peak RSS {r['peak_rss_gb']:.2f} GB{dev}", flush=True)
+                print(achieved_rates(r, args.amp), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

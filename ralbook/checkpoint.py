@@ -18,7 +18,7 @@ import re
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Union
+from typing import Any, Iterable, Iterator, Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -264,17 +264,24 @@ def replaced_classes() -> list[str]:
 
 # --------------------------------------------------------------------------- the authors' key names
 
+# Names all three public codes share: positional tables, input projections, the query pooling vector,
+# and the query / key / value projections of attention ("BertSelfAttention").
+_SHARED_RULES: list[tuple[str, str]] = [
+    (r"^(query|clip|frame)_pos_embed\.position_embeddings\.", r"\1_pos.table."),
+    (r"^(query|clip|frame)_pos_embed\.LayerNorm\.", r"\1_pos.norm."),
+    (r"^(query|clip|frame)_input_proj\.", r"\1_proj."),
+    (r"^modular_vector_mapping\.", "query_pool."),
+    (r"\.self\.query\.", ".attn.q."),
+    (r"\.self\.key\.", ".attn.k."),
+    (r"\.self\.value\.", ".attn.v."),
+    (r"\.net\.1\.", ".linear."),
+]
+
 # (pattern, replacement) applied in order to each key of the authors' state dict (docs/method.md#loading-the-authors-checkpoints).
 REFERENCE_KEY_RULES: list[tuple[str, str]] = [
     (r"^frame_branch_query_encoder\.", "word_encoder."),
     (r"^frame_branch_query_proj\.", "word_proj."),
-    (r"^query_input_proj\.", "query_proj."),
-    (r"^clip_input_proj\.", "clip_proj."),
-    (r"^frame_input_proj\.", "frame_proj."),
     (r"^frame_encoder_1\.", "frame_encoder."),
-    (r"^(query|clip|frame)_pos_embed\.position_embeddings\.", r"\1_pos.table."),
-    (r"^(query|clip|frame)_pos_embed\.LayerNorm\.", r"\1_pos.norm."),
-    (r"^modular_vector_mapping\.", "query_pool."),
     (r"^text_weight_fc\.", "word_confidence_mlp."),
     (r"^pie_net_(video|text)\.attention\.w_(\d)\.", r"\1_mean.pool.w\2."),
     (r"^pie_net_(video|text)\.layer_norm\.", r"\1_mean.norm."),
@@ -286,19 +293,48 @@ REFERENCE_KEY_RULES: list[tuple[str, str]] = [
     (r"^(clip|frame)_encoder\.ca\.", r"\1_encoder.summary."),
     (r"^(clip|frame)_encoder\.layer1\.", r"\1_encoder.gate.0."),
     (r"^(clip|frame)_encoder\.layer2\.", r"\1_encoder.gate.3."),
+    *_SHARED_RULES,
     (r"\.LayerNorm\.", ".norm."),
-    (r"\.net\.1\.", ".linear."),
-    (r"\.self\.query\.", ".attn.q."),
-    (r"\.self\.key\.", ".attn.k."),
-    (r"\.self\.value\.", ".attn.v."),
     (r"\.output\.layer1\.", ".ffn.up."),
     (r"\.output\.layer2\.", ".ffn.down."),
 ]
 
+# MS-SL and GMMFormer: their attention blocks ("BertAttention") have an output projection and no FFN.
+_SINGLE_LAYER_RULES: list[tuple[str, str]] = [
+    *_SHARED_RULES,
+    (r"\.output\.dense\.", ".out."),
+    (r"\.output\.LayerNorm\.", ".norm."),
+    (r"\.LayerNorm\.", ".norm."),
+]
 
-def reference_to_ralbook_key(key: str) -> str:
-    """Name of the ralbook parameter that holds the authors' tensor ``key``."""
-    for pattern, replacement in REFERENCE_KEY_RULES:
+# Rules per backbone (``model.backbone``): the public code's names -> ralbook's.
+KEY_RULES: dict[str, list[tuple[str, str]]] = {
+    "gmmformer_v2": REFERENCE_KEY_RULES,
+    "ms_sl": [(r"^mapping_linear\.0\.", "key_proj."), (r"^mapping_linear\.1\.", "value_proj."),
+              *_SINGLE_LAYER_RULES],
+    "gmmformer": [(r"^frame_encoder_1\.", "frame_encoder."),
+                  (r"^(clip_encoder|clip_encoder_2|frame_encoder|frame_encoder_2)\.attn(\d)\.", r"\1.branches.\2."),
+                  (r"^modular_vector_mapping_2\.", "frame_pool."), *_SINGLE_LAYER_RULES],
+}
+
+
+# A parameter name only one backbone's public code has (after ralbook's renaming or before it).
+_SIGNATURES = {"gmmformer_v2": ("weight_token", "frame_branch_query_encoder"), "ms_sl": ("mapping_linear", "key_proj"),
+               "gmmformer": ("clip_encoder_2", "modular_vector_mapping_2")}
+
+
+def guess_backbone(keys: Iterable[str]) -> Optional[str]:
+    """The backbone whose public code writes keys like these, or None."""
+    keys = list(keys)
+    for backbone, markers in _SIGNATURES.items():
+        if any(marker in key for key in keys for marker in markers):
+            return backbone
+    return None
+
+
+def reference_to_ralbook_key(key: str, backbone: str = "gmmformer_v2") -> str:
+    """Name of the ralbook parameter that holds the public code's tensor ``key``."""
+    for pattern, replacement in KEY_RULES[backbone]:
         key = re.sub(pattern, replacement, key)
     return key
 
@@ -315,22 +351,24 @@ def _state_dict_of(source: Union[PathLike, Mapping[str, Any]]) -> Mapping[str, A
     return obj
 
 
-def convert_reference_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Strip DataParallel ``module.`` prefixes and rename the authors' keys to ralbook's."""
+def convert_reference_state_dict(state: Mapping[str, torch.Tensor],
+                                 backbone: str = "gmmformer_v2") -> dict[str, torch.Tensor]:
+    """Strip DataParallel ``module.`` prefixes and rename the public code's keys to ralbook's."""
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         key = key[len("module."):] if key.startswith("module.") else key
-        out[reference_to_ralbook_key(key)] = value
+        out[reference_to_ralbook_key(key, backbone)] = value
     return out
 
 
 def load_reference(model: nn.Module, source: Union[PathLike, Mapping[str, Any]]) -> nn.Module:
-    """Load the authors' weights (a state dict, a checkpoint dict, or a file of either) into ``model``.
+    """Load the public code's weights (a state dict, a checkpoint dict, or a file of either) into ``model``.
 
-    Strict: every tensor must find a parameter of the same shape and every parameter must be filled;
-    otherwise CheckpointError lists the problems with both shapes.
+    The key names are those of the public code of the model's backbone (GMMFormer v2 + RAL,
+    GMMFormer, MS-SL). Strict: every tensor must find a parameter of the same shape and every
+    parameter must be filled; otherwise CheckpointError lists the problems with both shapes.
     """
-    state = convert_reference_state_dict(_state_dict_of(source))
+    state = convert_reference_state_dict(_state_dict_of(source), getattr(model, "name", "gmmformer_v2"))
     own = model.state_dict()
     unexpected = sorted(set(state) - set(own))
     missing = sorted(set(own) - set(state))
@@ -344,6 +382,9 @@ def load_reference(model: nn.Module, source: Union[PathLike, Mapping[str, Any]])
             lines.append(f"{len(unexpected)} checkpoint tensor(s) unused: " + ", ".join(unexpected[:8]))
         if missing:
             lines.append(f"{len(missing)} model parameter(s) not in the checkpoint: " + ", ".join(missing[:8]))
+        guess = guess_backbone(state.keys())
+        if guess and guess != getattr(model, "name", "gmmformer_v2"):
+            lines.append(f"its keys look like a {guess} checkpoint: set model.backbone={guess}")
         raise CheckpointError("checkpoint does not fit the model: " + " | ".join(lines))
     check_finite_state(state, source if isinstance(source, (str, os.PathLike)) else "the reference weights")
     model.load_state_dict(state, strict=True)

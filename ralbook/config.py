@@ -180,6 +180,8 @@ class ModelConfig:
     word_confidence: bool = True       # off: uniform weights over valid words
     msra: bool = True                  # off: no proxies, no L_PM / L_DA
     checkpoint_branches: bool = False  # recompute GMM branches in backward: half the memory, 15-20% more time
+    backbone: str = "gmmformer_v2"     # gmmformer_v2 | gmmformer | ms_sl (see docs/backbones.md)
+    gmm_windows: str = "per_video"     # gmmformer: per_video (padding-independent) | batch (as the public code)
 
 
 @dataclass
@@ -286,9 +288,17 @@ class Config:
             raise ConfigError(f"model.{key} follows data.{key} (the collection's features): set data.{key} instead")
         value = parse_setting(f"{section}.{key}", str(fields_[key].type), raw)
         setattr(target, key, value)
+        if section == "model" and key == "backbone" and value != old:  # a new backbone brings its recipe
+            new.apply_backbone_recipe()
         new.sync()
         new.check()
         return new
+
+    def apply_backbone_recipe(self) -> None:
+        """Set the training recipe of ``model.backbone`` for this preset (``name``), from the backbone's public code."""
+        for section, values in backbone_recipe(self.model.backbone, self.name).items():
+            for key, value in values.items():
+                setattr(getattr(self, section), key, copy.deepcopy(value))
 
     def sync(self) -> None:
         """Copy the values the data dictates (feature sizes, lengths) into the model config."""
@@ -340,11 +350,67 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _recipe(alpha: float, drop: float, lr: float, margin: float, loss_factor: list[float],
+            neg_factor: list[float], hard_negative_start_epoch: int, seed: int) -> dict[str, dict[str, Any]]:
+    return {"model": {"alpha": alpha, "input_drop": drop, "drop": drop},
+            "loss": {"margin": margin, "loss_factor": loss_factor, "neg_factor": neg_factor},
+            "train": {"lr": lr, "hard_negative_start_epoch": hard_negative_start_epoch, "seed": seed}}
+
+
+# Each backbone's recipe per dataset, from its public code (run scripts and configs): fusion weight
+# alpha (clip_scale_w), dropout, learning rate, margin, loss factors [clip NCE, frame NCE, query
+# diversity, OT], neg_factor [margin, scale, lambda] of the query diversity, start of hard negatives,
+# seed. Both also use BertAdam, warmup 0.01, weight decay 0.01, batch 128, 100 epochs, patience 10.
+# MS-SL has no query diversity and no OT; GMMFormer no OT (their factors are 0).
+BACKBONE_RECIPES: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
+    "ms_sl": {
+        "tvr": _recipe(0.7, 0.1, 2.5e-4, 0.1, [0.02, 0.04, 0.0, 0.0], [0.15, 32.0, 1.0], 20, 2018),
+        "act": _recipe(0.7, 0.1, 2.5e-4, 0.2, [0.02, 0.04, 0.0, 0.0], [0.15, 32.0, 1.0], 20, 2018),
+        "cha": _recipe(0.5, 0.1, 2.5e-4, 0.2, [0.02, 0.04, 0.0, 0.0], [0.15, 32.0, 1.0], 20, 2018),
+    },
+    "gmmformer": {
+        "tvr": _recipe(0.7, 0.2, 3e-4, 0.1, [0.05, 0.04, 0.001, 0.0], [0.15, 32.0, 1.0], 30, 9527),
+        "act": _recipe(0.7, 0.2, 2.5e-4, 0.2, [0.02, 0.04, 0.015, 0.0], [0.2, 32.0, 1.0], 20, 9527),
+        "cha": _recipe(0.7, 0.15, 2.5e-4, 0.2, [0.02, 0.02, 0.005, 0.0], [0.15, 32.0, 1.0], 100, 9527),
+    },
+}
+for _name in ("tvr", "act", "cha"):
+    for _recipes in BACKBONE_RECIPES.values():
+        _recipes[_name]["train"].update(n_epoch=100, patience=10)
+BACKBONES = ("gmmformer_v2", "gmmformer", "ms_sl")
+
+
+def backbone_recipe(backbone: str, preset_name: str) -> dict[str, dict[str, Any]]:
+    """The section values that ``backbone`` sets on preset ``preset_name``.
+
+    GMMFormer v2's recipe is the preset itself. On ``demo`` (and any other preset) the other
+    backbones take the loss and fusion settings of their TVR recipe and keep the preset's run sizes.
+    """
+    if backbone not in BACKBONES:
+        raise KeyError(f"unknown backbone {backbone!r}; choose one of {list(BACKBONES)}")
+    base = PRESETS.get(preset_name, PRESETS["demo"])
+    recipes = BACKBONE_RECIPES.get(backbone)
+    if recipes is None:  # gmmformer_v2: the keys the other recipes set, as the preset has them
+        keys = {s: set(v) for s, v in BACKBONE_RECIPES["gmmformer"]["tvr"].items()}
+        return {s: {k: base[s][k] for k in sorted(keys[s]) if k in base.get(s, {})} for s in keys}
+    if preset_name in recipes:
+        return recipes[preset_name]
+    tvr = recipes["tvr"]
+    return {"model": {"alpha": tvr["model"]["alpha"]}, "loss": dict(tvr["loss"])}
+
+
 def preset(name: str, **section_overrides: dict[str, Any]) -> Config:
-    """Build the Config of a preset; ``section_overrides`` maps a section name to a dict of its keys."""
+    """Build the Config of a preset; ``section_overrides`` maps a section name to a dict of its keys.
+
+    A ``model.backbone`` override brings that backbone's recipe (``backbone_recipe``); the other overrides win.
+    """
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     d = copy.deepcopy(PRESETS[name])
+    backbone = section_overrides.get("model", {}).get("backbone")
+    if backbone:
+        for section, values in backbone_recipe(backbone, name).items():
+            d.setdefault(section, {}).update(copy.deepcopy(values))
     for section, values in section_overrides.items():
         d.setdefault(section, {}).update(values)
     cfg = Config.from_dict({"name": name, **d})

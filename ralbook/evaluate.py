@@ -494,6 +494,8 @@ def model_from_checkpoint(path: Union[str, Path], preset_name: Optional[str] = N
         except KeyError as err:
             raise RalbookError(str(err)) from err
     cfg = adjust(cfg) if adjust else cfg
+    if cfg.model.backbone != "gmmformer_v2":  # MS-SL's and GMMFormer's own files hold the bare backbone
+        cfg.model.csa = cfg.model.word_confidence = cfg.model.msra = False
     model = build_model(cfg.model)
     load_reference(model, obj)
     return cfg, model, "reference"

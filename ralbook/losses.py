@@ -32,6 +32,26 @@ def nce(scores: Tensor, labels: Tensor) -> Tensor:
     return t2v.mean() + v2t.mean()
 
 
+def _hinge_to_sampled_negative(scores: Tensor, labels: Tensor, margin: float, hard: bool, hard_pool_size: int,
+                               generator: Optional[torch.Generator] = None) -> Tensor:
+    """Per row: hinge between its positive column ``labels[row]`` and one sampled other column, (N,).
+
+    The negative is a random other column (hard: random among the ``hard_pool_size`` best-scoring others).
+    """
+    n, m = scores.shape
+    pos = _positives(labels, m)
+    positive = scores.gather(1, labels.unsqueeze(1)).squeeze(1)
+    others = scores.detach().masked_fill(pos, float("-inf"))
+    pool = max(1, min(hard_pool_size, m - 1)) if hard else max(1, m - 1)
+    if hard:
+        candidates = others.topk(pool, dim=1).indices
+    else:
+        candidates = torch.argsort(pos.float(), dim=1, stable=True)[:, :pool]  # every other column
+    pick = torch.randint(0, pool, (n,), generator=generator).to(scores.device)
+    negative = scores.gather(1, candidates.gather(1, pick.unsqueeze(1))).squeeze(1)
+    return (margin + negative - positive).clamp(min=0)
+
+
 def triplet(scores: Tensor, labels: Tensor, margin: float, hard: bool, hard_pool_size: int,
             generator: Optional[torch.Generator] = None) -> Tensor:
     """Hinge loss on normalised scores with one sampled negative per query and per video.
@@ -41,17 +61,7 @@ def triplet(scores: Tensor, labels: Tensor, margin: float, hard: bool, hard_pool
     """
     nq, nv = scores.shape
     pos = _positives(labels, nv)
-    # text -> video
-    pos_t2v = scores.gather(1, labels.unsqueeze(1)).squeeze(1)
-    others = scores.detach().masked_fill(pos, float("-inf"))
-    pool = max(1, min(hard_pool_size, nv - 1)) if hard else max(1, nv - 1)
-    if hard:
-        candidates = others.topk(pool, dim=1).indices
-    else:
-        candidates = torch.argsort(pos.float(), dim=1, stable=True)[:, :pool]  # every other video
-    pick = torch.randint(0, pool, (nq,), generator=generator).to(scores.device)
-    neg_t2v = scores.gather(1, candidates.gather(1, pick.unsqueeze(1))).squeeze(1)
-    t2v = (margin + neg_t2v - pos_t2v).clamp(min=0)
+    t2v = _hinge_to_sampled_negative(scores, labels, margin, hard, hard_pool_size, generator)
     # video -> text
     pos_v2t = (scores * pos).sum(0) / pos.sum(0).clamp(min=1)
     others_v = scores.detach().t().masked_fill(pos.t(), float("-inf"))  # (Nv, Nq)
@@ -64,6 +74,30 @@ def triplet(scores: Tensor, labels: Tensor, margin: float, hard: bool, hard_pool
     valid = pos.any(0) & (~pos).any(0)
     v2t = torch.where(valid, (margin + neg_v2t - pos_v2t).clamp(min=0), torch.zeros_like(pos_v2t))
     return t2v.sum() / nq + v2t.sum() / nv
+
+
+def diagonal_triplet(scores: Tensor, margin: float, hard: bool, hard_pool_size: int,
+                     generator: Optional[torch.Generator] = None) -> Tensor:
+    """MS-SL's frame triplet on (N, N) scores with positives on the diagonal: rows, then columns.
+
+    A single query has no negative and gives 0 (the public code crashes there).
+    """
+    n = scores.shape[0]
+    if n < 2:
+        return scores.sum() * 0.0
+    diagonal = torch.arange(n, device=scores.device)
+    rows = _hinge_to_sampled_negative(scores, diagonal, margin, hard, hard_pool_size, generator)
+    columns = _hinge_to_sampled_negative(scores.t(), diagonal, margin, hard, hard_pool_size, generator)
+    return rows.sum() / n + columns.sum() / n
+
+
+def pair_nce(scores: Tensor) -> Tensor:
+    """MS-SL's frame NCE on (N, N) raw scores: row i and column i together against the diagonal entry.
+
+    The diagonal entry enters the log-sum-exp twice (once from the row, once from the column), as in the public code.
+    """
+    both = torch.cat([scores, scores.t()], dim=1)
+    return (torch.logsumexp(both, dim=1) - scores.diagonal()).mean()
 
 
 def query_diversity(pooled: Tensor, labels: Tensor, margin: float, alpha: float, lam: float) -> Tensor:
@@ -83,6 +117,17 @@ def _assignment(sim: Tensor) -> tuple[np.ndarray, np.ndarray]:
         raise NonFiniteError("the training loss became non-finite: the optimal-transport step got NaN or inf "
                              "similarities; lower train.lr, turn off train.amp or check the features")
     return linear_sum_assignment(cost, maximize=True)
+
+
+def query_diversity_gmmformer(pooled: Tensor, labels: Tensor, margin: float, alpha: float) -> Tensor:
+    """GMMFormer's query-diversity loss: per query j, log(1 + sum over the other queries i of its video
+    of exp(alpha (cos_ij + margin))), averaged over all queries."""
+    x = F.normalize(pooled, dim=-1)
+    cos = x @ x.t()
+    same = (labels.unsqueeze(0) == labels.unsqueeze(1)) & ~torch.eye(len(labels), dtype=torch.bool,
+                                                                   device=labels.device)
+    sums = torch.where(same, torch.exp(alpha * (cos + margin)), torch.zeros_like(cos)).sum(dim=0)
+    return torch.log(1 + sums).sum() / len(labels)
 
 
 def optimal_transport(pooled: Tensor, clips: Tensor, labels: Tensor) -> Tensor:
@@ -175,14 +220,24 @@ class Objective(torch.nn.Module):
                   generator: Optional[torch.Generator] = None) -> dict[str, Tensor]:
         c, labels = self.cfg, out.labels
         m, a, lam = c.neg_factor
-        raw = {
-            "clip_nce": nce(out.clip_scores_raw, labels),
-            "frame_nce": nce(out.frame_scores_raw, labels),
-            "clip_triplet": triplet(out.clip_scores, labels, c.margin, hard_negatives, c.hard_pool_size, generator),
-            "frame_triplet": triplet(out.frame_scores, labels, c.margin, hard_negatives, c.hard_pool_size, generator),
-            "query_diversity": query_diversity(out.pooled_queries, labels, m, a, lam),
-            "optimal_transport": optimal_transport(out.pooled_queries, out.clips, labels),
-        }
+        raw = {"clip_nce": nce(out.clip_scores_raw, labels)}
+        if out.frame_by_query:  # MS-SL: (Nq, Nq) frame scores, positives on the diagonal
+            raw["frame_nce"] = pair_nce(out.frame_scores_raw)
+        else:
+            raw["frame_nce"] = nce(out.frame_scores_raw, labels)
+        raw["clip_triplet"] = triplet(out.clip_scores, labels, c.margin, hard_negatives, c.hard_pool_size, generator)
+        if out.frame_by_query:
+            raw["frame_triplet"] = diagonal_triplet(out.frame_scores, c.margin, hard_negatives, c.hard_pool_size,
+                                                    generator)
+        else:
+            raw["frame_triplet"] = triplet(out.frame_scores, labels, c.margin, hard_negatives, c.hard_pool_size,
+                                           generator)
+        # each backbone's own extra terms: GMMFormer v2 (query diversity, OT), GMMFormer (its query diversity)
+        if out.backbone == "gmmformer_v2":
+            raw["query_diversity"] = query_diversity(out.pooled_queries, labels, m, a, lam)
+            raw["optimal_transport"] = optimal_transport(out.pooled_queries, out.clips, labels)
+        elif out.backbone == "gmmformer":
+            raw["query_diversity"] = query_diversity_gmmformer(out.pooled_queries, labels, m, a)
         if out.video_proxies is not None and out.text_proxies is not None:
             raw["proxy_matching"] = proxy_matching(out.video_proxies, out.text_proxies)
             raw["distribution_alignment"] = distribution_alignment(out.video_proxies, out.video_log_sigma,
@@ -197,5 +252,5 @@ class Objective(torch.nn.Module):
         return weighted_total(self.raw_terms(out, hard_negatives, generator), self.cfg)
 
 
-__all__ = ["nce", "triplet", "query_diversity", "optimal_transport", "ot_assignment", "proxy_matching",
+__all__ = ["nce", "triplet", "diagonal_triplet", "pair_nce", "query_diversity", "query_diversity_gmmformer", "optimal_transport", "ot_assignment", "proxy_matching",
            "proxy_matching_one_way", "distribution_alignment", "weights", "weighted_total", "Objective", "TERMS"]

@@ -36,10 +36,11 @@ def warmup_linear(progress: float, warmup: float) -> float:
 
 
 def _layernorm_owner_types() -> tuple[type, ...]:
-    """Modules whose LayerNorm the authors' code calls ``LayerNorm`` (input projections, positional encodings)."""
-    from ralbook.model import LinearLayer, PositionalEncoding
+    """Modules whose LayerNorm the authors' code calls ``LayerNorm`` (input projections, positional encodings,
+    and MS-SL's / GMMFormer's attention blocks)."""
+    from ralbook.model import AttentionBlock, LinearLayer, PositionalEncoding
 
-    return (LinearLayer, PositionalEncoding)
+    return (LinearLayer, PositionalEncoding, AttentionBlock)
 
 
 def authors_style_name(model: nn.Module) -> dict[str, str]:

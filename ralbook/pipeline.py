@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 from ralbook import report
 from ralbook.errors import RalbookError
 
-# The numbered notebooks, in order. The main job runs all but the sweep, which trains four more models
+# The numbered notebooks, in order. The main job runs all but the sweep, which trains sixteen more models
 # (``--ablation`` adds it), and the robustness study, which trains dozens (``--robustness`` adds it).
 NOTEBOOKS: tuple[str, ...] = (
     "00_quickstart.ipynb",
@@ -218,9 +218,13 @@ def build_config(preset_name: str = "demo", data_root: str = "", collection: str
     """
     from ralbook.config import preset
 
+    assignments = override_strings(overrides)
+    # a backbone brings its training recipe: set it first, so that the knobs and other overrides win
     try:
         cfg = preset(preset_name)
-    except KeyError as err:
+        for assignment in (a for a in assignments if a.split("=", 1)[0].strip() == "model.backbone"):
+            cfg = cfg.override(assignment)
+    except (KeyError, ValueError) as err:
         raise RalbookError(str(err)) from err
     if data_root:
         cfg.data.data_root = data_root
@@ -230,7 +234,7 @@ def build_config(preset_name: str = "demo", data_root: str = "", collection: str
                                 (hidden_size, "model", "hidden_size")):
         if value not in ("", 0, None):
             setattr(getattr(cfg, section), key, value)
-    for assignment in override_strings(overrides):
+    for assignment in assignments:
         try:
             cfg = cfg.override(assignment)
         except (KeyError, ValueError) as err:
@@ -387,7 +391,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--notebooks", nargs="*", default=None, metavar="NAME",
                         help="run only these notebooks (e.g. 01 04); default: 00-05")
     parser.add_argument("--ablation", action="store_true",
-                        help="also run 06_ablation_sweep (trains 4 more models; adds several minutes)")
+                        help="also run 06_ablation_sweep (trains 16 more models: 4 switch variants and 3 "
+                             "backbones x with / without RAL x 2 seeds; tens of minutes on a CPU)")
     parser.add_argument("--ablation-epochs", type=int, default=3, help="epochs per ablation variant (default 3)")
     parser.add_argument("--robustness", action="store_true",
                         help="also run 07_robustness (the full study: about 45 minutes on 2 CPU cores; cached)")

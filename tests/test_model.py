@@ -292,7 +292,7 @@ def test_inputs_the_public_code_crashes_on():
 
 @pytest.mark.parametrize("chunk_elements", [1, 100, 1 << 24])
 def test_masked_max_sim_gradient_matches_dense_autograd(chunk_elements, monkeypatch):
-    monkeypatch.setattr("ralbook.model.MAX_SIM_CHUNK_ELEMENTS", chunk_elements)  # 1 query per chunk .. all at once
+    monkeypatch.setattr("ralbook.model.scoring.MAX_SIM_CHUNK_ELEMENTS", chunk_elements)  # 1 query per chunk .. all at once
     g = torch.Generator().manual_seed(0)
     a = torch.randn(5, 4, 3, generator=g, dtype=torch.float64, requires_grad=True)
     b = torch.randn(3, 6, 3, generator=g, dtype=torch.float64, requires_grad=True)

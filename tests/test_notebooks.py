@@ -391,8 +391,19 @@ def test_06_ablation_sweep_runs_02_per_variant(tiny_root, out_dir):
     sweep = out_dir / "sweep"
     variants = {"no_word_conf": {"model.word_confidence": False}}
     s = execute("06_ablation_sweep", out_dir, data_root=str(tiny_root), sweep_dir=str(sweep), variants=variants,
-                epochs=1, hidden_size=16)
+                epochs=1, hidden_size=16, backbones=["ms_sl"], backbone_seeds=[1, 2])
     assert list(s["metrics"]) == list(variants)
+    # the backbone dimension: ms_sl alone and with RAL, two seeds each, and the table computed from them
+    assert sorted(s["backbone_metrics"]) == ["ms_sl+RAL@1", "ms_sl+RAL@2", "ms_sl@1", "ms_sl@2"]
+    assert json.loads((sweep / "backbones" / "ms_sl@2" / "config.json").read_text())["model"]["csa"] is False
+    (row,) = s["backbones"]
+    sumr = {name: m["SumR"] for name, m in s["backbone_metrics"].items()}
+    assert row["SumR alone"] == pytest.approx((sumr["ms_sl@1"] + sumr["ms_sl@2"]) / 2, abs=0.06)
+    assert row["seed range"] == pytest.approx(max(abs(sumr["ms_sl@1"] - sumr["ms_sl@2"]),
+                                                  abs(sumr["ms_sl+RAL@1"] - sumr["ms_sl+RAL@2"])), abs=0.06)
+    shown = json.loads((out_dir / "06_ablation_sweep.ipynb").read_text())["cells"][-1]["outputs"]
+    assert "ms_sl" in json.dumps(shown) and "seed" in json.dumps(shown)
+    assert_figures(s, "backbones")
     for name, settings in variants.items():
         config = json.loads((sweep / name / "config.json").read_text())
         key = next(iter(settings)).split(".")[1]

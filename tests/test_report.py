@@ -18,7 +18,7 @@ FIGURES = REPO / "figures"
 # Hand-written documents: they may quote the paper's numbers (docs/method.md) and the generated RESULTS.md only.
 HAND_WRITTEN = ("README.md", "notebooks/README.md", "data/README.md", "figures/README.md", "docs/method.md")
 # Notebooks of other helpers whose parameter defaults still point into figures/ (changed when their branches merge).
-PENDING_DEFAULTS = {"06_ablation_sweep.ipynb"}
+PENDING_DEFAULTS: set[str] = set()
 
 
 def metrics(clip: float, frame: float, fused: float, r1: float = 20.0) -> dict:

@@ -1,0 +1,99 @@
+"""Similarity kernels shared by the backbones: the masked max-similarity over frames."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Elements per chunk in the masked max-similarity (bounds peak memory of the frame score).
+MAX_SIM_CHUNK_ELEMENTS = 1 << 24
+
+
+def _chunk_rows(a: Tensor, b: Tensor) -> int:
+    """Queries per chunk so that one (chunk, Nv, Lq, Lf) similarity block stays under the budget."""
+    return max(1, MAX_SIM_CHUNK_ELEMENTS // max(1, b.shape[0] * a.shape[1] * b.shape[1]))
+
+
+def _chunked_max(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """max and argmax over b's rows of <a[q, t], b[v, f]>: two (Nq, Nv, Lq) tensors.
+
+    Each chunk is one matrix product laid out (q, t, v, f), so the max runs over the contiguous
+    last axis and no 4-D tensor is ever permuted or copied. Under autocast the products (and so
+    the result) take the autocast dtype.
+    """
+    (nq, lq, d), (nv, lf, _) = a.shape, b.shape
+    step = _chunk_rows(a, b)
+    flat_b = b.reshape(nv * lf, d)
+    values: list[Tensor] = []
+    index: list[Tensor] = []
+    for i in range(0, nq, step):
+        chunk = a[i:i + step]
+        sims = (chunk.reshape(-1, d) @ flat_b.t()).view(chunk.shape[0], lq, nv, lf)
+        v, k = sims.max(dim=-1)
+        values.append(v)
+        index.append(k)
+    return torch.cat(values).transpose(1, 2), torch.cat(index).transpose(1, 2)
+
+
+class _MaskedMaxSim(torch.autograd.Function):
+    """Autograd for the chunked max: the backward pass needs only the argmax, not the 4-D tensor.
+
+    The public code keeps several (Nq, Nv, Lq, Lf) tensors alive for autograd. Here the backward
+    pass gathers the winning frame of each (query word, video) pair, so it costs Nq*Lq*Nv*d
+    multiply-adds instead of the forward's Nq*Lq*Nv*Lf*d.
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor) -> Tensor:  # a (Nq, Lq, d), b (Nv, Lf, d)
+        values, index = _chunked_max(a, b)
+        ctx.save_for_backward(a, b, index)
+        return values
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
+        a, b, index = ctx.saved_tensors  # index (Nq, Nv, Lq): the winning frame of each max
+        (nq, lq, d), nv = a.shape, b.shape[0]
+        grad = grad.to(a.dtype)
+        flat_a = a.reshape(nq * lq, d)
+        grad_a, grad_b = torch.zeros_like(flat_a), torch.zeros_like(b)
+        for v in range(nv):  # one video at a time: (Nq * Lq, d) temporaries, cache-sized
+            won, g = index[:, v].reshape(-1), grad[:, v].reshape(-1, 1)
+            grad_a.addcmul_(g, b[v].index_select(0, won))
+            grad_b[v].index_add_(0, won, flat_a * g)
+        return grad_a.view_as(a), grad_b
+
+
+def _used_length(mask: Tensor) -> int:
+    """1 + the last position that is valid in any row (at least 1)."""
+    used = torch.nonzero(mask.any(dim=0))
+    return int(used.max()) + 1 if used.numel() else 1
+
+
+def masked_max_sim(a: Tensor, a_mask: Tensor, b: Tensor, b_mask: Tensor) -> Tensor:
+    """(Nq, Nv, La): max over b's rows of m_a * m_b * <a, b>; a masked pair counts as similarity 0.
+
+    Trailing positions that are padding in every row are cut before the products (sort videos by
+    length to make this pay); the result is unchanged because a padded frame's similarity is
+    exactly 0, so any video that has padding keeps 0 as a candidate of its max.
+    """
+    length_a = a.shape[1]
+    has_padding = (b_mask == 0).any(dim=1)  # (Nv,)
+    ka, kb = _used_length(a_mask), _used_length(b_mask)
+    a = a[:, :ka] * a_mask[:, :ka].unsqueeze(-1).to(a.dtype)
+    b = b[:, :kb] * b_mask[:, :kb].unsqueeze(-1).to(b.dtype)
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+        values = _MaskedMaxSim.apply(a, b)
+    else:
+        values = _chunked_max(a, b)[0]
+    values = torch.where(has_padding[None, :, None], values.clamp(min=0), values)
+    return F.pad(values, (0, length_a - ka))  # padded query words score 0
+
+
+def max_over_clips(queries: Tensor, clips: Tensor, normalized: bool = True) -> tuple[Tensor, Tensor]:
+    """Clip-scale score: for each (query, video) the best clip's similarity and its index, each (Nq, Nv).
+
+    queries (Nq, d), clips (Nv, Lc, d); ``normalized``: cosine, else dot products.
+    """
+    if normalized:
+        queries, clips = F.normalize(queries, dim=-1), F.normalize(clips, dim=-1)
+    return torch.einsum("qd,vcd->qvc", queries, clips).max(dim=-1)
