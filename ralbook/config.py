@@ -287,6 +287,7 @@ class Config:
         if section == "model" and key in SYNCED_FROM_DATA:
             raise ConfigError(f"model.{key} follows data.{key} (the collection's features): set data.{key} instead")
         value = parse_setting(f"{section}.{key}", str(fields_[key].type), raw)
+        old = getattr(target, key)
         setattr(target, key, value)
         if section == "model" and key == "backbone" and value != old:  # a new backbone brings its recipe
             new.apply_backbone_recipe()
