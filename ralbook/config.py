@@ -388,7 +388,7 @@ def backbone_recipe(backbone: str, preset_name: str) -> dict[str, dict[str, Any]
     backbones take the loss and fusion settings of their TVR recipe and keep the preset's run sizes.
     """
     if backbone not in BACKBONES:
-        raise KeyError(f"unknown backbone {backbone!r}; choose one of {list(BACKBONES)}")
+        raise ConfigError(f"model.backbone={shorten(backbone)}: unknown backbone; choose one of {list(BACKBONES)}")
     base = PRESETS.get(preset_name, PRESETS["demo"])
     recipes = BACKBONE_RECIPES.get(backbone)
     if recipes is None:  # gmmformer_v2: the keys the other recipes set, as the preset has them
