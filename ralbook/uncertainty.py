@@ -29,7 +29,7 @@ from typing import Any, Collection as CollectionT, Optional, Sequence
 import numpy as np
 
 from ralbook.analysis import auc, sigma_summary
-from ralbook.errors import DataError, RalbookError
+from ralbook.errors import DataError, RalbookError, shorten
 
 LEVELS: tuple[str, ...] = ("caption", "support_set", "video")
 LABEL_KINDS = {"caption": "caption", "support_set": "video", "video": "video"}  # level -> id kind of its labels
@@ -37,12 +37,6 @@ LABEL_KINDS = {"caption": "caption", "support_set": "video", "video": "video"}  
 # negative-aware loss, so the softmax is about as peaked as the one the model was trained with.
 DEFAULT_TEMPERATURE = 1.0 / 32.0
 DEFAULT_BOOTSTRAP = 2000
-
-
-def _cut(text: str, limit: int = 80) -> str:
-    """Echo a user's value in an error message, cut to about ``limit`` characters."""
-    text = str(text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ----------------------------------------------------------------------------- label files
@@ -90,22 +84,22 @@ def read_labels(path: str | Path, caption_ids: CollectionT[str], video_ids: Coll
         fields = line.split("\t")
         if len(fields) != 2:
             raise DataError(f"label file {path} line {number}: expected 'ID<TAB>LABEL' (label 1 = ambiguous, "
-                            f"0 = specific), got {_cut(line)!r}")
+                            f"0 = specific), got {shorten(line)}")
         item, label = fields[0].strip(), fields[1].strip()
         if label not in ("0", "1"):
-            raise DataError(f"label file {path} line {number}: label of {_cut(item)!r} must be 0 or 1, "
-                            f"got {_cut(label)!r}")
+            raise DataError(f"label file {path} line {number}: label of {shorten(item)} must be 0 or 1, "
+                            f"got {shorten(label)}")
         this = "caption" if item in caption_ids else "video" if item in video_ids else None
         if this is None:
-            raise DataError(f"label file {path} line {number}: {_cut(item)!r} is neither a caption id nor a "
+            raise DataError(f"label file {path} line {number}: {shorten(item)} is neither a caption id nor a "
                             f"video id{where}")
         if kind is None:
             kind, first_line = this, number
         elif this != kind:
-            raise DataError(f"label file {path} line {number}: {_cut(item)!r} is a {this} id but line "
+            raise DataError(f"label file {path} line {number}: {shorten(item)} is a {this} id but line "
                             f"{first_line} holds a {kind} id; one file labels one kind of item")
         if item in seen:
-            raise DataError(f"label file {path} line {number}: {_cut(item)!r} is already labelled on line "
+            raise DataError(f"label file {path} line {number}: {shorten(item)} is already labelled on line "
                             f"{seen[item]}")
         seen[item] = number
         ids.append(item)
@@ -202,7 +196,7 @@ def item_scalars(level: str, dist: Any, scores: np.ndarray, score_caps: Sequence
     cap_row = {c: i for i, c in enumerate(score_caps)}
     missing = [c for c in dist.cap_ids if c not in cap_row]
     if missing:
-        raise DataError(f"{len(missing)} captions have sigmas but no scores, e.g. {_cut(missing[0])!r}")
+        raise DataError(f"{len(missing)} captions have sigmas but no scores, e.g. {shorten(missing[0])}")
     rows = scores[[cap_row[c] for c in dist.cap_ids]]
     caption = {"length": np.asarray(dist.query_length, dtype=np.float64), "neg_margin": -top_margin(rows),
                "entropy": softmax_entropy(rows, temperature)}
@@ -238,7 +232,7 @@ def report(items: ItemScalars, labels: Labels, n_boot: int = DEFAULT_BOOTSTRAP, 
     absent = [k for k in labels.ids if k not in index]
     if absent:
         raise DataError(f"label file {labels.path}: {len(absent)} labelled {labels.kind}s were not analysed, "
-                        f"e.g. {_cut(absent[0])!r}")
+                        f"e.g. {shorten(absent[0])}")
     at = np.asarray([index[k] for k in labels.ids])
     positive = labels.values == 1
 
