@@ -206,31 +206,44 @@ class Index:
                 rows.append(self.model.clip_scores(queries, VideoEncoding(clips, empty, empty)))
         return torch.cat(rows, dim=1)
 
-    def rerank(self, queries: Any, candidates: Tensor) -> tuple[Tensor, Tensor]:
-        """(clip, frame) scores (Nq, K) of each query against its K candidate videos, one video at a time."""
+    def rerank(self, queries: Any, candidates: Tensor, video_block: int = 64,
+               row_block: int = 256) -> Tensor:
+        """Frame scores (Nq, K) of each query against its own K candidate videos (any K per-query sets).
+
+        Why this layout: the pairs are grouped by video, so each stored video is read once (in
+        blocks of ``video_block``) and scored against exactly the queries that picked it, with the
+        batched kernel of exhaustive scoring. A video's queries go in slices of ``row_block``, shortest
+        first, and each slice cuts its trailing word padding; no pair outside the candidates is scored.
+        """
         n, k = candidates.shape
         flat = candidates.reshape(-1).cpu()
-        order = torch.argsort(flat, stable=True)
+        owners = torch.arange(n).repeat_interleave(k)
+        used = _used_lengths(queries.mask).cpu()
+        place = torch.empty(n, dtype=torch.long)
+        place[torch.argsort(used, stable=True)] = torch.arange(n)  # a query's place in length order
+        order = torch.argsort(flat * n + place[owners])  # pairs by video, then by query length
         videos, counts = torch.unique_consecutive(flat[order], return_counts=True)
-        owners = torch.arange(n).repeat_interleave(k)[order]
-        clip, frame = torch.empty(n * k), torch.empty(n * k)
-        score = _pair_scorer(self.model, queries)
-        start = 0
+        owners = owners[order].to(self.device)
+        ends = counts.cumsum(0).tolist()
+        frame = torch.empty(n * k)
+        score = _frame_scorer(self.model, queries)
         with torch.no_grad():
-            for v, c in zip(videos.tolist(), counts.tolist()):
-                rows = owners[start:start + c]
-                c_s, f_s = score(rows.to(self.device), self.videos(slice(v, v + 1)))
-                clip[order[start:start + c]] = c_s[:, 0].float().cpu()
-                frame[order[start:start + c]] = f_s[:, 0].float().cpu()
-                start += c
-        return clip.view(n, k), frame.view(n, k)
+            for b in range(0, len(videos), video_block):
+                block = self.videos(videos[b:b + video_block].numpy())
+                for j in range(len(block)):
+                    video, end = block.select(slice(j, j + 1)), ends[b + j]
+                    for start in range(end - int(counts[b + j]), end, row_block):
+                        stop = min(end, start + row_block)
+                        frame[order[start:stop]] = score(owners[start:stop], video)[:, 0].float().cpu()
+        return frame.view(n, k)
 
     def two_stage(self, queries: Any, rerank: int) -> dict[str, Tensor]:
         """First-stage scores (Nq, Nv), candidates (Nq, K) sorted by video index, their clip/frame/fused scores."""
         first = self.first_stage(queries).cpu()
         k = max(1, min(rerank, len(self)))
         candidates = torch.sort(first.topk(k, dim=1).indices, dim=1).values  # ties in video order, as exhaustive
-        clip, frame = self.rerank(queries, candidates)
+        clip = first.gather(1, candidates)  # the first stage's exact clip scores
+        frame = self.rerank(queries, candidates)
         return {"first": first, "candidates": candidates, "clip": clip, "frame": frame,
                 "fused": self.model.fuse(clip, frame)}
 
@@ -244,24 +257,33 @@ class Index:
                             [[self.video_ids[j] for j in row] for row in indices])
 
 
-def _pair_scorer(model: Any, queries: Any) -> Any:
-    """f(rows, one_video) -> (clip, frame) scores (len(rows), 1).
+def _used_lengths(mask: Tensor) -> Tensor:
+    """1 + the last valid position of each row (0 for an empty row)."""
+    positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    return ((mask != 0) * positions).amax(dim=1)
 
-    RAL's frame score weights words by a confidence MLP of the query alone: it is computed once per
-    query here instead of once per (query, video) call. Other models go through score_encoded.
+
+def _frame_scorer(model: Any, queries: Any) -> Any:
+    """f(rows, one_video) -> frame scores (len(rows), 1).
+
+    RAL's frame score weights words by a confidence MLP of the query alone: the weights and the
+    normalised, padding-zeroed words are computed once per query here, and each call copies only
+    its rows' words up to their longest length. Other models go through ``frame_scores``.
     """
     if not (getattr(model.cfg, "csa", False) and hasattr(model, "_word_weights")):
-        return lambda rows, video: model.score_encoded(queries.select(rows), video)
+        return lambda rows, video: model.frame_scores(queries.select(rows), video)
     from ralbook.model import masked_max_sim
 
     words = F.normalize(queries.words, dim=-1)
     weights = model._word_weights(words, queries.mask)
-    no_words = queries.words[:, :0]  # the clip score reads the pooled query only: do not copy the words
+    words = words * queries.mask.unsqueeze(-1).to(words.dtype)
+    used = _used_lengths(queries.mask)
 
-    def score(rows: Tensor, video: Any) -> tuple[Tensor, Tensor]:
-        clip = model.clip_scores(type(queries)(queries.pooled[rows], no_words[rows], queries.mask[rows, :0]), video)
-        sims = masked_max_sim(words[rows], queries.mask[rows], F.normalize(video.frames, dim=-1), video.mask)
-        return clip, torch.einsum("qvt,qt->qv", sims, weights[rows])
+    def score(rows: Tensor, video: Any) -> Tensor:
+        length = max(1, int(used[rows].max()))
+        sims = masked_max_sim(words[:, :length].index_select(0, rows), None, F.normalize(video.frames, dim=-1),
+                              video.mask)
+        return torch.einsum("qvt,qt->qv", sims, weights[rows, :length])
 
     return score
 

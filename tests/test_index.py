@@ -108,7 +108,8 @@ def test_ranks_outside_the_first_stage_are_first_stage_ranks(setup):
 def test_index_and_evaluate_commands(setup, tmp_path, capsys):
     cfg, model, _, _, exhaustive = setup
     ckpt = tmp_path / "best.pt"
-    save_atomic({"format": "ralbook-model", "version": 1, "config": cfg.to_dict(), "model": model.state_dict()}, ckpt)
+    save_atomic({"format": "ralbook-model", "version": 1, "config": cfg.to_dict(), "model": model.state_dict(),
+                 "epoch": 0, "val_metrics": {}}, ckpt)
     data = ["--data-root", cfg.data.data_root, "--collection", cfg.data.collection, "--no-progress"]
     assert cli.main(["index", "--checkpoint", str(ckpt), "--split", "test", "--out", str(tmp_path / "idx")] + data) == 0
     out_json = tmp_path / "two.json"
@@ -120,6 +121,22 @@ def test_index_and_evaluate_commands(setup, tmp_path, capsys):
     assert saved["rerank"] == 3 and saved["metrics"]["clip"] == exhaustive.metrics["clip"]
     other = tmp_path / "other.pt"
     save_atomic({"format": "ralbook-model", "version": 1, "config": cfg.to_dict(),
-                 "model": build_model(cfg.model).state_dict()}, other)
+                 "model": build_model(cfg.model).state_dict(), "epoch": 0, "val_metrics": {}}, other)
     assert cli.main(["evaluate", "--checkpoint", str(other), "--index", str(tmp_path / "idx")] + data) == 2
     assert "other model weights" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("video_block,row_block", [(64, 256), (2, 3)])
+def test_rerank_scores_each_query_against_its_own_candidates(setup, video_block, row_block):
+    """Per-query candidate sets that differ (random, not the first stage's), queries of different
+    lengths, small blocks: every (query, candidate) frame score equals the exhaustive one."""
+    _, model, collection, folder, exhaustive = setup
+    index = Index.open(folder, model=model)
+    feats, mask = _queries(collection, exhaustive.cap_ids[:20])
+    assert len(set(mask.sum(dim=1).tolist())) > 1  # the length slicing is exercised
+    generator = torch.Generator().manual_seed(3)
+    candidates = torch.stack([torch.sort(torch.randperm(N_TEST, generator=generator)[:6]).values for _ in range(20)])
+    assert len({tuple(row) for row in candidates.tolist()}) > 1
+    frame = index.rerank(index.encode_queries(feats, mask), candidates, video_block, row_block)
+    want = torch.from_numpy(exhaustive.scores["frame"][:20]).gather(1, candidates)
+    torch.testing.assert_close(frame, want, atol=1e-5, rtol=0)
