@@ -75,6 +75,7 @@ def build_index(model: Any, collection: Any, split: str, cfg: Any, out_dir: Path
     from ralbook.checkpoint import save_atomic
     from ralbook.data import VideoDataset, collate_videos
     from ralbook.evaluate import autocast
+    from ralbook.search import encoder_settings
 
     if dtype not in DTYPES:
         raise RalbookError(f"index dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -113,7 +114,8 @@ def build_index(model: Any, collection: Any, split: str, cfg: Any, out_dir: Path
                  "model": {k: v.cpu() for k, v in model.state_dict().items()}}, out / MODEL_FILE)
     manifest = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "model_hash": model_hash(model),
                 "config": cfg.to_dict(), "collection": cfg.data.collection, "split": split, "dtype": dtype,
-                "n_videos": len(ids), "video_ids": ids, "shapes": {k: list(v) for k, v in shapes.items()}}
+                "n_videos": len(ids), "video_ids": ids, "shapes": {k: list(v) for k, v in shapes.items()},
+                "encoder": encoder_settings(Path(cfg.data.data_root) / cfg.data.collection)}  # search's text tower
     tmp = out / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest))
     os.replace(tmp, out / MANIFEST)
