@@ -208,35 +208,53 @@ class Index:
                 rows.append(self.model.clip_scores(queries, VideoEncoding(clips, empty, empty)))
         return torch.cat(rows, dim=1)
 
-    def rerank(self, queries: Any, candidates: Tensor, video_block: int = 64,
-               row_block: int = 256) -> Tensor:
-        """Frame scores (Nq, K) of each query against its own K candidate videos (any K per-query sets).
+    def rerank(self, queries: Any, candidates: Tensor, video_block: int = 64, row_block: int = 256,
+               dense_share: float = 0.5) -> Tensor:
+        """Frame scores (Nq, K) of each query against its own K candidate videos (any per-query sets).
 
-        Why this layout: the pairs are grouped by video, so each stored video is read once (in
-        blocks of ``video_block``) and scored against exactly the queries that picked it, with the
-        batched kernel of exhaustive scoring. A video's queries go in slices of ``row_block``, shortest
-        first, and each slice cuts its trailing word padding; no pair outside the candidates is scored.
+        Why this layout: a few videos are candidates of most queries (hubs), most are candidates of
+        few. A video picked by at least ``dense_share`` of the queries is scored against every
+        query, ``video_block`` such videos per product, as exhaustive scoring does; every other
+        video is scored against exactly the queries that picked it. Queries go in slices of
+        ``row_block``, shortest first, and each slice cuts its trailing word padding.
         """
         n, k = candidates.shape
         flat = candidates.reshape(-1).cpu()
         owners = torch.arange(n).repeat_interleave(k)
-        used = _used_lengths(queries.mask).cpu()
+        by_length = torch.argsort(_used_lengths(queries.mask).cpu(), stable=True)
         place = torch.empty(n, dtype=torch.long)
-        place[torch.argsort(used, stable=True)] = torch.arange(n)  # a query's place in length order
+        place[by_length] = torch.arange(n)
         order = torch.argsort(flat * n + place[owners])  # pairs by video, then by query length
         videos, counts = torch.unique_consecutive(flat[order], return_counts=True)
-        owners = owners[order].to(self.device)
-        ends = counts.cumsum(0).tolist()
+        owners, ends = owners[order], counts.cumsum(0)
         frame = torch.empty(n * k)
         score = _frame_scorer(self.model, queries)
+        dense = counts >= dense_share * n
         with torch.no_grad():
-            for b in range(0, len(videos), video_block):
-                block = self.videos(videos[b:b + video_block].numpy())
-                for j in range(len(block)):
-                    video, end = block.select(slice(j, j + 1)), ends[b + j]
-                    for start in range(end - int(counts[b + j]), end, row_block):
+            hubs = videos[dense]
+            if len(hubs):
+                hubs = hubs[torch.argsort(torch.from_numpy(np.asarray(self.arrays["mask"][hubs.numpy()]).sum(axis=1)),
+                                          stable=True)]  # by length: each block cuts its frame padding
+                table = torch.empty(n, len(hubs))
+                for b in range(0, len(hubs), video_block):
+                    block = self.videos(hubs[b:b + video_block].numpy())
+                    for start in range(0, n, row_block):
+                        rows = by_length[start:start + row_block]
+                        table[rows, b:b + len(block)] = score(rows.to(self.device), block).float().cpu()
+                column = torch.full((len(self),), -1, dtype=torch.long)
+                column[hubs] = torch.arange(len(hubs))
+                picked = column[flat[order]] >= 0
+                frame[order[picked]] = table[owners[picked], column[flat[order][picked]]]
+            sparse = torch.nonzero(~dense).flatten()
+            for b in range(0, len(sparse), video_block):
+                chosen = sparse[b:b + video_block]
+                block = self.videos(videos[chosen].numpy())
+                for j, i in enumerate(chosen.tolist()):
+                    video, end = block.select(slice(j, j + 1)), int(ends[i])
+                    for start in range(end - int(counts[i]), end, row_block):
                         stop = min(end, start + row_block)
-                        frame[order[start:stop]] = score(owners[start:stop], video)[:, 0].float().cpu()
+                        rows = owners[start:stop].to(self.device)
+                        frame[order[start:stop]] = score(rows, video)[:, 0].float().cpu()
         return frame.view(n, k)
 
     def two_stage(self, queries: Any, rerank: int) -> dict[str, Tensor]:
@@ -266,7 +284,7 @@ def _used_lengths(mask: Tensor) -> Tensor:
 
 
 def _frame_scorer(model: Any, queries: Any) -> Any:
-    """f(rows, one_video) -> frame scores (len(rows), 1).
+    """f(rows, videos) -> frame scores (len(rows), len(videos)).
 
     RAL's frame score weights words by a confidence MLP of the query alone: the weights and the
     normalised, padding-zeroed words are computed once per query here, and each call copies only
