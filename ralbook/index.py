@@ -75,6 +75,7 @@ def build_index(model: Any, collection: Any, split: str, cfg: Any, out_dir: Path
     from ralbook.checkpoint import save_atomic
     from ralbook.data import VideoDataset, collate_videos
     from ralbook.evaluate import autocast
+    from ralbook.search import encoder_settings
 
     if dtype not in DTYPES:
         raise RalbookError(f"index dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -113,7 +114,8 @@ def build_index(model: Any, collection: Any, split: str, cfg: Any, out_dir: Path
                  "model": {k: v.cpu() for k, v in model.state_dict().items()}}, out / MODEL_FILE)
     manifest = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "model_hash": model_hash(model),
                 "config": cfg.to_dict(), "collection": cfg.data.collection, "split": split, "dtype": dtype,
-                "n_videos": len(ids), "video_ids": ids, "shapes": {k: list(v) for k, v in shapes.items()}}
+                "n_videos": len(ids), "video_ids": ids, "shapes": {k: list(v) for k, v in shapes.items()},
+                "encoder": encoder_settings(Path(cfg.data.data_root) / cfg.data.collection)}  # search's text tower
     tmp = out / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest))
     os.replace(tmp, out / MANIFEST)
@@ -206,31 +208,62 @@ class Index:
                 rows.append(self.model.clip_scores(queries, VideoEncoding(clips, empty, empty)))
         return torch.cat(rows, dim=1)
 
-    def rerank(self, queries: Any, candidates: Tensor) -> tuple[Tensor, Tensor]:
-        """(clip, frame) scores (Nq, K) of each query against its K candidate videos, one video at a time."""
+    def rerank(self, queries: Any, candidates: Tensor, video_block: int = 64, row_block: int = 256,
+               dense_share: float = 0.5) -> Tensor:
+        """Frame scores (Nq, K) of each query against its own K candidate videos (any per-query sets).
+
+        Why this layout: a few videos are candidates of most queries (hubs), most are candidates of
+        few. A video picked by at least ``dense_share`` of the queries is scored against every
+        query, ``video_block`` such videos per product, as exhaustive scoring does; every other
+        video is scored against exactly the queries that picked it. Queries go in slices of
+        ``row_block``, shortest first, and each slice cuts its trailing word padding.
+        """
         n, k = candidates.shape
         flat = candidates.reshape(-1).cpu()
-        order = torch.argsort(flat, stable=True)
+        owners = torch.arange(n).repeat_interleave(k)
+        by_length = torch.argsort(_used_lengths(queries.mask).cpu(), stable=True)
+        place = torch.empty(n, dtype=torch.long)
+        place[by_length] = torch.arange(n)
+        order = torch.argsort(flat * n + place[owners])  # pairs by video, then by query length
         videos, counts = torch.unique_consecutive(flat[order], return_counts=True)
-        owners = torch.arange(n).repeat_interleave(k)[order]
-        clip, frame = torch.empty(n * k), torch.empty(n * k)
-        score = _pair_scorer(self.model, queries)
-        start = 0
+        owners, ends = owners[order], counts.cumsum(0)
+        frame = torch.empty(n * k)
+        score = _frame_scorer(self.model, queries)
+        dense = counts >= dense_share * n
         with torch.no_grad():
-            for v, c in zip(videos.tolist(), counts.tolist()):
-                rows = owners[start:start + c]
-                c_s, f_s = score(rows.to(self.device), self.videos(slice(v, v + 1)))
-                clip[order[start:start + c]] = c_s[:, 0].float().cpu()
-                frame[order[start:start + c]] = f_s[:, 0].float().cpu()
-                start += c
-        return clip.view(n, k), frame.view(n, k)
+            hubs = videos[dense]
+            if len(hubs):
+                hubs = hubs[torch.argsort(torch.from_numpy(np.asarray(self.arrays["mask"][hubs.numpy()]).sum(axis=1)),
+                                          stable=True)]  # by length: each block cuts its frame padding
+                table = torch.empty(n, len(hubs))
+                for b in range(0, len(hubs), video_block):
+                    block = self.videos(hubs[b:b + video_block].numpy())
+                    for start in range(0, n, row_block):
+                        rows = by_length[start:start + row_block]
+                        table[rows, b:b + len(block)] = score(rows.to(self.device), block).float().cpu()
+                column = torch.full((len(self),), -1, dtype=torch.long)
+                column[hubs] = torch.arange(len(hubs))
+                picked = column[flat[order]] >= 0
+                frame[order[picked]] = table[owners[picked], column[flat[order][picked]]]
+            sparse = torch.nonzero(~dense).flatten()
+            for b in range(0, len(sparse), video_block):
+                chosen = sparse[b:b + video_block]
+                block = self.videos(videos[chosen].numpy())
+                for j, i in enumerate(chosen.tolist()):
+                    video, end = block.select(slice(j, j + 1)), int(ends[i])
+                    for start in range(end - int(counts[i]), end, row_block):
+                        stop = min(end, start + row_block)
+                        rows = owners[start:stop].to(self.device)
+                        frame[order[start:stop]] = score(rows, video)[:, 0].float().cpu()
+        return frame.view(n, k)
 
     def two_stage(self, queries: Any, rerank: int) -> dict[str, Tensor]:
         """First-stage scores (Nq, Nv), candidates (Nq, K) sorted by video index, their clip/frame/fused scores."""
         first = self.first_stage(queries).cpu()
         k = max(1, min(rerank, len(self)))
         candidates = torch.sort(first.topk(k, dim=1).indices, dim=1).values  # ties in video order, as exhaustive
-        clip, frame = self.rerank(queries, candidates)
+        clip = first.gather(1, candidates)  # the first stage's exact clip scores
+        frame = self.rerank(queries, candidates)
         return {"first": first, "candidates": candidates, "clip": clip, "frame": frame,
                 "fused": self.model.fuse(clip, frame)}
 
@@ -244,24 +277,33 @@ class Index:
                             [[self.video_ids[j] for j in row] for row in indices])
 
 
-def _pair_scorer(model: Any, queries: Any) -> Any:
-    """f(rows, one_video) -> (clip, frame) scores (len(rows), 1).
+def _used_lengths(mask: Tensor) -> Tensor:
+    """1 + the last valid position of each row (0 for an empty row)."""
+    positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    return ((mask != 0) * positions).amax(dim=1)
 
-    RAL's frame score weights words by a confidence MLP of the query alone: it is computed once per
-    query here instead of once per (query, video) call. Other models go through score_encoded.
+
+def _frame_scorer(model: Any, queries: Any) -> Any:
+    """f(rows, videos) -> frame scores (len(rows), len(videos)).
+
+    RAL's frame score weights words by a confidence MLP of the query alone: the weights and the
+    normalised, padding-zeroed words are computed once per query here, and each call copies only
+    its rows' words up to their longest length. Other models go through ``frame_scores``.
     """
     if not (getattr(model.cfg, "csa", False) and hasattr(model, "_word_weights")):
-        return lambda rows, video: model.score_encoded(queries.select(rows), video)
+        return lambda rows, video: model.frame_scores(queries.select(rows), video)
     from ralbook.model import masked_max_sim
 
     words = F.normalize(queries.words, dim=-1)
     weights = model._word_weights(words, queries.mask)
-    no_words = queries.words[:, :0]  # the clip score reads the pooled query only: do not copy the words
+    words = words * queries.mask.unsqueeze(-1).to(words.dtype)
+    used = _used_lengths(queries.mask)
 
-    def score(rows: Tensor, video: Any) -> tuple[Tensor, Tensor]:
-        clip = model.clip_scores(type(queries)(queries.pooled[rows], no_words[rows], queries.mask[rows, :0]), video)
-        sims = masked_max_sim(words[rows], queries.mask[rows], F.normalize(video.frames, dim=-1), video.mask)
-        return clip, torch.einsum("qvt,qt->qv", sims, weights[rows])
+    def score(rows: Tensor, video: Any) -> Tensor:
+        length = max(1, int(used[rows].max()))
+        sims = masked_max_sim(words[:, :length].index_select(0, rows), None, F.normalize(video.frames, dim=-1),
+                              video.mask)
+        return torch.einsum("qvt,qt->qv", sims, weights[rows, :length])
 
     return score
 

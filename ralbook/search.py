@@ -136,9 +136,7 @@ def search(model: Any, view: FrameView, videos: Sequence[str], query: np.ndarray
     """
     from tqdm.auto import tqdm
 
-    if top < 1 or not videos:
-        raise RalbookError(f"nothing to rank: {len(videos)} videos, top {top} (expected at least one video and "
-                           f"--top >= 1)")
+    _check_top(top, len(videos))
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -155,15 +153,51 @@ def search(model: Any, view: FrameView, videos: Sequence[str], query: np.ndarray
         best = torch.topk(fused, min(top, len(videos))).indices.tolist()
         chosen = [videos[i] for i in best]
         encoded = _encode(model, view, chosen, device)
-        hits = []
-        for j, (i, vid) in enumerate(zip(best, chosen)):
-            n = view.n_frames(vid)
-            sim = _word_frame_matrix(q, 0, encoded, j)
-            moment = moment_of(sim, confidence, n, model.cfg.max_frames, (times or {}).get(vid))
-            hits.append(Hit(vid, float(fused[i]), n, moment, sim, confidence[: sim.shape[0]]))
+        hits = _hits(q, confidence, encoded, chosen, fused[best].tolist(), [view.n_frames(v) for v in chosen],
+                     model.cfg.max_frames, times)
     finally:
         model.train(was_training)
     return hits
+
+
+def _hits(queries: Any, confidence: np.ndarray, encoded: Any, chosen: Sequence[str], scores: Sequence[float],
+          n_frames: Sequence[int], max_frames: int, times: Optional[dict[str, list[float]]]) -> list[Hit]:
+    """Hits for encoded query 0 and its chosen encoded videos, each with its best moment."""
+    hits = []
+    for j, (vid, score, n) in enumerate(zip(chosen, scores, n_frames)):
+        sim = _word_frame_matrix(queries, 0, encoded, j)
+        moment = moment_of(sim, confidence, n, max_frames, (times or {}).get(vid))
+        hits.append(Hit(vid, float(score), n, moment, sim, confidence[: sim.shape[0]]))
+    return hits
+
+
+@torch.no_grad()
+def search_index(index: Any, query: np.ndarray, top: int = 10, rerank: int = 100,
+                 view: Optional[FrameView] = None, times: Optional[dict[str, list[float]]] = None) -> list[Hit]:
+    """``search`` over a stored index (``ralbook.index.Index``): no video is encoded again.
+
+    Two stages as ``Index.search``: the clip score ranks every stored video, the fused score the
+    ``rerank`` best. Moments map to sampled frames through ``view`` (the collection's frames) when
+    given; without it, frame rows stand for frames.
+    """
+    _check_top(top, len(index))
+    model, device = index.model, index.device
+    feats = torch.from_numpy(query_input(query, model.cfg.max_desc_len)).unsqueeze(0)
+    mask = torch.ones(feats.shape[:2])
+    found = index.search(feats, mask, k=top, rerank=rerank)
+    q = index.encode_queries(feats, mask)
+    confidence = model.word_confidence(feats.to(device), mask.to(device))[0].float().cpu().numpy()
+    rows, chosen = found.indices[0], found.ids[0]
+    n_frames = [view.n_frames(v) if view is not None else int(index.arrays["mask"][i].sum())
+                for i, v in zip(rows, chosen)]
+    return _hits(q, confidence, index.videos(rows), chosen, found.scores[0].tolist(), n_frames,
+                 model.cfg.max_frames, times)
+
+
+def _check_top(top: int, n_videos: int) -> None:
+    if top < 1 or not n_videos:
+        raise RalbookError(f"nothing to rank: {n_videos} videos, top {top} (expected at least one video and "
+                           f"--top >= 1)")
 
 
 def format_hits(query: str, hits: Sequence[Hit]) -> str:
@@ -236,6 +270,9 @@ def _collection_videos(collection_dir: Path, name: str, split: Optional[str], vi
 def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="best.pt of a run trained on CLIP features")
     parser.add_argument("--query", required=True, help="free text, e.g. \"a dog catches a red ball\"")
+    parser.add_argument("--index", help="search this index folder (`ralbook index`) instead of encoding the videos")
+    parser.add_argument("--rerank", type=int, default=100, help="with --index: videos whose fused score is computed "
+                                                                "after the clip-score stage (default %(default)s)")
     parser.add_argument("--data-root", help="folder holding COLLECTION/ (default: the checkpoint's)")
     parser.add_argument("--collection", help="collection name (default: the checkpoint's)")
     parser.add_argument("--feature", help="FeatureData sub-folder (default: the checkpoint's)")
@@ -253,11 +290,53 @@ def encoder_settings(collection_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")).get("encoder", {}) if path.is_file() else {}
 
 
-def run_search(args: argparse.Namespace, encoder: Any = None) -> int:
+def _text_encoder(args: argparse.Namespace, *sources: dict[str, Any]) -> Any:
+    """--model when given, else the first of ``sources`` (extract.json settings) that names one, else the default."""
     from ralbook.clipfeatures import DEFAULT_MODEL, load_clip
+
+    saved = next((s for s in sources if s.get("model")), {}) if not args.model else {}
+    return load_clip(args.model or saved.get("model", DEFAULT_MODEL),
+                     args.revision if args.model else saved.get("revision", args.revision),
+                     args.device, args.cache_dir, args.offline)
+
+
+def _check_text_dim(args: argparse.Namespace, cfg: Any, encoder: Any) -> None:
+    if cfg.model.text_dim != encoder.dim:
+        raise CheckpointError(f"{args.checkpoint}: the model expects text features of size {cfg.model.text_dim}, "
+                              f"but the text encoder gives {encoder.dim} (train with --preset clip on a "
+                              "collection written by extract)")
+
+
+def run_index_search(args: argparse.Namespace, cfg: Any, model: Any, encoder: Any = None) -> int:
+    """``search --index DIR``: rank the stored encodings; the collection folder, when present, gives frame
+    counts and times for the moments."""
+    from ralbook.evaluate import resolve_device
+    from ralbook.index import Index, IndexFolderError
+
+    index = Index.open(args.index, model=model, device=resolve_device(args.device))
+    if args.split and args.split != index.manifest["split"]:
+        raise IndexFolderError(f"{args.index} indexes split {index.manifest['split']!r}, not {args.split!r}")
+    data = index.manifest["config"]["data"]
+    collection_dir = Path(args.data_root or data["data_root"]) / (args.collection or index.manifest["collection"])
+    found = collection_dir.is_dir()
+    if encoder is None:
+        encoder = _text_encoder(args, index.manifest.get("encoder", {}),
+                                encoder_settings(collection_dir) if found else {})
+    _check_text_dim(args, cfg, encoder)
+    view = (FrameView(collection_dir, args.feature or data["feature"], cfg.data.n_clips, cfg.data.max_frames)
+            if found else None)
+    query = encoder.encode_texts([args.query])[0].features
+    hits = search_index(index, query, args.top, args.rerank, view, read_video_times(collection_dir) if found else None)
+    print(format_hits(args.query, hits))
+    return 0
+
+
+def run_search(args: argparse.Namespace, encoder: Any = None) -> int:
     from ralbook.evaluate import model_from_checkpoint, resolve_device
 
     cfg, model, _ = model_from_checkpoint(args.checkpoint)
+    if args.index:
+        return run_index_search(args, cfg, model, encoder)
     root = Path(args.data_root or cfg.data.data_root)
     name = args.collection or cfg.data.collection
     collection_dir = root / name
@@ -265,16 +344,12 @@ def run_search(args: argparse.Namespace, encoder: Any = None) -> int:
         raise RalbookError(f"{collection_dir}: missing collection folder (pass --data-root and --collection)")
     view = FrameView(collection_dir, args.feature or cfg.data.feature, cfg.data.n_clips, cfg.data.max_frames)
     if encoder is None:
-        saved = encoder_settings(collection_dir)
-        encoder = load_clip(args.model or saved.get("model", DEFAULT_MODEL),
-                            args.revision if args.model else saved.get("revision", args.revision),
-                            args.device, args.cache_dir, args.offline)
-    for what, want, have in (("visual", cfg.model.visual_dim, view.frames.dim), ("text", cfg.model.text_dim,
-                                                                                  encoder.dim)):
-        if want != have:
-            raise CheckpointError(f"{args.checkpoint}: the model expects {what} features of size {want}, but "
-                                  f"{'collection ' + name if what == 'visual' else 'the text encoder'} gives {have} "
-                                  f"(train with --preset clip on a collection written by extract)")
+        encoder = _text_encoder(args, encoder_settings(collection_dir))
+    if cfg.model.visual_dim != view.frames.dim:
+        raise CheckpointError(f"{args.checkpoint}: the model expects visual features of size {cfg.model.visual_dim}, "
+                              f"but collection {name} gives {view.frames.dim} (train with --preset clip on a "
+                              "collection written by extract)")
+    _check_text_dim(args, cfg, encoder)
     model.to(resolve_device(args.device))
     query = encoder.encode_texts([args.query])[0].features
     videos = _collection_videos(collection_dir, name, args.split, view)

@@ -124,3 +124,21 @@ def test_index_and_evaluate_commands(setup, tmp_path, capsys):
                  "model": build_model(cfg.model).state_dict(), "epoch": 0, "val_metrics": {}}, other)
     assert cli.main(["evaluate", "--checkpoint", str(other), "--index", str(tmp_path / "idx")] + data) == 2
     assert "other model weights" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("video_block,row_block,dense_share", [(64, 256, 0.5), (2, 3, 2.0), (3, 4, 0.0),
+                                                                 (2, 5, 0.3)])
+def test_rerank_scores_each_query_against_its_own_candidates(setup, video_block, row_block, dense_share):
+    """Per-query candidate sets that differ (random, not the first stage's), queries of different
+    lengths, small blocks, every video scored per query (share 2), every video scored densely (share 0)
+    or a mix: every (query, candidate) frame score equals the exhaustive one."""
+    _, model, collection, folder, exhaustive = setup
+    index = Index.open(folder, model=model)
+    feats, mask = _queries(collection, exhaustive.cap_ids[:20])
+    assert len(set(mask.sum(dim=1).tolist())) > 1  # the length slicing is exercised
+    generator = torch.Generator().manual_seed(3)
+    candidates = torch.stack([torch.sort(torch.randperm(N_TEST, generator=generator)[:6]).values for _ in range(20)])
+    assert len({tuple(row) for row in candidates.tolist()}) > 1
+    frame = index.rerank(index.encode_queries(feats, mask), candidates, video_block, row_block, dense_share)
+    want = torch.from_numpy(exhaustive.scores["frame"][:20]).gather(1, candidates)
+    torch.testing.assert_close(frame, want, atol=1e-5, rtol=0)

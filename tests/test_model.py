@@ -468,3 +468,12 @@ def test_fused_relu_dropout_equals_relu_then_the_same_mask():
     expected = upstream * ((plain != 0) & (x > 0)).double() * scale
     torch.testing.assert_close(x.grad, expected)
     assert torch.equal(layer.eval()(x, relu=True), torch.relu(x))
+
+
+def test_masked_max_sim_without_a_mask_reads_a_as_already_masked():
+    torch.manual_seed(0)
+    a, b = torch.randn(3, 5, 8), torch.randn(4, 6, 8)
+    a_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.float32)
+    b_mask = (torch.arange(6) < torch.tensor([6, 2, 4, 6]).unsqueeze(1)).float()
+    torch.testing.assert_close(masked_max_sim(a * a_mask.unsqueeze(-1), None, b, b_mask),
+                               masked_max_sim(a, a_mask, b, b_mask))

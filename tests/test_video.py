@@ -457,6 +457,33 @@ def test_search_refuses_a_text_encoder_of_another_size(trained, extracted):
         run_search(args, encoder=tiny_encoder(dim=48))
 
 
+def test_search_over_an_index_matches_search_over_the_collection(trained, extracted, encoder, tmp_path, capsys):
+    """An index of the train split, searched with K covering it, prints what encoding every video prints;
+    the index remembers the collection's CLIP model, so it needs no collection folder to find it."""
+    out, _ = extracted
+    ckpt, index = str(trained / "best.pt"), tmp_path / "idx"
+    data = ["--data-root", str(out.parent), "--collection", "mine", "--no-progress"]
+    assert main(["index", "--checkpoint", ckpt, "--split", "train", "--out", str(index)] + data) == 0
+    assert json.loads((index / "manifest.json").read_text())["encoder"]["model"] == "tiny-test-clip"
+    capsys.readouterr()
+    query = ["--query", "a red square moves", "--top", "3"]
+    run_search(build_parser().parse_args(["search", "--checkpoint", ckpt, "--split", "train"] + query + data),
+               encoder=encoder)
+    want = capsys.readouterr().out
+    args = build_parser().parse_args(["search", "--checkpoint", ckpt, "--index", str(index)] + query + data)
+    assert run_search(args, encoder=encoder) == 0
+    assert capsys.readouterr().out == want and len(want.splitlines()) == 4 and " s (frames " in want
+    args.data_root, args.split = str(tmp_path / "nowhere"), None  # moments in frame rows, no seconds
+    run_search(args, encoder=encoder)
+    assert "best moment frames " in capsys.readouterr().out
+    code = main(["search", "--checkpoint", ckpt, "--index", str(index), "--data-root", str(tmp_path / "nowhere"),
+                 "--offline", "--no-progress"] + query)
+    assert code == 2 and "'tiny-test-clip'" in capsys.readouterr().err  # the model named in the index
+    args.split = "val"
+    with pytest.raises(RalbookError, match="indexes split 'train', not 'val'"):
+        run_search(args, encoder=encoder)
+
+
 def test_the_notebook_text_box_ranks_and_draws(trained, extracted, encoder, capsys):
     from ralbook.data import Collection
     from ralbook.search import free_text_explorer

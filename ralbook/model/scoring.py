@@ -1,6 +1,8 @@
 """Similarity kernels shared by the backbones: the masked max-similarity over frames."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -69,17 +71,18 @@ def _used_length(mask: Tensor) -> int:
     return int(used.max()) + 1 if used.numel() else 1
 
 
-def masked_max_sim(a: Tensor, a_mask: Tensor, b: Tensor, b_mask: Tensor) -> Tensor:
+def masked_max_sim(a: Tensor, a_mask: Optional[Tensor], b: Tensor, b_mask: Tensor) -> Tensor:
     """(Nq, Nv, La): max over b's rows of m_a * m_b * <a, b>; a masked pair counts as similarity 0.
 
     Trailing positions that are padding in every row are cut before the products (sort videos by
     length to make this pay); the result is unchanged because a padded frame's similarity is
-    exactly 0, so any video that has padding keeps 0 as a candidate of its max.
+    exactly 0, so any video that has padding keeps 0 as a candidate of its max. ``a_mask`` None
+    says that ``a`` is already exactly 0 at its padding (saves a copy of ``a``).
     """
     length_a = a.shape[1]
     has_padding = (b_mask == 0).any(dim=1)  # (Nv,)
-    ka, kb = _used_length(a_mask), _used_length(b_mask)
-    a = a[:, :ka] * a_mask[:, :ka].unsqueeze(-1).to(a.dtype)
+    ka, kb = (length_a if a_mask is None else _used_length(a_mask)), _used_length(b_mask)
+    a = a if a_mask is None else a[:, :ka] * a_mask[:, :ka].unsqueeze(-1).to(a.dtype)
     b = b[:, :kb] * b_mask[:, :kb].unsqueeze(-1).to(b.dtype)
     if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
         values = _MaskedMaxSim.apply(a, b)
