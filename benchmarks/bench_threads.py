@@ -6,7 +6,8 @@
 Settings (each measured in a fresh process, so the OpenMP runtime starts with its environment):
 
 * ``before``  torch's defaults: one thread per core, OpenMP's default (spinning) wait policy;
-* ``after``   ralbook's choice: ``OMP_WAIT_POLICY=PASSIVE`` and ``ralbook.runtime.configure_threads()``;
+* ``after``   ralbook's choice: a short spin (``GOMP_SPINCOUNT``, ``ralbook.runtime.SPIN``) and
+  ``ralbook.runtime.configure_threads()`` (re-checked every few seconds while training);
 * ``1-passive`` / ``2-passive``: a fixed count with the passive policy.
 
 Conditions: ``quiet`` (nothing started by this script) and ``busy`` (a one-thread busy loop runs in
@@ -30,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {
     "before": {"wait": None, "threads": "default"},
-    "after": {"wait": "PASSIVE", "threads": "auto"},
+    "after": {"wait": None, "spin": True, "threads": "auto"},
     "1-passive": {"wait": "PASSIVE", "threads": "1"},
     "2-passive": {"wait": "PASSIVE", "threads": "2"},
 }
@@ -92,11 +93,16 @@ def tvr_steps(steps: int) -> float:
 
 def measure(work: str, setting: str, busy: bool, steps: int, demo_steps: int, timeout: float) -> dict[str, Any]:
     env = dict(os.environ)
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "RALBOOK_THREADS"):
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "RALBOOK_THREADS", "GOMP_SPINCOUNT"):
         env.pop(name, None)
     spec = SETTINGS[setting]
     if spec["wait"]:
         env["OMP_WAIT_POLICY"] = spec["wait"]
+    if spec.get("spin"):
+        sys.path.insert(0, str(ROOT))
+        from ralbook.runtime import SPIN
+
+        env[SPIN[0]] = SPIN[1]
     loop = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
         time.sleep(0.5 if busy else 0)

@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from ralbook.runtime import prefer_passive_wait as _prefer_passive_wait
+from ralbook.runtime import prefer_short_spin as _prefer_short_spin
 
-# Idle OpenMP threads sleep instead of spinning (set before torch loads; see ralbook.runtime).
-_prefer_passive_wait()
+# Idle OpenMP threads spin only briefly before they sleep (set before torch loads; see ralbook.runtime).
+_prefer_short_spin()

@@ -456,6 +456,7 @@ class Trainer:
                              "ralbook inspect")
 
     def train_step(self, batch: dict[str, Any], hard_negatives: bool) -> Tensor:
+        runtime.recheck_threads_now_and_then()  # other work may have started or ended (automatic count only)
         batch = _to_device(batch, self.device)
         self._check_inputs(batch)
         self.optimizer.zero_grad(set_to_none=True)

@@ -166,13 +166,40 @@ def test_cli_threads_flag_reaches_notebook_kernels_through_the_environment(fresh
     assert capsys.readouterr().out.startswith("threads: 1 (set by --threads")
 
 
-def test_passive_wait_is_a_default_the_user_can_override():
+def test_short_spin_is_a_default_the_user_can_override():
     env: dict[str, str] = {}
-    runtime.prefer_passive_wait(env)
+    runtime.prefer_short_spin(env)
+    assert env == {"GOMP_SPINCOUNT": "10000"}
+    env = {"GOMP_SPINCOUNT": "300000"}
+    runtime.prefer_short_spin(env)
+    assert env == {"GOMP_SPINCOUNT": "300000"}
+    env = {"OMP_WAIT_POLICY": "PASSIVE"}  # an explicit wait policy is left alone
+    runtime.prefer_short_spin(env)
     assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
-    env = {"OMP_WAIT_POLICY": "ACTIVE"}
-    runtime.prefer_passive_wait(env)
-    assert env == {"OMP_WAIT_POLICY": "ACTIVE"}
+
+
+def test_training_looks_at_the_machine_again_every_few_seconds(monkeypatch):
+    looks: list[int] = []
+
+    class Governor:
+        def recheck(self, announce):
+            looks.append(1)
+
+    clock = [100.0]
+    monkeypatch.setattr(runtime, "_GOVERNOR", Governor())
+    monkeypatch.setattr(runtime, "_LAST_LOOK", 0.0)
+    monkeypatch.setattr(runtime.time, "monotonic", lambda: clock[0])
+    runtime.recheck_threads_now_and_then(every_s=5.0)
+    assert len(looks) == 1  # the first step looks
+    clock[0] += 4.9
+    runtime.recheck_threads_now_and_then(every_s=5.0)
+    assert len(looks) == 1  # too soon
+    clock[0] += 0.2
+    runtime.recheck_threads_now_and_then(every_s=5.0)
+    assert len(looks) == 2
+    monkeypatch.setattr(runtime, "_GOVERNOR", None)
+    clock[0] += 60
+    assert runtime.recheck_threads_now_and_then(every_s=5.0) is None and len(looks) == 2
 
 
 # ----------------------------------------------------------------------------- progress output in log files
