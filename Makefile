@@ -46,7 +46,7 @@ demo: setup
 
 # Rewrites the committed figures/ (PNGs, results.json, RESULTS.md) from a fresh demo run under outputs/demo.
 figures: setup
-	$(PY) -m ralbook figures --out outputs/demo --retrain
+	$(PY) -m ralbook figures --out outputs/demo --retrain $(if $(ROBUSTNESS),--robustness)
 
 test: setup
 	$(PY) -m pytest -q

@@ -31,6 +31,17 @@ from ralbook.config import preset  # noqa: E402
 
 
 def peak_rss_gb() -> float:
+    """Peak resident memory of this process in GB.
+
+    On Linux from VmHWM: ru_maxrss survives fork + exec, so a child started by a parent that had
+    generated the collection in-process reported the parent's peak instead of its own.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024**2  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux: KiB
 
 

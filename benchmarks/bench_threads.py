@@ -6,8 +6,10 @@
 Settings (each measured in a fresh process, so the OpenMP runtime starts with its environment):
 
 * ``before``  torch's defaults: one thread per core, OpenMP's default (spinning) wait policy;
-* ``after``   ralbook's choice: a short spin (``GOMP_SPINCOUNT``, ``ralbook.runtime.SPIN``) and
-  ``ralbook.runtime.configure_threads()`` (re-checked every few seconds while training);
+* ``after``   ralbook's choice: ``ralbook.runtime.configure_threads()`` (re-checked every few seconds
+  while training), OpenMP's default wait policy;
+* ``short-spin``: the same with idle threads spinning only briefly (``GOMP_SPINCOUNT=10000``), the
+  previous version's default (it cost about 10% on a free machine and saved nothing beside a busy one);
 * ``1-passive`` / ``2-passive``: a fixed count with the passive policy.
 
 Conditions: ``quiet`` (nothing started by this script) and ``busy`` (a one-thread busy loop runs in
@@ -31,7 +33,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {
     "before": {"wait": None, "threads": "default"},
-    "after": {"wait": None, "spin": True, "threads": "auto"},
+    "after": {"wait": None, "threads": "auto"},
+    "short-spin": {"wait": None, "spin": "10000", "threads": "auto"},
     "1-passive": {"wait": "PASSIVE", "threads": "1"},
     "2-passive": {"wait": "PASSIVE", "threads": "2"},
 }
@@ -99,10 +102,7 @@ def measure(work: str, setting: str, busy: bool, steps: int, demo_steps: int, ti
     if spec["wait"]:
         env["OMP_WAIT_POLICY"] = spec["wait"]
     if spec.get("spin"):
-        sys.path.insert(0, str(ROOT))
-        from ralbook.runtime import SPIN
-
-        env[SPIN[0]] = SPIN[1]
+        env["GOMP_SPINCOUNT"] = spec["spin"]
     loop = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
         time.sleep(0.5 if busy else 0)

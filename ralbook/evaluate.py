@@ -144,6 +144,26 @@ def recall_metrics(ranks: Union[Tensor, np.ndarray]) -> dict[str, float]:
     return out
 
 
+def chance_metrics(n_relevant: Sequence[int], n_videos: int) -> dict[str, float]:
+    """Expected R@k and SumR of a uniformly random ranking, the floor a trained model must beat.
+
+    A query with m relevant videos among N is found in the top k with probability
+    1 - C(N-m, k) / C(N, k): with many relevant videos (ambiguous captions) chance is high.
+    """
+    counts = np.asarray(list(n_relevant), dtype=np.int64)
+    if counts.size == 0 or n_videos < 1 or counts.min() < 0 or counts.max() > n_videos:
+        raise DataError(f"chance_metrics: need 0 <= relevant <= {n_videos} videos for at least one query")
+    out = {}
+    for k in RECALL_AT:
+        k_eff = min(k, n_videos)
+        miss = np.ones(counts.size)
+        for i in range(k_eff):  # P(no relevant video among the first k) = prod (N-m-i)/(N-i)
+            miss *= np.clip(n_videos - counts - i, 0, None) / (n_videos - i)
+        out[f"R@{k}"] = float(100.0 * np.mean(1.0 - miss))
+    out["SumR"] = float(sum(out[f"R@{k}"] for k in RECALL_AT))
+    return out
+
+
 # ----------------------------------------------------------------------------- results
 
 

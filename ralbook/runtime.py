@@ -1,16 +1,9 @@
-"""CPU threads: how many torch uses, and how idle ones wait, chosen from what the machine is doing.
+"""CPU threads: how many torch uses, chosen from what the machine is doing.
 
 Why: torch starts one OpenMP thread per core, and idle OpenMP threads spin. Beside one other busy
-process on a two-core machine, such a run slows down 4 to 19 times (README, "Threads"): every parallel region waits
-for the thread that shares its core with the other process, and the spinning steals that core's
-time. So ralbook
+process on a two-core machine, such a run slows down 2 to 4 times (README, "Threads"): every parallel
+region waits for the thread that shares its core with the other process. So ralbook
 
-* keeps OpenMP's idle threads spinning only briefly (``GOMP_SPINCOUNT=10000``, see
-  :func:`prefer_short_spin`; it only takes effect in a process that has not loaded torch yet,
-  which is why ``ralbook/__init__.py`` calls it and notebook kernels inherit it). Measured on a
-  2-core machine (demo epoch, 2 threads): the default long spin 10.7 s quiet / 34.0 s beside a busy
-  process, threads that sleep (``OMP_WAIT_POLICY=PASSIVE``) 18.2 s / 17.0 s, a short spin 10.3 s /
-  30.6 s: the short spin keeps the quiet speed, and the thread choice below avoids the busy case;
 * uses as many threads as there are cores not busy with other work (:func:`choose_threads`,
   measured over a fifth of a second by :func:`configure_threads`, at least one);
 * looks again every few seconds while training (:meth:`ThreadGovernor.recheck`, from cumulative
@@ -34,7 +27,6 @@ from typing import Callable, Mapping, Optional, Union
 from ralbook.errors import RalbookError
 
 ENV_THREADS = "RALBOOK_THREADS"
-SPIN = ("GOMP_SPINCOUNT", "10000")  # libgomp (torch's OpenMP on Linux): spins before an idle thread sleeps
 RECHECK_S = 5.0  # seconds between looks at the machine while training
 SAMPLE_S = 0.2  # how long the first look at the machine lasts
 Announce = Optional[Callable[[str], None]]
@@ -185,19 +177,6 @@ def load_average() -> Optional[float]:
 
 
 # ----------------------------------------------------------------------------- applying it
-
-
-def prefer_short_spin(environ: Optional[dict] = None) -> bool:
-    """Let idle OpenMP threads spin only briefly before they sleep, unless the user chose a wait policy.
-
-    Only a process that loads torch afterwards (and its child processes) is affected; True when the
-    setting will take effect in this process.
-    """
-    environ = os.environ if environ is None else environ
-    if "OMP_WAIT_POLICY" not in environ:  # an explicit policy wins over the spin count
-        name, value = SPIN
-        environ.setdefault(name, value)
-    return "torch" not in sys.modules
 
 
 def physical_cores(cpus: list[int], sys_root: str = "/sys") -> int:

@@ -321,3 +321,30 @@ def test_evaluate_refuses_non_finite_weights_encodings_and_scores(collection, mo
     acc.add({k: s for k in ("clip", "frame", "fused")}, torch.zeros(n_q, 1, dtype=torch.long))
     with pytest.raises(NonFiniteError, match=r"checkpoint y\.pt: 2 of 7 queries and 1 of 5 videos"):
         acc.result([str(i) for i in range(n_q)], [str(i) for i in range(n_v)])
+
+
+def test_chance_metrics_equal_the_average_over_every_ranking():
+    """Expected recall of a random ranking, against enumerating all 6! orders of 6 videos."""
+    import itertools
+
+    from ralbook.evaluate import chance_metrics
+
+    n_videos, relevant_sets = 6, [{0}, {1, 4}, {0, 2, 3, 5}, set(), set(range(6))]
+    orders = list(itertools.permutations(range(n_videos)))
+    expected = {}
+    for k in (1, 5, 10, 100):
+        hits = [sum(any(v in rel for v in order[:k]) for order in orders) / len(orders) for rel in relevant_sets]
+        expected[f"R@{k}"] = 100.0 * float(np.mean(hits))
+    expected["SumR"] = sum(expected[f"R@{k}"] for k in (1, 5, 10, 100))
+    got = chance_metrics([len(r) for r in relevant_sets], n_videos)
+    assert got == pytest.approx(expected, abs=1e-9)
+    assert chance_metrics([1] * 3, 200)["R@10"] == pytest.approx(5.0)
+
+
+def test_chance_metrics_reject_impossible_counts():
+    from ralbook.errors import DataError
+    from ralbook.evaluate import chance_metrics
+
+    for counts, n in (([], 5), ([6], 5), ([-1], 5)):
+        with pytest.raises(DataError):
+            chance_metrics(counts, n)

@@ -147,6 +147,7 @@ def test_robustness_text_wraps_the_findings_with_the_plan():
     assert one.startswith("**What this shows**") and "* RAL leads." in one
     assert "1 seed(s) [0], 1 epochs, 12/4/10 videos, hidden size 16" in one and "no spread" in one
     assert "no spread" not in report.robustness_text(dict(plan, seeds=(0, 1)), [])
+    assert "took 36.5 minutes" in report.robustness_text(plan, [], train_minutes=36.46)
 
 
 # ----------------------------------------------------------------------------- results file and figures/

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,8 +122,42 @@ def test_summary_and_findings_are_computed_from_the_rows():
     assert ral["support_set_auc_mean"] is None and ral["seeds"] == [0, 1]
     text = " ".join(robustness.findings(summary))
     assert "RAL leads with SumR 200.0 ± 2.8" in text and "gap of 50.0 is larger than" in text
+    assert "In 1 of 1 settings the leading model's gap exceeds the seed spread." in text
+    close = [dict(r, sumr=r["sumr"] - 49.0 if r["model"] == "ral" else r["sumr"]) for r in fake_rows()]
+    assert "In 0 of 1 settings" in " ".join(robustness.findings(robustness.summarise(close)))
     # length (0.3) is further from 0.5 than sigma (0.61): sigma does not beat it
-    assert "strongest baseline (length) 0.300: sigma does not beat that baseline" in text
+    # sigma 0.61 (std 0.014) is 0.09 short of length's distance from 0.5 (0.2)
+    assert ("strongest baseline (length) 0.300 (read the other way round: 0.700): sigma does not beat that baseline "
+            "(short by 0.090), more than the seed spread of sigma's AUC (0.014)" in text)
+    assert "random ranking" not in text   # rows without a chance level: no chance sentence
+
+
+def test_findings_compare_with_a_random_ranking():
+    rows = [dict(r, chance_sumr=130.0) for r in fake_rows()]
+    rows += [dict(r, ambiguity=0.0, sumr=r["sumr"] - 40, chance_sumr=110.0) for r in fake_rows()]
+    summary = robustness.summarise(rows)
+    assert {s["chance_sumr"] for s in summary} == {110.0, 130.0}
+    text = " ".join(robustness.findings(summary))
+    assert "ambiguity 0.5 (a random ranking: 130.0)" in text
+    # gains over chance: 200-130=70, 150-130=20, 160-110=50, 110-110=0
+    assert "0.0 to 70.0 SumR points above a random ranking" in text
+    assert "rises from 110.0 at ambiguity 0 to 130.0 at 0.5" in text
+    fig = robustness.figure_sumr_vs_ambiguity(summary)
+    assert "random ranking" in [line.get_label() for line in fig.axes[0].get_lines()]
+
+
+def test_chance_sumr_of_a_generated_collection(tiny_study):
+    """The row's chance level equals the formula applied to the collection's multi-ground truth by hand."""
+    from math import comb
+
+    cache, result = tiny_study
+    root = next((cache / "data").iterdir())
+    relevant = json.loads((root / "demo" / "GroundTruth" / "relevant_test.json").read_text())
+    n = TINY.n_test
+    expected = sum(100.0 * np.mean([1 - comb(n - len(set(v)), min(k, n)) / comb(n, min(k, n)) for v in relevant.values()])
+                   for k in (1, 5, 10, 100))
+    assert result.rows[0]["chance_sumr"] == pytest.approx(expected, rel=1e-9)
+    assert result.rows[0]["sumr"] > 0 and 0 < expected <= 400
 
 
 def test_figures_have_one_panel_per_noise_level():
@@ -149,5 +182,12 @@ def test_cli_reads_back_the_cache(tiny_study, tmp_path, capsys):
     assert "0 trained, 4 read from the cache" in printed
     saved = json.loads(out.read_text())
     assert set(saved) == {"plan", "rows", "summary", "findings"} and len(saved["rows"]) == 4
+    # the sweep's x1 run is the grid's RAL run: its time counts once (rows as read now: an earlier test retrains one)
+    rows = saved["rows"]
+    distinct = {r["key"]: r["seconds"] for r in rows}
+    assert len(distinct) == 3 and robustness.run_minutes(rows) == pytest.approx(sum(distinct.values()) / 60)
+    assert f"took {robustness.run_minutes(rows):.1f} minutes" in printed
+    chance = f"{first.rows[0]['chance_sumr']:.1f}"
+    assert any(line.startswith("amb 0.5 noise low") and chance in line for line in printed.splitlines())
     assert cli.main(["robustness", "--models", "nosuch", "--cache-dir", str(tmp_path / "x")]) == 2
     assert "unknown model 'nosuch'" in capsys.readouterr().err
