@@ -1,7 +1,7 @@
 """bf16 autocast against fp32: test metrics and time of the same runs, several seeds, side by side.
 
-    python benchmarks/bench_amp.py --scratch /tmp/amp                       # demo preset, seeds 1 2 3, 4 epochs
-    python benchmarks/bench_amp.py --scratch /tmp/amp --seeds 1 2 --epochs 2 --json amp.json
+    python benchmarks/bench_amp.py --scratch outputs/amp                       # demo preset, seeds 1 2 3, 4 epochs
+    python benchmarks/bench_amp.py --scratch outputs/amp --seeds 1 2 --epochs 2 --json amp.json
 
 For every seed it trains the demo preset on the bundled data twice (``train.amp=none`` and ``bf16``),
 each evaluated on the test split with the precision it was trained in, and also evaluates the fp32
