@@ -43,8 +43,10 @@ def setup_display() -> None:
 
 
 def chance_recall(n_videos: int, k: int) -> float:
-    """Expected R@K (%) of a random ranking of ``n_videos`` videos."""
-    return 100.0 * min(k, n_videos) / n_videos if n_videos else float("nan")
+    """Expected R@K (%) of a random ranking of ``n_videos`` videos, one relevant video per query."""
+    from ralbook.evaluate import chance_metrics
+
+    return chance_metrics([1], n_videos)[f"R@{k}"] if n_videos else float("nan")
 
 
 def chance_sumr(n_videos: int) -> float:

@@ -326,7 +326,8 @@ def _fmt(mean: Optional[float], std: Optional[float], digits: int = 1) -> str:
 def findings(summary: Sequence[dict[str, Any]]) -> list[str]:
     """Sentences computed from the summary: who wins where (with spreads), and whether sigma beats the baselines."""
     grid = [s for s in summary if s["group"] == "grid"]
-    lines = []
+    lines: list[str] = []
+    separated = []  # per compared setting: does the leader's gap exceed the seed spread?
     for noise in dict.fromkeys(s["noise"] for s in grid):
         for amb in sorted({s["ambiguity"] for s in grid if s["noise"] == noise}):
             cell = sorted((s for s in grid if s["noise"] == noise and s["ambiguity"] == amb),
@@ -336,16 +337,16 @@ def findings(summary: Sequence[dict[str, Any]]) -> list[str]:
             best, second = cell[0], cell[1]
             gap = best["sumr_mean"] - second["sumr_mean"]
             spread = max(best["sumr_std"] or 0.0, second["sumr_std"] or 0.0)
-            verdict = "larger than" if gap > spread else "within"
+            separated.append(gap > spread)
+            verdict = "larger than" if separated[-1] else "within"
             chance = f" (a random ranking: {best['chance_sumr']:.1f})" if best.get("chance_sumr") is not None else ""
             lines.append(f"Noise {noise}, ambiguity {amb:g}{chance}: {best['label']} leads with SumR "
                          f"{_fmt(best['sumr_mean'], best['sumr_std'])} (n={len(best['seeds'])}) over "
                          f"{second['label']} {_fmt(second['sumr_mean'], second['sumr_std'])}; the gap of "
                          f"{gap:.1f} is {verdict} the larger seed spread ({spread:.1f}).")
-    separated = sum("is larger than" in line for line in lines)
-    if lines:
-        lines.append(f"In {separated} of {len(lines)} settings the leading model's gap exceeds the seed spread"
-                     f"{': no model is shown to be more robust here' if separated == 0 else ''}.")
+    if separated:
+        lines.append(f"In {sum(separated)} of {len(separated)} settings the leading model's gap exceeds the seed "
+                     f"spread{': no model is shown to be more robust here' if not any(separated) else ''}.")
     lines += _chance_findings(grid)
     ral = [s for s in grid if s["model"] == "ral" and s.get("caption_auc_mean") is not None]
     for s in ral:
