@@ -2,6 +2,9 @@
 
     python benchmarks/bench_amp.py --scratch outputs/amp                       # demo preset, seeds 1 2 3, 4 epochs
     python benchmarks/bench_amp.py --scratch outputs/amp --seeds 1 2 --epochs 2 --json amp.json
+    # the collection of bench_index.py --generate-tvr-size (TVR's test size and feature widths, 256
+    # training videos), a hidden-384 model:
+    python benchmarks/bench_amp.py --scratch outputs/amp-tvr --tvr-size outputs/tvrsize --epochs 6
 
 For every seed it trains the demo preset on the bundled data twice (``train.amp=none`` and ``bf16``),
 each evaluated on the test split with the precision it was trained in, and also evaluates the fp32
@@ -25,12 +28,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def one_run(scratch: Path, seed: int, amp: str, epochs: int, data_root: str) -> dict[str, Any]:
+# the model of bench_index.py's TVR-size collection: TVR's widths, hidden 384
+TVR_SIZE = {"data.visual_dim": 1024, "data.text_dim": 768, "model.hidden_size": 384, "model.n_heads": 4,
+            "train.batch_size": 64}
+
+
+def one_run(scratch: Path, seed: int, amp: str, epochs: int, data_root: str, tvr_size: bool) -> dict[str, Any]:
     from ralbook.pipeline import build_config
     from ralbook.train import train
 
+    sizes = dict(TVR_SIZE, **{"train.hard_negative_start_epoch": epochs}) if tvr_size else {}
     cfg = build_config("demo", data_root=data_root, epochs=epochs, seed=seed, device="cpu",
-                       overrides={"train.amp": amp})
+                       overrides={"train.amp": amp, **sizes})
     run_dir = scratch / f"seed{seed}_{amp}"
     start = time.perf_counter()
     result = train(cfg, run_dir, resume=(run_dir / "config.json").is_file(), progress=False)
@@ -47,21 +56,30 @@ def eval_with(run_dir: str, amp: str) -> float:
 
 
 def main() -> None:
-    from bench_engine import native_bf16
+    from bench_engine import bf16_instructions
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scratch", required=True, help="run folders are written here (reused when complete)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--data-root", default="data")
+    p.add_argument("--tvr-size", metavar="SCRATCH",
+                   help="use (or generate) bench_index.py's TVR-size collection under SCRATCH instead of --data-root")
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args()
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
-    print(f"{cpu}; native bf16: {native_bf16()}; demo preset, {args.epochs} epochs, seeds {args.seeds}", flush=True)
+    data_root, what = args.data_root, "demo preset"
+    if args.tvr_size:
+        from bench_index import generate_tvr_size
+
+        data_root, what = str(generate_tvr_size(Path(args.tvr_size), 2)[0]), "TVR-size collection, hidden 384"
+    print(f"{cpu}; bf16 instructions: {bf16_instructions()}; {what}, {args.epochs} epochs, seeds {args.seeds}",
+          flush=True)
     rows = []
     for seed in args.seeds:
-        pair = {amp: one_run(Path(args.scratch), seed, amp, args.epochs, args.data_root) for amp in ("none", "bf16")}
+        pair = {amp: one_run(Path(args.scratch), seed, amp, args.epochs, data_root, bool(args.tvr_size))
+                for amp in ("none", "bf16")}
         eval_bf16 = eval_with(pair["none"]["run_dir"], "bf16")
         row = {"seed": seed, "fp32": pair["none"]["sumr"], "bf16": pair["bf16"]["sumr"], "fp32_model_bf16_eval": eval_bf16,
                "fp32_s": pair["none"]["seconds"], "bf16_s": pair["bf16"]["seconds"]}
@@ -78,7 +96,9 @@ def main() -> None:
           f"{spread:.2f}: the mean difference is {'within' if abs(mean) <= spread else 'outside'} the seed spread",
           flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"cpu": cpu, "native_bf16": native_bf16(), "epochs": args.epochs,
+        Path(args.json).write_text(json.dumps({"cpu": cpu, "bf16_instructions": bf16_instructions(),
+                                               "collection": what,
+                                               "epochs": args.epochs,
                                                "rows": rows, "mean_diff": mean, "seed_std": spread}, indent=1))
 
 

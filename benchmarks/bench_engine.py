@@ -185,14 +185,13 @@ def measure_eval(args: argparse.Namespace) -> dict[str, Any]:
             "fused_SumR_random_model": result.metrics["fused"]["SumR"]}
 
 
-def native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """The CPU's bf16 instructions named in /proc/cpuinfo (amx_bf16, avx512_bf16), or 'none'."""
-    try:
-        flags = set(cpuinfo.read_text().split())
-    except OSError:
-        return "unknown (no /proc/cpuinfo)"
-    found = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
-    return ", ".join(found) or "none"
+def bf16_instructions() -> str:
+    """The CPU's bf16 instructions (amx_bf16, avx512_bf16) and what train.amp=auto means here."""
+    from ralbook.precision import cpu_bf16_flags, resolve_amp
+
+    flags = cpu_bf16_flags()
+    named = "unknown (no /proc/cpuinfo)" if flags is None else ", ".join(sorted(flags)) or "none"
+    return f"{named} (train.amp=auto: {resolve_amp('auto', torch.device('cpu'))})"
 
 
 def measure_read(args: argparse.Namespace) -> dict[str, Any]:
@@ -281,7 +280,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {resolve_device(args.device)}, "
           f"preset {args.preset}: hidden {args.hidden}, heads {args.heads}, Dv {args.visual_dim}, Dt {args.text_dim}, "
           f"amp {args.amp}, compile {args.compile}" + "".join(f", {a}" for a in args.set)
-          + f"; native bf16: {native_bf16()}", flush=True)
+          + f"; bf16 instructions: {bf16_instructions()}", flush=True)
     results = []
     settings = list(args.set)
     for backbone in args.backbones:

@@ -9,9 +9,7 @@
 """
 from __future__ import annotations
 
-import collections
 import hashlib
-import io
 import os
 import pickle
 import re

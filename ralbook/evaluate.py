@@ -10,14 +10,12 @@ listed first in the split ranks first. Here that is computed without sorting:
 rank = 1 + #(higher scores) + #(equal scores at a smaller video index).
 With several relevant videos per query, the rank is that of the best-ranked relevant one.
 
-Also here (the lowest layer the engine shares): device selection and the autocast context.
+Also here (the lowest layer the engine shares): device selection; precision is ralbook.precision.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import functools
 import json
 import math
 import warnings
@@ -31,6 +29,7 @@ from torch import Tensor
 
 from ralbook.config import PRESETS, Config, preset
 from ralbook.errors import CheckpointError, DataError, NonFiniteError, RalbookError
+from ralbook.precision import autocast, describe_amp
 
 SCORE_KINDS: tuple[str, ...] = ("clip", "frame", "fused")
 RECALL_AT: tuple[int, ...] = (1, 5, 10, 100)
@@ -58,36 +57,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise RalbookError(f"device {name!r} requested but Apple MPS is not available on this machine")
     return device
-
-
-def cpu_lacks_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """True on an x86 Linux CPU without bf16 instructions (AVX512-BF16 or AMX), where bf16 is emulated."""
-    try:
-        flags = cpuinfo.read_text()
-    except OSError:
-        return False  # not Linux: no opinion
-    return " avx2" in flags and "avx512_bf16" not in flags and "amx_bf16" not in flags
-
-
-@functools.lru_cache(maxsize=None)
-def _host_lacks_bf16() -> bool:  # read /proc/cpuinfo once, not at every autocast step
-    return cpu_lacks_bf16()
-
-
-def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """Mixed-precision context: ``none``, ``bf16`` (any device) or ``fp16`` (CUDA/MPS only)."""
-    if amp in ("none", "", None):
-        return contextlib.nullcontext()
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    if amp not in dtypes:
-        raise RalbookError(f"unknown amp mode {amp!r}; use none, bf16 or fp16")
-    if amp == "fp16" and device.type == "cpu":
-        raise RalbookError("amp=fp16 needs a GPU (it relies on a gradient scaler); use amp=bf16 on CPU")
-    if amp == "bf16" and device.type == "cpu" and _host_lacks_bf16():
-        warnings.warn("this CPU has no bf16 instructions (no avx512_bf16/amx_bf16 in /proc/cpuinfo): bf16 autocast "
-                      "is emulated and several times slower than fp32 here (measured 8x on an AVX2 machine); "
-                      "use amp=none", RuntimeWarning, stacklevel=2)
-    return torch.autocast(device_type=device.type, dtype=dtypes[amp])
 
 
 # ----------------------------------------------------------------------------- ranks and recalls
@@ -610,6 +579,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     collection = Collection.from_config(cfg.data)
     check_dims(cfg, collection)
     model.to(device)
+    print(describe_amp(cfg.train.amp, device), flush=True)
     if getattr(args, "index", None):
         from ralbook.index import run_index_evaluation
 

@@ -42,6 +42,7 @@ from ralbook import runtime
 from ralbook.checkpoint import FORMAT_VERSION, MODEL_FORMAT, STATE_FORMAT
 from ralbook.config import PRESETS, Config, preset
 from ralbook.errors import CheckpointError, DataError, NonFiniteError, RalbookError, shorten
+from ralbook.precision import resolve_amp
 from ralbook.evaluate import (EvalResult, add_data_arguments, apply_data_arguments, autocast, check_dims, evaluate,
                               format_metrics, load_model_state, require_data_root, resolve_device)
 
@@ -324,7 +325,7 @@ class Trainer:
 
         self.world = distributed.current_world()
         self.device = distributed.rank_device(resolve_device(cfg.train.device), self.world)
-        self.amp = cfg.train.amp or "none"
+        self.amp = resolve_amp(cfg.train.amp, self.device)  # auto: bf16 where native (ralbook.precision)
         autocast(self.device, self.amp)  # validates the amp setting before anything runs
         require_data_root(cfg)
         self.collection = Collection.from_config(cfg.data)
@@ -630,8 +631,6 @@ class Trainer:
 def read_run_config(run_dir: PathLike) -> Config:
     """The configuration a run directory holds (config.json, without the record of how it was distributed);
     RalbookError naming the file when it cannot."""
-    from ralbook.errors import ConfigError
-
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise RalbookError(f"nothing to resume in {run_dir}: it holds no {CONFIG_FILE}")
@@ -672,13 +671,15 @@ def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool =
     kill would. ``checkpoint_every``: also write last.pt every that many steps (0: at epoch ends).
     ``threads``: CPU threads (None/0: chosen from the machine's load, see ralbook.runtime).
     """
-    from ralbook.distributed import current_world, describe
+    from ralbook.distributed import current_world, describe, rank_device
 
     world = current_world()
     runtime.configure_threads(threads, announce=print if progress and world.is_main else None)
     run_dir = Path(run_dir)
     cfg.sync()
     cfg.check()
+    cfg = _settle_amp(cfg, rank_device(resolve_device(cfg.train.device), world), progress and world.is_main,
+                      _recorded_amp(run_dir) if resume else None)
     can_resume = _prepare_run_dir(cfg, run_dir, resume)
     # checks data and settings first (a new run takes its feature sizes from the collection); only rank 0
     # prints and writes
@@ -701,6 +702,32 @@ def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool =
         test = trainer.test()
     s = trainer.state
     return RunResult(run_dir, s.best_epoch, s.best_val, test["metrics"], s.epoch, s.stopped_early)
+
+
+def _recorded_amp(run_dir: Path) -> Optional[str]:
+    """train.amp of the run's config.json, if it has a readable one."""
+    try:
+        return json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))["train"]["amp"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # _prepare_run_dir reports what is wrong with the file
+
+
+def _settle_amp(cfg: Config, device: torch.device, announce: bool, recorded: Optional[str] = None) -> Config:
+    """``cfg`` with ``train.amp=auto`` replaced by what it means on ``device`` (bf16 or none), so that
+    config.json records the precision the run trains in; a resumed run (``recorded``: its config.json's
+    value) keeps its precision, also on a machine where auto would choose the other one."""
+    from ralbook.precision import describe_amp
+
+    if cfg.train.amp != "auto":
+        chosen, line = cfg, describe_amp(cfg.train.amp, device)
+    elif recorded in ("none", "bf16", "fp16"):
+        chosen = cfg.override(f"train.amp={recorded}")
+        line = f"{describe_amp(recorded, device)}, kept from the run being resumed (train.amp=auto)"
+    else:
+        chosen, line = cfg.override(f"train.amp={resolve_amp('auto', device)}"), describe_amp("auto", device)
+    if announce:
+        print(line, flush=True)
+    return chosen
 
 
 def _run_config(cfg: Config, world: Any, resume: bool, run_dir: Path) -> dict[str, Any]:

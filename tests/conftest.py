@@ -7,6 +7,9 @@ import pytest
 
 # Tests choose their thread counts themselves (fixture one_thread); no load sampling or re-checks in between.
 os.environ.setdefault("RALBOOK_THREADS", "1")
+# train.amp=auto means bf16 on CPUs with AMX: the suite's numbers (fixtures, equivalences) are fp32 on any
+# CPU; tests of the detection set this variable themselves. Subprocesses (papermill, torchrun) inherit it.
+os.environ["RALBOOK_NATIVE_BF16"] = "0"
 
 from layout import TinySpec, write_random_collection
 

@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 
 from ralbook.distributed import World, check_batches, describe, share
 from ralbook.errors import RalbookError
-from ralbook.train import CONFIG_FILE, METRICS_FILE, Trainer, epoch_batches, read_metrics, train
+from ralbook.train import CONFIG_FILE, Trainer, epoch_batches, read_metrics, train
 from test_train import easy_demo, tiny_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -184,17 +184,17 @@ def test_device_resolution_and_autocast(monkeypatch):
             resolve_device("cuda")
     with pytest.raises(RalbookError):
         autocast(torch.device("cpu"), "fp16")
-    monkeypatch.setattr("ralbook.evaluate._host_lacks_bf16", lambda: True)
+    monkeypatch.setattr("ralbook.precision._host_lacks_bf16", lambda: True)
     with pytest.warns(RuntimeWarning, match="no bf16 instructions"):
         with autocast(torch.device("cpu"), "bf16"):
             pass
-    monkeypatch.setattr("ralbook.evaluate._host_lacks_bf16", lambda: False)
+    monkeypatch.setattr("ralbook.precision._host_lacks_bf16", lambda: False)
     with autocast(torch.device("cpu"), "bf16"):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
 
 
 def test_emulated_bf16_is_detected_from_cpu_flags(tmp_path):
-    from ralbook.evaluate import cpu_lacks_bf16
+    from ralbook.precision import cpu_lacks_bf16
 
     info = tmp_path / "cpuinfo"
     info.write_text("flags\t\t: fpu sse2 avx avx2 fma\n")

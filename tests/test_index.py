@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,3 +141,35 @@ def test_rerank_scores_each_query_against_its_own_candidates(setup, video_block,
     frame = index.rerank(index.encode_queries(feats, mask), candidates, video_block, row_block, dense_share)
     want = torch.from_numpy(exhaustive.scores["frame"][:20]).gather(1, candidates)
     torch.testing.assert_close(frame, want, atol=1e-5, rtol=0)
+
+
+def test_packed_word_scorer_equals_the_model_for_full_padded_and_empty_videos(setup):
+    """The packed scorer's two paths (a block of videos, one video) against ``model.frame_scores`` on
+    hand-made encodings: a video with every frame valid (no clamp at 0: negative best similarities
+    stay negative), one with padding (padded frames count as similarity 0) and one with no valid frame."""
+    from ralbook.index import _PackedWordScorer
+    from ralbook.model.encodings import VideoEncoding
+
+    _, model, collection, _, exhaustive = setup
+    generator = torch.Generator().manual_seed(5)
+    d, lf = model.cfg.hidden_size, 6
+    feats, qmask = _queries(collection, exhaustive.cap_ids[:9])
+    with torch.no_grad():
+        queries = model.encode_queries(feats, qmask)
+        away = -queries.words.sum(dim=(0, 1))  # frames pointing away from the words: negative similarities
+        frames = away + 0.1 * away.norm() / d**0.5 * torch.randn(3, lf, d, generator=generator)
+        mask = torch.ones(3, lf)
+        mask[1, 4:] = 0
+        mask[2] = 0
+        videos = VideoEncoding(torch.randn(3, 2, d, generator=generator), frames * mask.unsqueeze(-1), mask)
+        want = model.frame_scores(queries, videos)
+        scorer = _PackedWordScorer(model, queries)
+        prepared = scorer.prepare(videos)
+        rows = torch.tensor([4, 0, 7, 2, 8])
+        torch.testing.assert_close(scorer.score(rows, prepared), want[rows], atol=1e-5, rtol=0)
+        for v in range(3):
+            got = scorer.score_one(rows, prepared.select(slice(v, v + 1)))
+            torch.testing.assert_close(got, want[rows, v], atol=1e-5, rtol=0)
+    assert bool((want[:, 0] < 0).all())  # the unpadded video's scores are not clamped
+    assert bool((want[:, 1] >= 0).all())  # the padded one's are clamped at 0
+    assert bool((want[:, 2] == 0).all())

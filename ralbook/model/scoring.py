@@ -16,12 +16,13 @@ def _chunk_rows(a: Tensor, b: Tensor) -> int:
     return max(1, MAX_SIM_CHUNK_ELEMENTS // max(1, b.shape[0] * a.shape[1] * b.shape[1]))
 
 
-def _chunked_max(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+def _chunked_max(a: Tensor, b: Tensor, with_index: bool = True) -> tuple[Tensor, Optional[Tensor]]:
     """max and argmax over b's rows of <a[q, t], b[v, f]>: two (Nq, Nv, Lq) tensors.
 
     Each chunk is one matrix product laid out (q, t, v, f), so the max runs over the contiguous
     last axis and no 4-D tensor is ever permuted or copied. Under autocast the products (and so
-    the result) take the autocast dtype.
+    the result) take the autocast dtype. ``with_index`` False skips the argmax (None in its
+    place): ``amax`` is 2-3x faster than ``max`` over such short rows.
     """
     (nq, lq, d), (nv, lf, _) = a.shape, b.shape
     step = _chunk_rows(a, b)
@@ -31,10 +32,13 @@ def _chunked_max(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     for i in range(0, nq, step):
         chunk = a[i:i + step]
         sims = (chunk.reshape(-1, d) @ flat_b.t()).view(chunk.shape[0], lq, nv, lf)
-        v, k = sims.max(dim=-1)
+        if with_index:
+            v, k = sims.max(dim=-1)
+            index.append(k)
+        else:
+            v = sims.amax(dim=-1)
         values.append(v)
-        index.append(k)
-    return torch.cat(values).transpose(1, 2), torch.cat(index).transpose(1, 2)
+    return torch.cat(values).transpose(1, 2), (torch.cat(index).transpose(1, 2) if with_index else None)
 
 
 class _MaskedMaxSim(torch.autograd.Function):
@@ -87,9 +91,16 @@ def masked_max_sim(a: Tensor, a_mask: Optional[Tensor], b: Tensor, b_mask: Tenso
     if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
         values = _MaskedMaxSim.apply(a, b)
     else:
-        values = _chunked_max(a, b)[0]
+        values = _chunked_max(a, b, with_index=False)[0]
     values = torch.where(has_padding[None, :, None], values.clamp(min=0), values)
     return F.pad(values, (0, length_a - ka))  # padded query words score 0
+
+
+def _clip_similarities(queries: Tensor, clips: Tensor, normalized: bool) -> Tensor:
+    """(Nq, Nv, Lc) similarity of each pooled query (Nq, d) with each clip token (Nv, Lc, d)."""
+    if normalized:
+        queries, clips = F.normalize(queries, dim=-1), F.normalize(clips, dim=-1)
+    return torch.einsum("qd,vcd->qvc", queries, clips)
 
 
 def max_over_clips(queries: Tensor, clips: Tensor, normalized: bool = True) -> tuple[Tensor, Tensor]:
@@ -97,6 +108,15 @@ def max_over_clips(queries: Tensor, clips: Tensor, normalized: bool = True) -> t
 
     queries (Nq, d), clips (Nv, Lc, d); ``normalized``: cosine, else dot products.
     """
-    if normalized:
-        queries, clips = F.normalize(queries, dim=-1), F.normalize(clips, dim=-1)
-    return torch.einsum("qd,vcd->qvc", queries, clips).max(dim=-1)
+    return _clip_similarities(queries, clips, normalized).max(dim=-1)
+
+
+def best_clip_score(queries: Tensor, clips: Tensor, normalized: bool = True) -> Tensor:
+    """``max_over_clips(...).values``; without autograd it skips the argmax (``amax``, 2-3x faster).
+
+    With autograd it keeps ``max``: its gradient goes to one clip of a tie, as in the public code,
+    where ``amax`` would split it among repeated clip tokens (short videos repeat clips).
+    """
+    if torch.is_grad_enabled() and (queries.requires_grad or clips.requires_grad):
+        return max_over_clips(queries, clips, normalized).values
+    return _clip_similarities(queries, clips, normalized).amax(dim=-1)

@@ -15,7 +15,7 @@ from ralbook.config import ModelConfig
 from ralbook.model.encodings import ModelOutput, QueryEncoding, VideoEncoding
 from ralbook.model.layers import AttentionBlock, LinearLayer, PositionalEncoding, masked_softmax_pool
 from ralbook.model.ral import RALParts
-from ralbook.model.scoring import max_over_clips
+from ralbook.model.scoring import best_clip_score
 
 
 class Backbone(RALParts, nn.Module):
@@ -67,7 +67,7 @@ class Backbone(RALParts, nn.Module):
 
     def clip_scores(self, queries: QueryEncoding, videos: VideoEncoding, normalized: bool = True) -> Tensor:
         """Best clip per (query, video): cosine (or dot product) of the pooled query and the clip tokens."""
-        return max_over_clips(queries.pooled, videos.clips, normalized).values
+        return best_clip_score(queries.pooled, videos.clips, normalized)
 
     def frame_scores(self, queries: QueryEncoding, videos: VideoEncoding, normalized: bool = True) -> Tensor:
         if self.cfg.csa:

@@ -1,0 +1,102 @@
+"""train.amp=auto: bf16 where it is native (AMX CPUs, Ampere+ GPUs), fp32 elsewhere; decided once per run."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ralbook import precision
+from ralbook.config import TrainConfig, preset
+from ralbook.errors import ConfigError, RalbookError
+from ralbook.precision import autocast, cpu_bf16_flags, describe_amp, native_bf16, resolve_amp
+from ralbook.train import read_metrics, train
+from test_train import easy_demo, tiny_cfg
+
+CPU = torch.device("cpu")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def detect(monkeypatch):
+    """Detection from the (patched) machine, not from the suite's RALBOOK_NATIVE_BF16=0."""
+    monkeypatch.delenv(precision.OVERRIDE_VARIABLE, raising=False)
+    return monkeypatch
+
+
+def test_auto_is_the_default_and_is_checked_when_set(tmp_path):
+    assert TrainConfig().amp == "auto"
+    assert all(preset(name).train.amp == "auto" for name in ("tvr", "act", "cha", "clip"))
+    assert preset("demo").train.amp == "none"  # its small model is slower in bf16 (README)
+    cfg = tiny_cfg(tmp_path)
+    assert cfg.override("train.amp=auto").train.amp == "auto"
+    with pytest.raises(ConfigError, match="auto, none, bf16, fp16"):
+        cfg.override("train.amp=fp8")
+    with pytest.raises(RalbookError, match="unknown amp mode"):
+        resolve_amp("fp8", CPU)
+
+
+def test_cpu_flags_name_the_bf16_instructions(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    assert cpu_bf16_flags(info) == {"amx_bf16", "avx512_bf16"}
+    info.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    assert cpu_bf16_flags(info) == {"avx512_bf16"}
+    assert cpu_bf16_flags(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize("amx,expected", [(True, "bf16"), (False, "none")])
+def test_auto_on_a_cpu_follows_amx(detect, amx, expected):
+    detect.setattr(precision, "_host_has_amx", lambda: amx)
+    assert native_bf16(CPU)[0] is amx
+    assert resolve_amp("auto", CPU) == expected
+    for explicit in ("none", "bf16"):
+        assert resolve_amp(explicit, CPU) == explicit  # an explicit choice is never revised
+    with autocast(CPU, "auto"):
+        dtype = (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
+    assert dtype == (torch.bfloat16 if amx else torch.float32)
+    line = describe_amp("auto", CPU)
+    assert line.startswith("precision: " + ("bf16 autocast" if amx else "fp32")) and "AMX" in line
+
+
+@pytest.mark.parametrize("capability,expected", [((8, 0), "bf16"), ((9, 0), "bf16"), ((7, 5), "none")])
+def test_auto_on_a_gpu_follows_its_compute_capability(detect, capability, expected):
+    detect.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    detect.setattr(torch.cuda, "get_device_name", lambda device=None: "a GPU")
+    assert resolve_amp("auto", torch.device("cuda")) == expected
+    assert f"compute capability {capability[0]}.{capability[1]}" in native_bf16(torch.device("cuda"))[1]
+
+
+def test_the_variable_overrides_the_detection(detect):
+    detect.setattr(precision, "_host_has_amx", lambda: False)
+    detect.setenv(precision.OVERRIDE_VARIABLE, "1")
+    assert resolve_amp("auto", CPU) == "bf16"
+    detect.setenv(precision.OVERRIDE_VARIABLE, "0")
+    assert resolve_amp("auto", torch.device("cuda")) == "none"  # no GPU query at all
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return easy_demo(tmp_path_factory.mktemp("data"), 8, 3, 3)
+
+
+def test_a_run_records_what_auto_chose_and_a_resume_keeps_it(data_root, tmp_path, monkeypatch, capsys):
+    """The run on a 'bf16-native' machine trains in bf16 (loss logged, config.json says bf16); resumed on a
+    machine where auto means fp32 it stays bf16; a new run there is fp32."""
+    cfg = tiny_cfg(data_root, n_epoch=1, amp="auto")
+    monkeypatch.setenv(precision.OVERRIDE_VARIABLE, "1")
+    run = tmp_path / "bf16"
+    train(cfg, run, progress=True, threads=1)
+    assert "precision: bf16 autocast (train.amp=auto: RALBOOK_NATIVE_BF16=1" in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["train"]["amp"] == "bf16"
+    monkeypatch.setenv(precision.OVERRIDE_VARIABLE, "0")
+    resumed = tiny_cfg(data_root, n_epoch=2, amp="auto")
+    with pytest.raises(RalbookError, match="n_epoch"):  # the check still sees real differences
+        train(resumed, run, resume=True, progress=False, threads=1)
+    train(tiny_cfg(data_root, n_epoch=1, amp="auto"), run, resume=True, progress=True, threads=1)
+    assert "bf16 autocast (train.amp=bf16), kept from the run being resumed" in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["train"]["amp"] == "bf16"
+    fp32 = tmp_path / "fp32"
+    train(cfg, fp32, progress=False, threads=1)
+    assert json.loads((fp32 / "config.json").read_text())["train"]["amp"] == "none"
+    assert read_metrics(run)[0]["loss"]["total"] != read_metrics(fp32)[0]["loss"]["total"]  # bf16 really ran
