@@ -68,8 +68,9 @@ def load(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     from ralbook.evaluate import model_from_checkpoint
 
     def adjust(cfg):
-        return cfg.override(f"data.data_root={json.dumps(args.data_root)}").override(
+        cfg = cfg.override(f"data.data_root={json.dumps(args.data_root)}").override(
             f"data.collection={json.dumps(args.collection)}")
+        return cfg.override(f"train.amp={args.amp}") if args.amp else cfg
 
     cfg, model, _ = model_from_checkpoint(args.checkpoint, adjust=adjust)
     return cfg, model.eval(), Collection.from_config(cfg.data)
@@ -113,6 +114,8 @@ def main() -> None:
     p.add_argument("--ks", type=int, nargs="+", default=[100, 200, 500])
     p.add_argument("--float16-k", type=int, default=200, help="K of the float16-index measurement (0: skip)")
     p.add_argument("--index-dir", help="where the indexes are built (default: next to the checkpoint)")
+    p.add_argument("--amp", choices=["none", "bf16"],
+                   help="precision of encoding and scoring (default: the checkpoint's train.amp)")
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--value", default="", help=argparse.SUPPRESS)
@@ -125,12 +128,12 @@ def main() -> None:
         args.data_root, args.checkpoint = str(root), str(ckpt)
     args.index_dir = args.index_dir or str(Path(args.checkpoint).parent / "index")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; load {os.getloadavg()[0]:.1f}; "
-          f"{args.collection} {args.split} from {args.checkpoint}", flush=True)
+          f"{args.collection} {args.split} from {args.checkpoint}; amp {args.amp or 'of the checkpoint'}", flush=True)
     jobs = [("build", "float32"), ("exhaustive", "")] + [("two-stage", f"{k}:float32") for k in args.ks]
     if args.float16_k:
         jobs += [("build", "float16"), ("two-stage", f"{args.float16_k}:float16")]
     common = ["--checkpoint", args.checkpoint, "--data-root", args.data_root, "--collection", args.collection,
-              "--split", args.split, "--index-dir", args.index_dir]
+              "--split", args.split, "--index-dir", args.index_dir] + (["--amp", args.amp] if args.amp else [])
     results, base = [], None
     for task, value in jobs:
         run = subprocess.run([sys.executable, __file__, "--child", task, "--value", value] + common,

@@ -141,7 +141,8 @@ class Index:
     def __init__(self, path: Path, manifest: dict[str, Any], arrays: dict[str, np.ndarray], model: Any):
         self.path, self.manifest, self.arrays, self.model = path, manifest, arrays, model
         self.video_ids: list[str] = list(manifest["video_ids"])
-        # queries are encoded and scored in the precision the videos were encoded in (ralbook.precision)
+        # queries are encoded and first-stage scored in the precision the videos were encoded in
+        # (ralbook.precision); the second stage runs in fp32 (see two_stage)
         self.amp: str = manifest.get("config", {}).get("train", {}).get("amp", "none")
 
     @classmethod
@@ -195,8 +196,9 @@ class Index:
                                .to(self.device) for n in ARRAYS))
 
     def encode_queries(self, query_features: Tensor, query_mask: Tensor, chunk: int = 256) -> Any:
-        """The model's query encodings, ``chunk`` queries at a time: measured 1.5-1.9x faster than one
-        product of 4,096 queries on a 2-core CPU (the activations of a small chunk stay in cache)."""
+        """The model's query encodings (float32, computed in the index's precision), ``chunk`` queries at
+        a time: measured 1.5-1.9x faster than one product of 4,096 queries on a 2-core CPU (the
+        activations of a small chunk stay in cache)."""
         from ralbook.model import QueryEncoding
 
         features, mask = query_features.to(self.device).float(), query_mask.to(self.device)
@@ -205,7 +207,8 @@ class Index:
             for start in range(0, max(1, len(features)), chunk):
                 part = self.model.encode_queries(features[start:start + chunk], mask[start:start + chunk])
                 pad = mask.shape[1] - part.words.shape[1]  # every chunk to the batch's word length
-                parts.append(QueryEncoding(part.pooled, F.pad(part.words, (0, 0, 0, pad)), F.pad(part.mask, (0, pad))))
+                parts.append(QueryEncoding(part.pooled.float(), F.pad(part.words.float(), (0, 0, 0, pad)),
+                                           F.pad(part.mask, (0, pad))))
         return QueryEncoding(*(torch.cat([getattr(p, name) for p in parts]) for name in ("pooled", "words", "mask")))
 
     def first_stage(self, queries: Any, video_chunk: int = 1000) -> Tensor:
@@ -273,10 +276,13 @@ class Index:
         """First-stage scores (Nq, Nv), candidates (Nq, K) sorted by video index, their clip/frame/fused scores."""
         with autocast(self.device, self.amp):
             first = self.first_stage(queries).float().cpu()
-            k = max(1, min(rerank, len(self)))
-            candidates = torch.sort(first.topk(k, dim=1).indices, dim=1).values  # ties in video order, as exhaustive
-            clip = first.gather(1, candidates)  # the first stage's exact clip scores
-            frame = self.rerank(queries, candidates)
+        k = max(1, min(rerank, len(self)))
+        candidates = torch.sort(first.topk(k, dim=1).indices, dim=1).values  # ties in video order, as exhaustive
+        clip = first.gather(1, candidates)  # the first stage's exact clip scores
+        # fp32 whatever the index's precision: on a CPU with AMX the second stage took 3.4-3.5 s in fp32 and
+        # 3.8-4.8 s in bf16 autocast for 4,096 queries at K = 200 (its products are small; casts and bf16
+        # maxima cost more than the products save)
+        frame = self.rerank(queries, candidates)
         return {"first": first, "candidates": candidates, "clip": clip, "frame": frame,
                 "fused": self.model.fuse(clip, frame)}
 

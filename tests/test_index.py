@@ -173,3 +173,23 @@ def test_packed_word_scorer_equals_the_model_for_full_padded_and_empty_videos(se
     assert bool((want[:, 0] < 0).all())  # the unpadded video's scores are not clamped
     assert bool((want[:, 1] >= 0).all())  # the padded one's are clamped at 0
     assert bool((want[:, 2] == 0).all())
+
+
+def test_an_index_built_in_bf16_encodes_and_first_scores_in_bf16_and_reranks_in_fp32(setup, tmp_path):
+    """The precision recorded with the index (train.amp of its configuration) is used for the queries
+    and the first stage; the second stage scores fp32 encodings in fp32 (faster on CPUs, see two_stage)."""
+    cfg, model, collection, _, exhaustive = setup
+    bf16 = cfg.override("train.amp=bf16")
+    index = Index.open(build_index(model, collection, "test", bf16, tmp_path / "bf16", progress=False), model=model)
+    assert index.amp == "bf16"
+    fp32 = Index.open(build_index(model, collection, "test", cfg, tmp_path / "fp32", progress=False), model=model)
+    assert fp32.amp == cfg.train.amp == "none"
+    feats, mask = _queries(collection, exhaustive.cap_ids[:8])
+    queries, exact = index.encode_queries(feats, mask), fp32.encode_queries(feats, mask)
+    assert queries.words.dtype == queries.pooled.dtype == torch.float32
+    gap = (queries.pooled - exact.pooled).abs().max()
+    assert 0 < gap < 0.05  # bf16 ran, and stays close
+    stages = index.two_stage(queries, rerank=N_TEST)
+    assert stages["frame"].dtype == torch.float32
+    want = model.frame_scores(queries, index.videos(slice(None)))  # fp32: no autocast around it
+    torch.testing.assert_close(stages["frame"], want.gather(1, stages["candidates"]), atol=1e-5, rtol=0)
