@@ -579,11 +579,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     collection = Collection.from_config(cfg.data)
     check_dims(cfg, collection)
     model.to(device)
-    print(describe_amp(cfg.train.amp, device), flush=True)
     if getattr(args, "index", None):
         from ralbook.index import run_index_evaluation
 
         return run_index_evaluation(args, model, cfg, collection)
+    print(describe_amp(cfg.train.amp, device), flush=True)
     from ralbook.runtime import use_bars
 
     result = evaluate(model, collection, args.split, cfg, device, relevant=args.relevant,

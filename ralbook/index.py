@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ralbook.errors import RalbookError
 from ralbook.model import masked_max_sim
-from ralbook.precision import autocast
+from ralbook.precision import autocast, resolve_amp
 
 PathLike = Union[str, os.PathLike]
 INDEX_FORMAT, INDEX_VERSION = "ralbook-index", 1
@@ -96,6 +96,8 @@ def build_index(model: Any, collection: Any, split: str, cfg: Any, out_dir: Path
     was_training = model.training
     model.eval()
     done = 0
+    # "auto" is decided here and recorded: searches on any machine encode queries as the videos were encoded
+    cfg = cfg.override(f"train.amp={resolve_amp(cfg.train.amp, torch.device(device))}")
     try:
         with torch.no_grad():
             for batch in tqdm(loader, desc="index videos", leave=False, disable=not progress):
@@ -141,8 +143,7 @@ class Index:
     def __init__(self, path: Path, manifest: dict[str, Any], arrays: dict[str, np.ndarray], model: Any):
         self.path, self.manifest, self.arrays, self.model = path, manifest, arrays, model
         self.video_ids: list[str] = list(manifest["video_ids"])
-        # queries are encoded and first-stage scored in the precision the videos were encoded in
-        # (ralbook.precision); the second stage runs in fp32 (see two_stage)
+        # queries are encoded in the precision the videos were encoded in (ralbook.precision); scoring is fp32
         self.amp: str = manifest.get("config", {}).get("train", {}).get("amp", "none")
 
     @classmethod
@@ -242,9 +243,9 @@ class Index:
         videos, counts = torch.unique_consecutive(flat[order], return_counts=True)
         owners, ends = owners[order], counts.cumsum(0)
         frame = torch.empty(n * k)
-        scorer = _frame_scorer(self.model, queries)
         dense = counts >= dense_share * n
         with torch.no_grad():
+            scorer = _frame_scorer(self.model, queries)
             hubs = videos[dense]
             if len(hubs):
                 hubs = hubs[torch.argsort(torch.from_numpy(np.asarray(self.arrays["mask"][hubs.numpy()]).sum(axis=1)),
@@ -274,14 +275,16 @@ class Index:
 
     def two_stage(self, queries: Any, rerank: int) -> dict[str, Tensor]:
         """First-stage scores (Nq, Nv), candidates (Nq, K) sorted by video index, their clip/frame/fused scores."""
-        with autocast(self.device, self.amp):
-            first = self.first_stage(queries).float().cpu()
+        from ralbook.evaluate import top_indices
+
+        # Both stages score in fp32 whatever the index's precision. The first stage must: bf16 scores tie
+        # often, and the K best must be chosen with the ranks' tie rule (video order) for every relevant
+        # video outside them to rank below K. The second stage was faster in fp32: on a CPU with AMX 3.4-3.5 s
+        # against 3.8-4.8 s under bf16 autocast for 4,096 queries at K = 200.
+        first = self.first_stage(queries).float().cpu()
         k = max(1, min(rerank, len(self)))
-        candidates = torch.sort(first.topk(k, dim=1).indices, dim=1).values  # ties in video order, as exhaustive
+        candidates = torch.sort(top_indices(first, k), dim=1).values  # stable: ties in video order, as the ranks
         clip = first.gather(1, candidates)  # the first stage's exact clip scores
-        # fp32 whatever the index's precision: on a CPU with AMX the second stage took 3.4-3.5 s in fp32 and
-        # 3.8-4.8 s in bf16 autocast for 4,096 queries at K = 200 (its products are small; casts and bf16
-        # maxima cost more than the products save)
         frame = self.rerank(queries, candidates)
         return {"first": first, "candidates": candidates, "clip": clip, "frame": frame,
                 "fused": self.model.fuse(clip, frame)}
@@ -345,6 +348,8 @@ class _PackedWordScorer:
     def score(self, rows: Tensor, videos: Any) -> Tensor:
         """(len(rows), len(videos)) frame scores of some queries against prepared videos."""
         tokens, segment = self._tokens_of(rows)
+        if not len(tokens):  # no valid word in any of these queries
+            return self.weights.new_zeros(len(rows), len(videos))
         sims = masked_max_sim(self.tokens.index_select(0, tokens).unsqueeze(1), None, videos.frames, videos.mask)
         weighted = sims[:, :, 0] * self.weights[tokens].unsqueeze(1)  # (T_rows, Nv)
         return weighted.new_zeros(len(rows), weighted.shape[1]).index_add_(0, segment, weighted)
@@ -468,7 +473,11 @@ def run_index_evaluation(args: argparse.Namespace, model: Any, cfg: Any, collect
     """``evaluate --index DIR --rerank K``: two-stage ranking with the model of --checkpoint."""
     from ralbook.evaluate import format_metrics, read_relevant_file
 
-    index = Index.open(args.index, model=model)
+    from ralbook.precision import describe_amp
+
+    index = Index.open(args.index, model=model, device=next(model.parameters()).device)
+    print(describe_amp(index.amp, index.device).replace("(train.amp=", "(recorded in the index: train.amp="),
+          flush=True)
     if index.manifest["split"] != args.split:
         raise IndexFolderError(f"{args.index} indexes split {index.manifest['split']!r}, not {args.split!r}")
     extra = read_relevant_file(args.relevant) if args.relevant else None

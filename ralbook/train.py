@@ -680,6 +680,13 @@ def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool =
     cfg.check()
     cfg = _settle_amp(cfg, rank_device(resolve_device(cfg.train.device), world), progress and world.is_main,
                       _recorded_amp(run_dir) if resume else None)
+    if world.distributed:  # every rank decided alone: machines of different kinds may disagree
+        from ralbook.distributed import gather_objects
+
+        chosen = gather_objects(cfg.train.amp)
+        if len(set(chosen)) > 1:
+            raise RalbookError(f"the ranks chose different precisions for train.amp=auto (by rank: {chosen}); "
+                               "set train.amp=bf16 or train.amp=none for all of them")
     can_resume = _prepare_run_dir(cfg, run_dir, resume)
     # checks data and settings first (a new run takes its feature sizes from the collection); only rank 0
     # prints and writes

@@ -194,3 +194,31 @@ def test_a_failing_rank_ends_the_run_with_a_message(root, tmp_path):
     assert [p.returncode for p in procs] == [2, 2], outputs
     assert "missing" in outputs[1][1]
     assert "lost the other ranks" in outputs[0][1] and "Traceback" not in outputs[0][1], outputs[0][1]
+
+
+def _auto_worker(rank: int, port: int, cfg_dict: dict, run_dir: str, out_dir: str) -> None:
+    """Rank 0 on a machine with native bf16, rank 1 on one without: train.amp=auto must not split them."""
+    from ralbook import distributed
+    from ralbook.config import Config
+
+    os.environ.update(rank_env(rank, WORLD, port))
+    os.environ["RALBOOK_NATIVE_BF16"] = "1" if rank == 0 else "0"
+    torch.set_num_threads(1)
+    distributed.init_from_env(torch.device("cpu"), timeout_s=120)
+    try:
+        train(Config.from_dict(cfg_dict), run_dir, progress=False)
+        message = "trained"
+    except RalbookError as err:
+        message = str(err)
+    finally:
+        distributed.shutdown()
+    (Path(out_dir) / f"rank{rank}.txt").write_text(message)
+
+
+def test_ranks_that_resolve_auto_differently_stop_with_a_message(root, tmp_path):
+    cfg = step_cfg(root).override("train.amp=auto")
+    mp.spawn(_auto_worker, args=(free_port(), cfg.to_dict(), str(tmp_path / "run"), str(tmp_path)), nprocs=WORLD)
+    for rank in range(WORLD):
+        message = (tmp_path / f"rank{rank}.txt").read_text()
+        assert "different precisions" in message and "['bf16', 'none']" in message, message
+    assert not (tmp_path / "run" / "last.pt").exists()

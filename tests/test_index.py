@@ -11,7 +11,7 @@ from ralbook import cli
 from ralbook.checkpoint import save_atomic
 from ralbook.data import Collection
 from ralbook.evaluate import encode_video_set, evaluate
-from ralbook.index import Index, IndexFolderError, build_index, evaluate_index, model_hash
+from ralbook.index import Index, IndexFolderError, build_index, evaluate_index, model_hash, two_stage_ranks
 from ralbook.model import build_model
 from test_train import easy_demo, tiny_cfg
 
@@ -175,9 +175,9 @@ def test_packed_word_scorer_equals_the_model_for_full_padded_and_empty_videos(se
     assert bool((want[:, 2] == 0).all())
 
 
-def test_an_index_built_in_bf16_encodes_and_first_scores_in_bf16_and_reranks_in_fp32(setup, tmp_path):
-    """The precision recorded with the index (train.amp of its configuration) is used for the queries
-    and the first stage; the second stage scores fp32 encodings in fp32 (faster on CPUs, see two_stage)."""
+def test_an_index_built_in_bf16_encodes_queries_in_bf16_and_scores_in_fp32(setup, tmp_path):
+    """The precision recorded with the index (train.amp of its configuration, auto resolved when built)
+    is used to encode the queries; both stages score the float32 encodings in fp32 (see two_stage)."""
     cfg, model, collection, _, exhaustive = setup
     bf16 = cfg.override("train.amp=bf16")
     index = Index.open(build_index(model, collection, "test", bf16, tmp_path / "bf16", progress=False), model=model)
@@ -190,6 +190,27 @@ def test_an_index_built_in_bf16_encodes_and_first_scores_in_bf16_and_reranks_in_
     gap = (queries.pooled - exact.pooled).abs().max()
     assert 0 < gap < 0.05  # bf16 ran, and stays close
     stages = index.two_stage(queries, rerank=N_TEST)
-    assert stages["frame"].dtype == torch.float32
-    want = model.frame_scores(queries, index.videos(slice(None)))  # fp32: no autocast around it
-    torch.testing.assert_close(stages["frame"], want.gather(1, stages["candidates"]), atol=1e-5, rtol=0)
+    videos = index.videos(slice(None))
+    with torch.no_grad():  # fp32: no autocast around them
+        clip, frame = model.clip_scores(queries, videos), model.frame_scores(queries, videos)
+    torch.testing.assert_close(stages["first"], clip, atol=1e-6, rtol=0)
+    torch.testing.assert_close(stages["frame"], frame.gather(1, stages["candidates"]), atol=1e-5, rtol=0)
+    auto = Index.open(build_index(model, collection, "test", cfg.override("train.amp=auto"), tmp_path / "auto",
+                                  progress=False), model=model)
+    assert auto.amp == "none"  # decided when built (the suite pins RALBOOK_NATIVE_BF16=0), never "auto"
+
+
+def test_the_first_stage_keeps_the_k_best_by_the_ranks_tie_rule(setup, monkeypatch):
+    """With tied clip scores the K candidates are the first videos in video order, as ranks count them, so a
+    relevant video outside the candidates always ranks below K."""
+    _, model, collection, folder, exhaustive = setup
+    index = Index.open(folder, model=model)
+    feats, mask = _queries(collection, exhaustive.cap_ids[:4])
+    tied = torch.zeros(4, N_TEST)
+    tied[:, 7] = 1.0  # one clear best, every other video tied
+    monkeypatch.setattr(Index, "first_stage", lambda self, queries, video_chunk=1000: tied)
+    stages = index.two_stage(index.encode_queries(feats, mask), rerank=5)
+    assert stages["candidates"].tolist() == [[0, 1, 2, 3, 7]] * 4
+    ranks, found = two_stage_ranks(stages, torch.tensor([[10], [20], [3], [7]]))
+    assert ranks["clip"].tolist() == [11, 21, 5, 1] and found.tolist() == [False, False, True, True]
+    assert bool((ranks["fused"][:2] > 5).all())

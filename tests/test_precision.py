@@ -11,7 +11,7 @@ from ralbook.config import TrainConfig, preset
 from ralbook.errors import ConfigError, RalbookError
 from ralbook.precision import autocast, cpu_bf16_flags, describe_amp, native_bf16, resolve_amp
 from ralbook.train import read_metrics, train
-from test_train import easy_demo, tiny_cfg
+from test_train import Kill, easy_demo, kill_at, tiny_cfg, without_time
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -81,22 +81,26 @@ def data_root(tmp_path_factory):
 
 
 def test_a_run_records_what_auto_chose_and_a_resume_keeps_it(data_root, tmp_path, monkeypatch, capsys):
-    """The run on a 'bf16-native' machine trains in bf16 (loss logged, config.json says bf16); resumed on a
-    machine where auto means fp32 it stays bf16; a new run there is fp32."""
-    cfg = tiny_cfg(data_root, n_epoch=1, amp="auto")
+    """A run started where bf16 is native trains in bf16 (config.json says so); killed after its first epoch
+    and resumed where auto means fp32, it trains its second epoch in bf16 too: its numbers equal those of
+    an uninterrupted bf16 run. A new run there is fp32."""
+    cfg = tiny_cfg(data_root, n_epoch=2, amp="auto")
     monkeypatch.setenv(precision.OVERRIDE_VARIABLE, "1")
-    run = tmp_path / "bf16"
-    train(cfg, run, progress=True, threads=1)
+    whole = tmp_path / "whole"
+    train(cfg, whole, progress=True, threads=1)
     assert "precision: bf16 autocast (train.amp=auto: RALBOOK_NATIVE_BF16=1" in capsys.readouterr().out
-    assert json.loads((run / "config.json").read_text())["train"]["amp"] == "bf16"
+    assert json.loads((whole / "config.json").read_text())["train"]["amp"] == "bf16"
+    run = tmp_path / "killed"
+    with pytest.raises(Kill):
+        train(cfg, run, progress=False, threads=1, callbacks=[kill_at("epoch", epoch=0)])
     monkeypatch.setenv(precision.OVERRIDE_VARIABLE, "0")
-    resumed = tiny_cfg(data_root, n_epoch=2, amp="auto")
     with pytest.raises(RalbookError, match="n_epoch"):  # the check still sees real differences
-        train(resumed, run, resume=True, progress=False, threads=1)
-    train(tiny_cfg(data_root, n_epoch=1, amp="auto"), run, resume=True, progress=True, threads=1)
+        train(tiny_cfg(data_root, n_epoch=3, amp="auto"), run, resume=True, progress=False, threads=1)
+    train(cfg, run, resume=True, progress=True, threads=1)
     assert "bf16 autocast (train.amp=bf16), kept from the run being resumed" in capsys.readouterr().out
     assert json.loads((run / "config.json").read_text())["train"]["amp"] == "bf16"
+    assert without_time(read_metrics(run)) == without_time(read_metrics(whole))
     fp32 = tmp_path / "fp32"
     train(cfg, fp32, progress=False, threads=1)
     assert json.loads((fp32 / "config.json").read_text())["train"]["amp"] == "none"
-    assert read_metrics(run)[0]["loss"]["total"] != read_metrics(fp32)[0]["loss"]["total"]  # bf16 really ran
+    assert read_metrics(whole)[0]["loss"]["total"] != read_metrics(fp32)[0]["loss"]["total"]  # bf16 really ran
