@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ralbook.errors import RalbookError
 from ralbook.model import masked_max_sim
-from ralbook.precision import autocast, resolve_amp
+from ralbook.precision import autocast, describe_amp, resolve_amp
 
 PathLike = Union[str, os.PathLike]
 INDEX_FORMAT, INDEX_VERSION = "ralbook-index", 1
@@ -251,11 +251,10 @@ class Index:
                 hubs = hubs[torch.argsort(torch.from_numpy(np.asarray(self.arrays["mask"][hubs.numpy()]).sum(axis=1)),
                                           stable=True)]  # by length: each block cuts its frame padding
                 table = torch.empty(n, len(hubs))
-                every = torch.arange(n)
                 for b in range(0, len(hubs), video_block):
                     block = scorer.prepare(self.videos(hubs[b:b + video_block].numpy()))
                     for start in range(0, n, row_block):
-                        rows = every[start:start + row_block]
+                        rows = torch.arange(start, min(n, start + row_block))
                         table[rows, b:b + len(block)] = scorer.score(rows.to(self.device), block).float().cpu()
                 column = torch.full((len(self),), -1, dtype=torch.long)
                 column[hubs] = torch.arange(len(hubs))
@@ -473,11 +472,8 @@ def run_index_evaluation(args: argparse.Namespace, model: Any, cfg: Any, collect
     """``evaluate --index DIR --rerank K``: two-stage ranking with the model of --checkpoint."""
     from ralbook.evaluate import format_metrics, read_relevant_file
 
-    from ralbook.precision import describe_amp
-
     index = Index.open(args.index, model=model, device=next(model.parameters()).device)
-    print(describe_amp(index.amp, index.device).replace("(train.amp=", "(recorded in the index: train.amp="),
-          flush=True)
+    print(describe_amp(index.amp, index.device, setting="the index's train.amp"), flush=True)
     if index.manifest["split"] != args.split:
         raise IndexFolderError(f"{args.index} indexes split {index.manifest['split']!r}, not {args.split!r}")
     extra = read_relevant_file(args.relevant) if args.relevant else None

@@ -41,11 +41,10 @@ def cpu_bf16_flags(cpuinfo: Path = CPUINFO) -> Optional[frozenset[str]]:
 
 def cpu_lacks_bf16(cpuinfo: Path = CPUINFO) -> bool:
     """True on an x86 Linux CPU without bf16 instructions (AVX512-BF16 or AMX), where bf16 is emulated."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
+    flags = cpu_bf16_flags(cpuinfo)
+    if flags is None:
         return False  # not Linux: no opinion
-    return " avx2" in text and not (cpu_bf16_flags(cpuinfo) or set())
+    return not flags and " avx2" in cpuinfo.read_text()
 
 
 @functools.lru_cache(maxsize=None)
@@ -87,14 +86,15 @@ def resolve_amp(amp: Optional[str], device: torch.device) -> str:
     return amp
 
 
-def describe_amp(amp: Optional[str], device: torch.device) -> str:
-    """One line for the start of a run: the precision, and why when it was chosen automatically."""
+def describe_amp(amp: Optional[str], device: torch.device, setting: str = "train.amp") -> str:
+    """One line for the start of a run: the precision, and why when it was chosen automatically.
+    ``setting`` names where the value comes from."""
     mode = resolve_amp(amp, device)
     what = {"none": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}[mode]
     if amp == "auto":
         other = "none" if mode == "bf16" else "bf16"
-        return f"precision: {what} (train.amp=auto: {native_bf16(device)[1]}; --set train.amp={other} to change)"
-    return f"precision: {what} (train.amp={mode})"
+        return f"precision: {what} ({setting}=auto: {native_bf16(device)[1]}; --set train.amp={other} to change)"
+    return f"precision: {what} ({setting}={mode})"
 
 
 def autocast(device: torch.device, amp: Optional[str]) -> contextlib.AbstractContextManager:

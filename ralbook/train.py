@@ -42,9 +42,9 @@ from ralbook import runtime
 from ralbook.checkpoint import FORMAT_VERSION, MODEL_FORMAT, STATE_FORMAT
 from ralbook.config import PRESETS, Config, preset
 from ralbook.errors import CheckpointError, DataError, NonFiniteError, RalbookError, shorten
-from ralbook.precision import resolve_amp
 from ralbook.evaluate import (EvalResult, add_data_arguments, apply_data_arguments, autocast, check_dims, evaluate,
                               format_metrics, load_model_state, require_data_root, resolve_device)
+from ralbook.precision import resolve_amp
 
 PathLike = Union[str, os.PathLike]
 CONFIG_FILE, METRICS_FILE, BEST_FILE, LAST_FILE, TEST_FILE = (
@@ -714,8 +714,8 @@ def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool =
 def _recorded_amp(run_dir: Path) -> Optional[str]:
     """train.amp of the run's config.json, if it has a readable one."""
     try:
-        return json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))["train"]["amp"]
-    except (OSError, ValueError, KeyError, TypeError):
+        return read_run_config(run_dir).train.amp
+    except RalbookError:
         return None  # _prepare_run_dir reports what is wrong with the file
 
 

@@ -80,27 +80,28 @@ def data_root(tmp_path_factory):
     return easy_demo(tmp_path_factory.mktemp("data"), 8, 3, 3)
 
 
-def test_a_run_records_what_auto_chose_and_a_resume_keeps_it(data_root, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_run_records_what_auto_chose_and_a_resume_keeps_it(data_root, tmp_path, monkeypatch, capsys, threads):
     """A run started where bf16 is native trains in bf16 (config.json says so); killed after its first epoch
     and resumed where auto means fp32, it trains its second epoch in bf16 too: its numbers equal those of
     an uninterrupted bf16 run. A new run there is fp32."""
     cfg = tiny_cfg(data_root, n_epoch=2, amp="auto")
     monkeypatch.setenv(precision.OVERRIDE_VARIABLE, "1")
     whole = tmp_path / "whole"
-    train(cfg, whole, progress=True, threads=1)
+    train(cfg, whole, progress=True, threads=threads)
     assert "precision: bf16 autocast (train.amp=auto: RALBOOK_NATIVE_BF16=1" in capsys.readouterr().out
     assert json.loads((whole / "config.json").read_text())["train"]["amp"] == "bf16"
     run = tmp_path / "killed"
     with pytest.raises(Kill):
-        train(cfg, run, progress=False, threads=1, callbacks=[kill_at("epoch", epoch=0)])
+        train(cfg, run, progress=False, threads=threads, callbacks=[kill_at("epoch", epoch=0)])
     monkeypatch.setenv(precision.OVERRIDE_VARIABLE, "0")
     with pytest.raises(RalbookError, match="n_epoch"):  # the check still sees real differences
-        train(tiny_cfg(data_root, n_epoch=3, amp="auto"), run, resume=True, progress=False, threads=1)
-    train(cfg, run, resume=True, progress=True, threads=1)
+        train(tiny_cfg(data_root, n_epoch=3, amp="auto"), run, resume=True, progress=False, threads=threads)
+    train(cfg, run, resume=True, progress=True, threads=threads)
     assert "bf16 autocast (train.amp=bf16), kept from the run being resumed" in capsys.readouterr().out
     assert json.loads((run / "config.json").read_text())["train"]["amp"] == "bf16"
     assert without_time(read_metrics(run)) == without_time(read_metrics(whole))
     fp32 = tmp_path / "fp32"
-    train(cfg, fp32, progress=False, threads=1)
+    train(cfg, fp32, progress=False, threads=threads)
     assert json.loads((fp32 / "config.json").read_text())["train"]["amp"] == "none"
     assert read_metrics(whole)[0]["loss"]["total"] != read_metrics(fp32)[0]["loss"]["total"]  # bf16 really ran
