@@ -34,8 +34,8 @@ TVR_SIZE = {"data.visual_dim": 1024, "data.text_dim": 768, "model.hidden_size": 
 
 
 def one_run(scratch: Path, seed: int, amp: str, epochs: int, data_root: str, tvr_size: bool) -> dict[str, Any]:
-    from ralbook.pipeline import build_config
-    from ralbook.train import train
+    from ralbook.config import build_config
+    from ralbook.training.trainer import train
 
     sizes = dict(TVR_SIZE, **{"train.hard_negative_start_epoch": epochs}) if tvr_size else {}
     cfg = build_config("demo", data_root=data_root, epochs=epochs, seed=seed, device="cpu",
@@ -48,8 +48,8 @@ def one_run(scratch: Path, seed: int, amp: str, epochs: int, data_root: str, tvr
 
 
 def eval_with(run_dir: str, amp: str) -> float:
-    from ralbook.evaluate import evaluate
-    from ralbook.pipeline import open_run
+    from ralbook.retrieval.evaluate import evaluate
+    from ralbook.training.rundir import open_run
 
     cfg, model, collection = open_run(run_dir, "cpu")
     return evaluate(model, collection, "test", cfg, "cpu", amp=amp, progress=False).metrics["fused"]["SumR"]

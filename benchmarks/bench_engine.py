@@ -29,9 +29,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ralbook.config import BACKBONES, Config, preset  # noqa: E402
-from ralbook.evaluate import autocast, concat_encodings, rank_encoded, resolve_device  # noqa: E402
-from ralbook.train import _float_output  # noqa: E402  (the trainer's cast of model outputs to float32)
+from ralbook.config import BACKBONES, Config, preset
+from ralbook.runtime.precision import autocast
+from ralbook.retrieval.evaluate import concat_encodings, rank_encoded
+from ralbook.runtime.device import resolve_device
+from ralbook.training.trainer import _float_output
 
 
 def bench_config(args: argparse.Namespace) -> Config:
@@ -88,7 +90,7 @@ def sync(device: torch.device) -> None:
 def measure_train(args: argparse.Namespace) -> dict[str, Any]:
     from ralbook.losses import Objective
     from ralbook.model import build_model
-    from ralbook.optim import build_optimizer
+    from ralbook.training.optim import build_optimizer
 
     cfg, device = bench_config(args), resolve_device(args.device)
     torch.manual_seed(0)
@@ -187,7 +189,7 @@ def measure_eval(args: argparse.Namespace) -> dict[str, Any]:
 
 def bf16_instructions() -> str:
     """The CPU's bf16 instructions (amx_bf16, avx512_bf16) and what train.amp=auto means here."""
-    from ralbook.precision import cpu_bf16_flags, resolve_amp
+    from ralbook.runtime.precision import cpu_bf16_flags, resolve_amp
 
     flags = cpu_bf16_flags()
     named = "unknown (no /proc/cpuinfo)" if flags is None else ", ".join(sorted(flags)) or "none"
@@ -196,8 +198,8 @@ def bf16_instructions() -> str:
 
 def measure_read(args: argparse.Namespace) -> dict[str, Any]:
     """ms per video to read one video's inputs (32 clips + up to 128 frames) from a release-layout feature.bin."""
-    from ralbook.data import Collection
-    from ralbook.demo import generate_demo
+    from ralbook.data.collection import Collection
+    from ralbook.data.demo import generate_demo
 
     with tempfile.TemporaryDirectory() as tmp:
         generate_demo(tmp, n_train=args.read, n_val=2, n_test=2, visual_dim=args.visual_dim, text_dim=args.text_dim,

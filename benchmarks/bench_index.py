@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ralbook.config import preset  # noqa: E402
+from ralbook.config import preset
 
 
 def peak_rss_gb() -> float:
@@ -47,8 +47,8 @@ def peak_rss_gb() -> float:
 
 def generate_tvr_size(scratch: Path, epochs: int) -> tuple[Path, Path]:
     """A demo-generator collection with the TVR test split's size and feature widths, and a model trained on it."""
-    from ralbook.demo import generate_demo
-    from ralbook.train import train
+    from ralbook.data.demo import generate_demo
+    from ralbook.training.trainer import train
 
     root = scratch / "data"
     if not (root / "demo").is_dir():
@@ -64,8 +64,8 @@ def generate_tvr_size(scratch: Path, epochs: int) -> tuple[Path, Path]:
 
 
 def load(args: argparse.Namespace) -> tuple[Any, Any, Any]:
-    from ralbook.data import Collection
-    from ralbook.evaluate import model_from_checkpoint
+    from ralbook.data.collection import Collection
+    from ralbook.checkpoint import model_from_checkpoint
 
     def adjust(cfg):
         cfg = cfg.override(f"data.data_root={json.dumps(args.data_root)}").override(
@@ -77,8 +77,8 @@ def load(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
-    from ralbook.evaluate import evaluate
-    from ralbook.index import Index, build_index, evaluate_index
+    from ralbook.retrieval.evaluate import evaluate
+    from ralbook.retrieval.index import Index, build_index, evaluate_index
 
     cfg, model, collection = load(args)
     task, value = args.child, args.value

@@ -6,7 +6,7 @@
 Settings (each measured in a fresh process, so the OpenMP runtime starts with its environment):
 
 * ``before``  torch's defaults: one thread per core, OpenMP's default (spinning) wait policy;
-* ``after``   ralbook's choice: ``ralbook.runtime.configure_threads()`` (re-checked every few seconds
+* ``after``   ralbook's choice: ``ralbook.runtime.threads.configure_threads()`` (re-checked every few seconds
   while training), OpenMP's default wait policy;
 * ``short-spin``: the same with idle threads spinning only briefly (``GOMP_SPINCOUNT=10000``), the
   previous version's default (it cost about 10% on a free machine and saved nothing beside a busy one);
@@ -48,7 +48,7 @@ def child(work: str, threads: str, steps: int, demo_steps: int) -> dict[str, Any
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from ralbook import runtime
+    from ralbook.runtime import threads as runtime
 
     if threads == "auto":
         runtime.configure_threads(announce=None)
@@ -65,7 +65,8 @@ def demo_epoch(steps: int) -> float:
     import tempfile
 
     from ralbook.config import preset
-    from ralbook.train import Trainer, epoch_batches
+    from ralbook.training.trainer import Trainer
+    from ralbook.training.reproducibility import epoch_batches
 
     cfg = preset("demo")
     cfg.data.data_root = str(ROOT / "data")

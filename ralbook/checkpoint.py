@@ -16,12 +16,15 @@ import re
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Union
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from ralbook.errors import CheckpointError, NonFiniteError, shorten
+from ralbook.config import Config, preset
+from ralbook.errors import CheckpointError, ConfigError, NonFiniteError, RalbookError, shorten
+from ralbook.model import build_model
+
 
 PathLike = Union[str, os.PathLike]
 
@@ -153,8 +156,6 @@ def validate_ralbook(obj: Any, path: PathLike, formats: tuple[str, ...] = (MODEL
 
 def config_of(obj: Mapping[str, Any], path: PathLike) -> Any:
     """The Config stored in a validated ralbook checkpoint; CheckpointError naming the file when invalid."""
-    from ralbook.config import Config
-    from ralbook.errors import ConfigError
 
     try:
         return Config.from_dict(obj["config"])
@@ -387,3 +388,50 @@ def load_reference(model: nn.Module, source: Union[PathLike, Mapping[str, Any]])
     check_finite_state(state, source if isinstance(source, (str, os.PathLike)) else "the reference weights")
     model.load_state_dict(state, strict=True)
     return model
+
+
+def model_from_checkpoint(path: Union[str, Path], preset_name: Optional[str] = None, cfg: Optional[Config] = None,
+                          adjust: Optional[Callable[[Config], Config]] = None) -> tuple[Config, Any, str]:
+    """(config, model, kind) from a ralbook checkpoint (config inside) or the authors' file.
+
+    For the authors' file the configuration is ``cfg`` or the preset ``preset_name``. ``adjust``
+    edits the configuration before the model is built (command-line overrides). ``kind`` is
+    ``ralbook`` or ``reference``.
+    """
+
+    obj = load_file(path)
+    if isinstance(obj, dict) and str(obj.get("format", "")).startswith("ralbook"):
+        cfg = config_of(validate_ralbook(obj, path), path)
+        cfg = adjust(cfg) if adjust else cfg
+        model = build_model(cfg.model)
+        load_model_state(model, obj["model"], path)
+        return cfg, model, "ralbook"
+    if cfg is None:
+        if not preset_name:
+            raise CheckpointError(f"{path} is not a ralbook checkpoint (the authors' format?): name its "
+                                  "configuration with --preset tvr|act|cha")
+        try:
+            cfg = preset(preset_name)
+        except KeyError as err:
+            raise RalbookError(str(err)) from err
+    cfg = adjust(cfg) if adjust else cfg
+    if cfg.model.backbone != "gmmformer_v2":  # MS-SL's and GMMFormer's own files hold the bare backbone
+        cfg.model.csa = cfg.model.word_confidence = cfg.model.msra = False
+    model = build_model(cfg.model)
+    load_reference(model, obj)
+    return cfg, model, "reference"
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, Tensor], source: Any) -> None:
+    """load_state_dict with a CheckpointError that names the file and the mismatching tensors;
+    NonFiniteError when a weight is NaN or infinite."""
+
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError(f"checkpoint {source}: 'model' is not a dict of tensors "
+                              f"(got {type(state).__name__})")
+    check_finite_state(state, f"checkpoint {source}")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {source} does not fit the model: {str(err).splitlines()[0]} "
+                              f"({' '.join(str(err).split())[:400]})") from err

@@ -12,9 +12,11 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
-from ralbook.errors import ConfigError, shorten
+from ralbook.errors import ConfigError, RalbookError, shorten
+from ralbook.files import resolve_path
+
 
 # ----------------------------------------------------------------------------- checking values
 
@@ -418,4 +420,61 @@ def preset(name: str, **section_overrides: dict[str, Any]) -> Config:
         d.setdefault(section, {}).update(values)
     cfg = Config.from_dict({"name": name, **d})
     cfg.sync()
+    return cfg
+
+
+def require_data_root(cfg: Config) -> None:
+    """The paper presets name no data folder (and ``clip`` no collection): the user must give them."""
+    if not cfg.data.data_root:
+        raise RalbookError(f"no data root for collection {cfg.data.collection!r}: pass --data-root ROOT (the folder "
+                           f"that holds {cfg.data.collection}/) or set data.data_root")
+    if not cfg.data.collection:
+        raise RalbookError("no collection named: pass --collection NAME (the folder under the data root)")
+
+
+Overrides = Union[Mapping[str, Any], Iterable[str]]
+
+
+def override_strings(overrides: Overrides) -> list[str]:
+    """``{"model.msra": False}`` -> ``["model.msra=false"]`` (JSON values); a list of strings is kept as is.
+
+    Notebooks take the dict form: papermill cannot parse '=' inside a parameter's value.
+    """
+    if isinstance(overrides, Mapping):
+        return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+    return [str(o) for o in overrides]
+
+
+def build_config(preset_name: str = "demo", data_root: str = "", collection: str = "", feature: str = "",
+                 epochs: int = 0, seed: Optional[int] = None, device: str = "", hidden_size: int = 0,
+                 overrides: Overrides = ()) -> Any:
+    """A Config from a preset plus the knobs notebooks expose (0 / '' / None = keep the preset's value).
+
+    A relative ``data_root`` is resolved against the repository root (see :func:`resolve_path`);
+    ``overrides`` sets any other value, as ``{"section.key": value}`` or ``["section.key=value"]``.
+    """
+
+    assignments = override_strings(overrides)
+    # a backbone brings its training recipe: set it first, so that the knobs and other overrides win
+    try:
+        cfg = preset(preset_name)
+        for assignment in (a for a in assignments if a.split("=", 1)[0].strip() == "model.backbone"):
+            cfg = cfg.override(assignment)
+    except (KeyError, ValueError) as err:
+        raise RalbookError(str(err)) from err
+    if data_root:
+        cfg.data.data_root = data_root
+    cfg.data.data_root = str(resolve_path(cfg.data.data_root)) if cfg.data.data_root else cfg.data.data_root
+    for value, section, key in ((collection, "data", "collection"), (feature, "data", "feature"),
+                                (epochs, "train", "n_epoch"), (seed, "train", "seed"), (device, "train", "device"),
+                                (hidden_size, "model", "hidden_size")):
+        if value not in ("", 0, None):
+            setattr(getattr(cfg, section), key, value)
+    for assignment in assignments:
+        try:
+            cfg = cfg.override(assignment)
+        except (KeyError, ValueError) as err:
+            raise RalbookError(f"bad override {assignment!r}: {err}") from err
+    cfg.sync()
+    cfg.check()  # the knobs above are set directly: check them with the rest
     return cfg

@@ -1,4 +1,5 @@
 """Errors that reach users as one clear message (the CLI prints them without a traceback)."""
+from __future__ import annotations
 
 
 class RalbookError(Exception):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from ralbook.ablation import backbone_findings, backbone_table, backbone_variants, switch_findings
+from ralbook.studies.ablation import backbone_findings, backbone_table, backbone_variants, switch_findings
 
 
 def test_variants_cover_each_backbone_alone_and_with_ral_per_seed():

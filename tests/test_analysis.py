@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
-from ralbook import analysis as A
+from ralbook.studies import analysis as A
 
 
 def brute_force_auc(pos, neg) -> float:
@@ -303,8 +303,8 @@ def test_query_sigmas_equal_singleton_support_sets(tiny_model):
 def micro(tmp_path_factory):
     """A generated demo collection of a few videos and a small untrained model for it."""
     from ralbook.config import ModelConfig
-    from ralbook.data import Collection
-    from ralbook.demo import generate_demo, load_ground_truth
+    from ralbook.data.collection import Collection
+    from ralbook.data.demo import generate_demo, load_ground_truth
     from ralbook.model import build_model
 
     root = tmp_path_factory.mktemp("micro")
@@ -317,7 +317,7 @@ def micro(tmp_path_factory):
 
 
 def test_collect_word_confidence_matches_one_query_at_a_time(micro):
-    from ralbook.data import QueryDataset, collate_queries
+    from ralbook.data.datasets import QueryDataset, collate_queries
 
     coll, model, _ = micro
     caps = [c for c, _ in coll.captions("test")]
@@ -334,7 +334,7 @@ def test_collect_word_confidence_matches_one_query_at_a_time(micro):
 
 
 def test_collect_distributions_matches_the_model_on_one_batch(micro):
-    from ralbook.data import TrainDataset, collate_train
+    from ralbook.data.datasets import TrainDataset, collate_train
 
     coll, model, _ = micro
     videos = coll.videos("test")

@@ -283,7 +283,7 @@ def test_short_demo_run_learns(backbone, epochs, tmp_path_factory, one_thread):
     """
     from test_train import LEARN_TEST, LEARN_TRAIN, LEARN_VAL, easy_demo, tiny_cfg
 
-    from ralbook.train import train
+    from ralbook.training.trainer import train
 
     root = easy_demo(tmp_path_factory.mktemp("learn"), LEARN_TRAIN, LEARN_VAL, LEARN_TEST)
     cfg = tiny_cfg(root, hidden=32, n_epoch=epochs, batch_size=24, hard_negative_start_epoch=5)
@@ -396,7 +396,7 @@ def test_each_ral_part_changes_only_its_place(backbone, one_thread):
 
 
 def test_notebook_knobs_win_over_the_backbone_recipe():
-    from ralbook import pipeline
+    from ralbook.workbook import pipeline
 
     cfg = pipeline.build_config("tvr", epochs=3, seed=5, overrides={"train.lr": 1e-3, "model.backbone": "ms_sl"})
     assert (cfg.model.backbone, cfg.train.n_epoch, cfg.train.seed, cfg.train.lr, cfg.loss.margin) == \
@@ -407,7 +407,7 @@ def test_notebook_knobs_win_over_the_backbone_recipe():
 def test_weight_decay_groups_follow_the_public_rule(backbone):
     """Their rule (no decay for names with "bias" / "LayerNorm") applied to their names picks the same tensors."""
     from ralbook.checkpoint import reference_to_ralbook_key
-    from ralbook.optim import is_no_decay, parameter_groups
+    from ralbook.training.optim import is_no_decay, parameter_groups
 
     fx = torch.load(FIXTURES / f"fixture_{backbone}.pt")
     model = build_model(model_config(fx, backbone))

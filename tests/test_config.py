@@ -68,8 +68,8 @@ def test_unknown_preset_lists_choices():
 
 # ----------------------------------------------------------------------------- values checked when set
 
-from ralbook.config import LossConfig, ModelConfig, TrainConfig  # noqa: E402
-from ralbook.errors import ConfigError, RalbookError  # noqa: E402
+from ralbook.config import LossConfig, ModelConfig, TrainConfig
+from ralbook.errors import ConfigError, RalbookError
 
 
 @pytest.mark.parametrize("word,value", [(w, True) for w in ("true", "TRUE", "1", "yes", "On", "YES")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import nbformat
 import pytest
 
-from ralbook.pipeline import run_notebook
+from ralbook.workbook.pipeline import run_notebook
 
 
 @pytest.mark.slow

@@ -30,8 +30,9 @@ import torch
 from ralbook import cli
 from ralbook.checkpoint import HASH_KEY, load_file, with_content_hash
 from ralbook.config import preset
-from ralbook.demo import generate_demo
-from ralbook.train import BEST_FILE, LAST_FILE, METRICS_FILE, TEST_FILE, train
+from ralbook.data.demo import generate_demo
+from ralbook.training.rundir import BEST_FILE, LAST_FILE, METRICS_FILE, TEST_FILE
+from ralbook.training.trainer import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 SEED = 9

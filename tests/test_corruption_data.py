@@ -250,7 +250,7 @@ def independent_reading(root: Path) -> Reading:
 
 def ralbook_reading(root: Path) -> Reading:
     """The inspect path, then every video, caption, text feature and word list, through ralbook."""
-    from ralbook.data import Collection
+    from ralbook.data.collection import Collection
 
     coll = Collection(root, NAME, FEATURE)
     try:

@@ -14,11 +14,11 @@ from torch.utils.data import DataLoader
 from layout import (random_spec, replace_text_dataset, rewrite_rows, write_layout, write_random_collection)
 from ralbook.cli import main as cli_main
 from ralbook.config import DataConfig
-from ralbook.data import (Collection, QueryDataset, TrainDataset, VideoDataset, bin_rows, collate_queries,
-                          collate_train, collate_videos, convert_bin_to_hdf5, l2_normalize, query_input,
-                          video_inputs, caption_leaks)
+from ralbook.data.collection import Collection, caption_leaks
+from ralbook.data.datasets import QueryDataset, TrainDataset, VideoDataset, collate_queries, collate_train, collate_videos
+from ralbook.data.features import bin_rows, convert_bin_to_hdf5, l2_normalize, query_input, video_inputs
 from ralbook.errors import DataError
-from ralbook.features import bin_edges
+from ralbook.data.features import bin_edges
 
 
 def open_tiny(spec, **kwargs) -> Collection:
@@ -691,7 +691,7 @@ def test_caption_in_two_splits_is_reported(tmp_path):
 
 @pytest.mark.parametrize("seed", range(5))
 def test_far_rows_flags_exactly_the_planted_rows_at_any_scale(seed):
-    from ralbook.features import far_rows, row_norms
+    from ralbook.data.features import far_rows, row_norms
 
     rng = np.random.default_rng(seed)
     dim, n = int(rng.integers(2, 64)), int(rng.integers(50, 3000))

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from ralbook import cli
-from ralbook.demo import (SLOTS, DemoParams, build_world, caption_describes, file_digests, generate_demo,
-                          load_ground_truth)
+from ralbook.data.demo import SLOTS, DemoParams, build_world, caption_describes, file_digests, generate_demo, load_ground_truth
 from ralbook.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,7 +185,7 @@ def test_multi_ground_truth_lists_every_described_video(small):
 
 
 def test_evaluation_reads_the_multi_ground_truth(small):
-    from ralbook.evaluate import read_relevant_file, relevant_indices
+    from ralbook.retrieval.metrics import read_relevant_file, relevant_indices
 
     relevant = read_relevant_file(small / "demo" / "GroundTruth" / "relevant_test.json")
     caps = [c for c, _ in read_captions(small, "test")]
@@ -209,7 +208,7 @@ def test_videos_record_events_and_unrelated_frames(small):
 
 
 def test_label_files_follow_the_ground_truth(small):
-    from ralbook.uncertainty import read_labels
+    from ralbook.studies.uncertainty import read_labels
 
     gt = load_ground_truth(small)
     labels_dir = small / "demo" / "GroundTruth" / "labels"
@@ -234,7 +233,7 @@ def test_label_files_follow_the_ground_truth(small):
 
 def test_generic_words_are_noisy_mixtures_of_their_members():
     """A generic word's rows vary from use to use; a specific word's rows vary only by token noise and context."""
-    from ralbook.demo import _token_features
+    from ralbook.data.demo import _token_features
 
     params = DemoParams(seed=11)
     world = build_world(params)
@@ -255,8 +254,8 @@ def test_generic_words_are_noisy_mixtures_of_their_members():
 def test_a_probe_on_raw_text_statistics_separates_ambiguous_captions(source, tmp_path):
     """The signal is in the inputs: logistic regression on per-caption token-variance statistics,
     trained on train captions, reaches AUC >= 0.9 on held-out test captions (no model involved)."""
-    from ralbook.data import Collection
-    from ralbook.uncertainty import caption_probe_auc
+    from ralbook.data.collection import Collection
+    from ralbook.studies.uncertainty import caption_probe_auc
 
     root = SHIPPED
     if source != "shipped":
@@ -394,7 +393,7 @@ def test_shipped_demo_has_the_documented_shape():
 def test_reader_round_trip(small):
     if importlib.util.find_spec("ralbook.data") is None:
         pytest.skip("ralbook.data (the release-layout reader) is not written yet")
-    from ralbook.data import Collection
+    from ralbook.data.collection import Collection
 
     gt = load_ground_truth(small)
     col = Collection(small, "demo", "synthetic")

@@ -17,9 +17,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from ralbook.distributed import World, check_batches, describe, share
+from ralbook.runtime.process_group import World, check_batches, describe, share
 from ralbook.errors import RalbookError
-from ralbook.train import CONFIG_FILE, Trainer, epoch_batches, read_metrics, train
+from ralbook.training.rundir import CONFIG_FILE, read_metrics
+from ralbook.training.trainer import Trainer, train
+from ralbook.training.reproducibility import epoch_batches
 from test_train import easy_demo, tiny_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -75,7 +77,7 @@ def test_a_batch_smaller_than_the_world_is_refused():
 
 def _steps(trainer: Trainer, world: World) -> list[dict]:
     """Two steps on the first two global batches (hard negatives on, then off): loss and gradients."""
-    from ralbook.data import TrainDataset, collate_train
+    from ralbook.data.datasets import TrainDataset, collate_train
 
     dataset = TrainDataset(trainer.collection, trainer.splits.train_videos)
     out = []
@@ -88,7 +90,7 @@ def _steps(trainer: Trainer, world: World) -> list[dict]:
 
 
 def _step_worker(rank: int, port: int, root: str, out_dir: str) -> None:
-    from ralbook import distributed
+    from ralbook.runtime import process_group as distributed
 
     os.environ.update(rank_env(rank, WORLD, port))
     torch.set_num_threads(1)
@@ -120,7 +122,7 @@ def test_two_ranks_give_the_single_process_loss_and_gradients(root, tmp_path):
 
 
 def _run_worker(rank: int, port: int, cfg_dict: dict, run_dir: str, stop_after_epoch: int) -> None:
-    from ralbook import distributed
+    from ralbook.runtime import process_group as distributed
     from ralbook.config import Config
 
     os.environ.update(rank_env(rank, WORLD, port))
@@ -198,7 +200,7 @@ def test_a_failing_rank_ends_the_run_with_a_message(root, tmp_path):
 
 def _auto_worker(rank: int, port: int, cfg_dict: dict, run_dir: str, out_dir: str) -> None:
     """Rank 0 on a machine with native bf16, rank 1 on one without: train.amp=auto must not split them."""
-    from ralbook import distributed
+    from ralbook.runtime import process_group as distributed
     from ralbook.config import Config
 
     os.environ.update(rank_env(rank, WORLD, port))

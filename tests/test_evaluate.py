@@ -9,8 +9,10 @@ import torch
 
 from ralbook.config import preset
 from ralbook.errors import DataError
-from ralbook.evaluate import (EvalResult, autocast, evaluate, format_metrics, rank_encoded, ranks_from_scores,
-                              read_relevant_file, recall_metrics, relevant_indices, resolve_device, top_indices)
+from ralbook.retrieval.evaluate import EvalResult, evaluate, format_metrics, rank_encoded
+from ralbook.runtime.precision import autocast
+from ralbook.retrieval.metrics import ranks_from_scores, read_relevant_file, recall_metrics, relevant_indices, top_indices
+from ralbook.runtime.device import resolve_device
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
@@ -184,17 +186,17 @@ def test_device_resolution_and_autocast(monkeypatch):
             resolve_device("cuda")
     with pytest.raises(RalbookError):
         autocast(torch.device("cpu"), "fp16")
-    monkeypatch.setattr("ralbook.precision._host_lacks_bf16", lambda: True)
+    monkeypatch.setattr("ralbook.runtime.precision._host_lacks_bf16", lambda: True)
     with pytest.warns(RuntimeWarning, match="no bf16 instructions"):
         with autocast(torch.device("cpu"), "bf16"):
             pass
-    monkeypatch.setattr("ralbook.precision._host_lacks_bf16", lambda: False)
+    monkeypatch.setattr("ralbook.runtime.precision._host_lacks_bf16", lambda: False)
     with autocast(torch.device("cpu"), "bf16"):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
 
 
 def test_emulated_bf16_is_detected_from_cpu_flags(tmp_path):
-    from ralbook.precision import cpu_lacks_bf16
+    from ralbook.runtime.precision import cpu_lacks_bf16
 
     info = tmp_path / "cpuinfo"
     info.write_text("flags\t\t: fpu sse2 avx avx2 fma\n")
@@ -210,8 +212,8 @@ def test_emulated_bf16_is_detected_from_cpu_flags(tmp_path):
 
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory):
-    from ralbook.data import Collection
-    from ralbook.demo import generate_demo
+    from ralbook.data.collection import Collection
+    from ralbook.data.demo import generate_demo
 
     root = tmp_path_factory.mktemp("data")
     generate_demo(root, n_train=2, n_val=2, n_test=23, visual_dim=8, text_dim=6, latent_dim=2)
@@ -313,7 +315,7 @@ def test_evaluate_refuses_non_finite_weights_encodings_and_scores(collection, mo
     monkeypatch.undo()
     # a scorer that returns NaN for some pairs: refused naming how many queries and videos
     n_q, n_v = 7, 5
-    from ralbook.evaluate import RankAccumulator
+    from ralbook.retrieval.evaluate import RankAccumulator
 
     acc = RankAccumulator(n_v, source="checkpoint y.pt")
     s = torch.rand(n_q, n_v)
@@ -327,7 +329,7 @@ def test_chance_metrics_equal_the_average_over_every_ranking():
     """Expected recall of a random ranking, against enumerating all 6! orders of 6 videos."""
     import itertools
 
-    from ralbook.evaluate import chance_metrics
+    from ralbook.retrieval.metrics import chance_metrics
 
     n_videos, relevant_sets = 6, [{0}, {1, 4}, {0, 2, 3, 5}, set(), set(range(6))]
     orders = list(itertools.permutations(range(n_videos)))
@@ -343,7 +345,7 @@ def test_chance_metrics_equal_the_average_over_every_ranking():
 
 def test_chance_metrics_reject_impossible_counts():
     from ralbook.errors import DataError
-    from ralbook.evaluate import chance_metrics
+    from ralbook.retrieval.metrics import chance_metrics
 
     for counts, n in (([], 5), ([6], 5), ([-1], 5)):
         with pytest.raises(DataError):

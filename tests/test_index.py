@@ -9,9 +9,9 @@ import torch
 
 from ralbook import cli
 from ralbook.checkpoint import save_atomic
-from ralbook.data import Collection
-from ralbook.evaluate import encode_video_set, evaluate
-from ralbook.index import Index, IndexFolderError, build_index, evaluate_index, model_hash, two_stage_ranks
+from ralbook.data.collection import Collection
+from ralbook.retrieval.evaluate import encode_video_set, evaluate
+from ralbook.retrieval.index import Index, IndexFolderError, build_index, evaluate_index, model_hash, two_stage_ranks
 from ralbook.model import build_model
 from test_train import easy_demo, tiny_cfg
 
@@ -74,7 +74,7 @@ def test_two_stage_equals_exhaustive_when_k_covers_every_video(setup):
 
 
 def _queries(collection, cap_ids):
-    from ralbook.data import QueryDataset, collate_queries
+    from ralbook.data.datasets import QueryDataset, collate_queries
 
     batch = collate_queries([QueryDataset(collection, cap_ids)[i] for i in range(len(cap_ids))])
     return batch["query_feats"], batch["query_mask"]
@@ -147,7 +147,7 @@ def test_packed_word_scorer_equals_the_model_for_full_padded_and_empty_videos(se
     """The packed scorer's two paths (a block of videos, one video) against ``model.frame_scores`` on
     hand-made encodings: a video with every frame valid (no clamp at 0: negative best similarities
     stay negative), one with padding (padded frames count as similarity 0) and one with no valid frame."""
-    from ralbook.index import _PackedWordScorer
+    from ralbook.retrieval.index import _PackedWordScorer
     from ralbook.model.encodings import VideoEncoding
 
     _, model, collection, _, exhaustive = setup

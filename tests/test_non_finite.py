@@ -7,10 +7,10 @@ import torch
 
 from ralbook import losses
 from ralbook.config import preset
-from ralbook.data import Collection
-from ralbook.demo import generate_demo
+from ralbook.data.collection import Collection
+from ralbook.data.demo import generate_demo
 from ralbook.errors import NonFiniteError
-from ralbook.train import Trainer, train
+from ralbook.training.trainer import Trainer, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 DIMS = {"visual_dim": 12, "text_dim": 8}

@@ -16,7 +16,7 @@ import nbformat
 import numpy as np
 import pytest
 
-from ralbook import pipeline
+from ralbook.workbook import pipeline
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO / "notebooks"
@@ -112,7 +112,7 @@ def test_summaries_round_trip(tmp_path):
 
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory) -> Path:
-    from ralbook.demo import generate_demo
+    from ralbook.data.demo import generate_demo
 
     root = tmp_path_factory.mktemp("data")
     generate_demo(root, **DEMO_SIZES)
@@ -122,7 +122,7 @@ def demo_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory) -> Path:
     """An even smaller collection for the tests that train their own model (fallback, sweep, main job)."""
-    from ralbook.demo import generate_demo
+    from ralbook.data.demo import generate_demo
 
     root = tmp_path_factory.mktemp("tiny_data")
     generate_demo(root, n_train=40, n_val=10, n_test=20)
@@ -189,7 +189,7 @@ def trained(demo_root, out_dir) -> tuple[Path, dict]:
 
 @pytest.mark.slow
 def test_01_data_inspection(demo_root, out_dir):
-    from ralbook.data import Collection
+    from ralbook.data.collection import Collection
 
     s = execute("01_data_inspection", out_dir, data_root=str(demo_root))
     coll = Collection(demo_root, "demo")
@@ -204,7 +204,7 @@ def test_01_data_inspection(demo_root, out_dir):
 
 @pytest.mark.slow
 def test_02_train_leaves_a_run_directory(trained):
-    from ralbook.train import read_metrics
+    from ralbook.training.rundir import read_metrics
 
     run, s = trained
     for name in ("config.json", "metrics.jsonl", "best.pt", "last.pt", "test_metrics.json"):
@@ -223,7 +223,7 @@ def test_02_train_leaves_a_run_directory(trained):
 
 @pytest.mark.slow
 def test_03_evaluate_reports_metrics_and_compares_runs(trained, demo_root, out_dir):
-    from ralbook.evaluate import evaluate
+    from ralbook.retrieval.evaluate import evaluate
 
     run, _ = trained
     missing = out_dir / "no_such_run"
@@ -261,9 +261,9 @@ def test_04_uncertainty(trained, out_dir):
     the sigma report's caption-level AUC is the same number, and that its interval and baselines are present.
     Threshold kept from before: training shrinks sigma (about 1 at initialisation), mean caption sigma < 0.9.
     """
-    from ralbook.analysis import query_sigmas, sigma_summary
-    from ralbook.data import QueryDataset, collate_queries
-    from ralbook.demo import load_ground_truth
+    from ralbook.studies.analysis import query_sigmas, sigma_summary
+    from ralbook.data.datasets import QueryDataset, collate_queries
+    from ralbook.data.demo import load_ground_truth
 
     run, _ = trained
     s = execute("04_uncertainty", out_dir, run_dir=str(run), n_projection_videos=3, n_samples=10)
@@ -337,7 +337,7 @@ def test_00_quickstart_reuses_a_run(trained, demo_root, out_dir):
     assert_figures(s, "word_confidence", "word_frame")
     # the showcase query is the median-ranked test caption, recomputed here
     cfg, model, coll = pipeline.open_run(run, "cpu")
-    from ralbook.evaluate import evaluate
+    from ralbook.retrieval.evaluate import evaluate
 
     ref = evaluate(model, coll, "test", cfg, progress=False)
     ranks = np.asarray(ref.ranks["fused"])
@@ -456,7 +456,7 @@ def test_figures_command_rewrites_the_curated_folder(alone, tiny_root, out_dir, 
     """``ralbook figures`` = the main job, then curated PNGs (run tag dropped), results.json and RESULTS.md."""
     import shutil
 
-    from ralbook import report
+    from ralbook.workbook import results
     from ralbook.cli import main
 
     out, curated = out_dir / "figures_job", out_dir / "curated"
@@ -471,9 +471,9 @@ def test_figures_command_rewrites_the_curated_folder(alone, tiny_root, out_dir, 
     pngs = sorted(p.name for p in curated.glob("*.png"))
     assert pngs == ["01_data_inspection_counts.png", "01_data_inspection_distributions.png",
                     "01_data_inspection_moments.png"]
-    results = json.loads((curated / report.RESULTS_FILE).read_text())
-    assert results == json.loads((out / report.RESULTS_FILE).read_text())
-    assert (curated / report.RESULTS_MD).read_text() == report.results_markdown(results, pngs)
+    results = json.loads((curated / results.RESULTS_FILE).read_text())
+    assert results == json.loads((out / results.RESULTS_FILE).read_text())
+    assert (curated / results.RESULTS_MD).read_text() == results.results_markdown(results, pngs)
 
 
 @pytest.mark.slow

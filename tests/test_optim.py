@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from ralbook.config import preset
-from ralbook.optim import (BertAdam, authors_style_name, build_optimizer, is_no_decay, parameter_groups,
-                           warmup_linear)
+from ralbook.training.optim import BertAdam, authors_style_name, build_optimizer, is_no_decay, parameter_groups, warmup_linear
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from ralbook import plots as P  # noqa: E402
+from ralbook.viz import plots as P
 
 
 @pytest.fixture(autouse=True)

@@ -6,11 +6,12 @@ import json
 import pytest
 import torch
 
-from ralbook import precision
+from ralbook.runtime import precision
 from ralbook.config import TrainConfig, preset
 from ralbook.errors import ConfigError, RalbookError
-from ralbook.precision import autocast, cpu_bf16_flags, describe_amp, native_bf16, resolve_amp
-from ralbook.train import read_metrics, train
+from ralbook.runtime.precision import autocast, cpu_bf16_flags, describe_amp, native_bf16, resolve_amp
+from ralbook.training.rundir import read_metrics
+from ralbook.training.trainer import train
 from test_train import Kill, easy_demo, kill_at, tiny_cfg, without_time
 
 CPU = torch.device("cpu")

@@ -11,7 +11,8 @@ import nbformat
 import numpy as np
 import pytest
 
-from ralbook import analysis, report
+from ralbook.studies import analysis, report
+from ralbook.workbook import results as results_file
 
 REPO = Path(__file__).resolve().parent.parent
 FIGURES = REPO / "figures"
@@ -154,7 +155,7 @@ def test_robustness_text_wraps_the_findings_with_the_plan():
 
 
 def test_collect_results_and_markdown(tmp_path):
-    from ralbook.pipeline import write_summary
+    from ralbook.workbook.pipeline import write_summary
 
     write_summary(tmp_path / "03_evaluate_summary.json", {
         "notebook": "03_evaluate", "metrics": metrics(150.0, 120.0, 170.25), "n_videos": 200, "n_queries": 692,
@@ -162,18 +163,18 @@ def test_collect_results_and_markdown(tmp_path):
     write_summary(tmp_path / "05_word_confidence_summary.json", {"filler_auc": 0.9766})
     config = {"name": "demo", "train": {"n_epoch": 10, "seed": 9527}, "model": {"hidden_size": 64},
               "data": {"collection": "demo"}}
-    results = report.collect_results(tmp_path, config)
+    results = results_file.collect_results(tmp_path, config)
     assert "figures" not in results["notebooks"]["03_evaluate"]
     assert results["settings"]["epochs"] == 10
-    md = report.results_markdown(results, ["03_evaluate_recall.png"])
+    md = results_file.results_markdown(results, ["03_evaluate_recall.png"])
     assert "| test fused score: R@1 / R@5 / R@10 / R@100 / SumR | 20.0 / 40.0 / 50.0 / 90.0 / 170.2 |" in md
     assert "| chance SumR (random ranking) | 58.0 |" in md and "0.977" in md
     assert "## 03_evaluate" in md and "* fused beats both" in md and "(03_evaluate_recall.png)" in md
 
 
 def test_curated_names_and_collisions(tmp_path):
-    assert report.curated_name("03_evaluate_ral_demo_rank_hist.png", ["ral_demo", "demo"]) == "03_evaluate_rank_hist.png"
-    assert report.curated_name("01_data_inspection_demo_counts.png", ["ral_demo", "demo"]) == "01_data_inspection_counts.png"
+    assert results_file.curated_name("03_evaluate_ral_demo_rank_hist.png", ["ral_demo", "demo"]) == "03_evaluate_rank_hist.png"
+    assert results_file.curated_name("01_data_inspection_demo_counts.png", ["ral_demo", "demo"]) == "01_data_inspection_counts.png"
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
     dst.mkdir()
@@ -181,19 +182,19 @@ def test_curated_names_and_collisions(tmp_path):
     (dst / "README.md").write_text("kept")
     for name in ("03_evaluate_ral_demo_recall.png", "01_data_inspection_demo_counts.png"):
         (src / name).write_bytes(b"png")
-    assert report.curate_figures(src, dst, ["ral_demo", "demo"]) == ["01_data_inspection_counts.png",
+    assert results_file.curate_figures(src, dst, ["ral_demo", "demo"]) == ["01_data_inspection_counts.png",
                                                                      "03_evaluate_recall.png"]
     assert sorted(p.name for p in dst.iterdir()) == ["01_data_inspection_counts.png", "03_evaluate_recall.png",
                                                      "README.md"]
     (src / "03_evaluate_demo_recall.png").write_bytes(b"png")
     with pytest.raises(ValueError, match="collide"):
-        report.curate_figures(src, dst, ["ral_demo", "demo"])
+        results_file.curate_figures(src, dst, ["ral_demo", "demo"])
 
 
 def test_committed_results_md_is_generated_from_the_committed_results_file():
-    results = json.loads((FIGURES / report.RESULTS_FILE).read_text(encoding="utf-8"))
+    results = json.loads((FIGURES / results_file.RESULTS_FILE).read_text(encoding="utf-8"))
     pngs = sorted(p.name for p in FIGURES.glob("*.png"))
-    assert (FIGURES / report.RESULTS_MD).read_text(encoding="utf-8") == report.results_markdown(results, pngs), \
+    assert (FIGURES / results_file.RESULTS_MD).read_text(encoding="utf-8") == results_file.results_markdown(results, pngs), \
         "figures/RESULTS.md is stale: regenerate it with `make figures`"
     assert pngs and all(not re.search(r"_run_|_ral_demo_", p) for p in pngs)
 
@@ -212,7 +213,7 @@ def numbers(text: str) -> set[float]:
 def test_hand_written_docs_quote_no_run_numbers():
     """A number after SumR / AUC / R@K / seconds per epoch, or before "captions", in a hand-written document
     must be the paper's (docs/method.md's table), a definition, or the generated RESULTS.md's."""
-    allowed = numbers((FIGURES / report.RESULTS_MD).read_text(encoding="utf-8")) | DEFINITIONS
+    allowed = numbers((FIGURES / results_file.RESULTS_MD).read_text(encoding="utf-8")) | DEFINITIONS
     method = (REPO / "docs" / "method.md").read_text(encoding="utf-8")
     allowed |= numbers(method[method.index("Results the paper reports"):method.index("## Deliberate differences")])
     stray = []
@@ -272,7 +273,7 @@ def test_notebook_default_outputs_are_git_ignored(path):
 
 def test_demo_job_writes_nothing_outside_its_output_folder(tmp_path):
     """The paths the main job hands to every notebook lie inside OUT (and the data root, which it only reads)."""
-    from ralbook.pipeline import DEMO_RUN_NAME, NOTEBOOKS, demo_parameters
+    from ralbook.workbook.pipeline import DEMO_RUN_NAME, NOTEBOOKS, demo_parameters
 
     out, data = tmp_path / "out", tmp_path / "data"
     for name in NOTEBOOKS:
@@ -285,7 +286,7 @@ def test_demo_job_writes_nothing_outside_its_output_folder(tmp_path):
 def test_add_demo_arguments_default_figures_inside_out():
     import argparse
 
-    from ralbook.pipeline import add_demo_arguments
+    from ralbook.cli.demo import add_demo_arguments
 
     parser = argparse.ArgumentParser()
     add_demo_arguments(parser)

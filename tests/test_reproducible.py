@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ralbook.demo import generate_demo
+from ralbook.data.demo import generate_demo
 from ralbook.model import Packing, PositionalEncoding
-from ralbook.train import BEST_FILE, LAST_FILE, METRICS_FILE, deterministic_kernels
+from ralbook.training.rundir import BEST_FILE, LAST_FILE, METRICS_FILE
+from ralbook.training.reproducibility import deterministic_kernels
 
 THREADS = 2
 

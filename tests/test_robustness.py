@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from ralbook import cli, robustness
+from ralbook import cli
+from ralbook.studies import robustness
 from ralbook.errors import RalbookError
-from ralbook.robustness import RunSpec, StudyPlan
+from ralbook.studies.robustness import RunSpec, StudyPlan
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 
@@ -85,7 +86,7 @@ def test_second_call_trains_nothing(tiny_study, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the second call must not train")
 
-    monkeypatch.setattr("ralbook.train.train", refuse)
+    monkeypatch.setattr("ralbook.training.trainer.train", refuse)
     second = robustness.run_study(TINY, cache, progress=False)
     assert second.trained == 0 and second.cached == 4
     assert [r["sumr"] for r in second.rows] == [r["sumr"] for r in first.rows]

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ralbook import cli, runtime
+from ralbook import cli
+from ralbook.runtime import threads as runtime
+from ralbook.runtime.progress import use_bars
 from ralbook.errors import RalbookError
-from ralbook.runtime import CpuSample, ThreadChoice, ThreadGovernor, choose_threads, other_load
+from ralbook.runtime.threads import CpuSample, ThreadChoice, ThreadGovernor, choose_threads, other_load
 
 
 @pytest.fixture
@@ -212,16 +214,16 @@ class FakeTerminal(io.StringIO):
 
 def test_bars_only_on_a_terminal_or_in_jupyter(monkeypatch):
     monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
-    assert runtime.use_bars(FakeTerminal()) is True
-    assert runtime.use_bars(io.StringIO()) is False
+    assert use_bars(FakeTerminal()) is True
+    assert use_bars(io.StringIO()) is False
     monkeypatch.setitem(sys.modules, "ipykernel", sys)
-    assert runtime.use_bars(io.StringIO()) is True
+    assert use_bars(io.StringIO()) is True
 
 
 def test_training_into_a_log_file_prints_one_line_per_epoch(tmp_path, capsys, monkeypatch, one_thread):
-    from ralbook.demo import generate_demo
+    from ralbook.data.demo import generate_demo
     from ralbook.config import preset
-    from ralbook.train import train
+    from ralbook.training.trainer import train
 
     monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
     dims = {"visual_dim": 8, "text_dim": 6}

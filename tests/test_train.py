@@ -15,10 +15,12 @@ import torch
 from ralbook import cli
 from ralbook.checkpoint import load_file, reference_to_ralbook_key, save_atomic
 from ralbook.config import preset
-from ralbook.demo import generate_demo
+from ralbook.data.demo import generate_demo
 from ralbook.errors import CheckpointError, RalbookError
-from ralbook.train import (BEST_FILE, LAST_FILE, METRICS_FILE, TEST_FILE, carve_validation, epoch_batches,
-                           load_run, plan_splits, read_metrics, rng_state, set_rng_state, train)
+from ralbook.training.rundir import BEST_FILE, LAST_FILE, METRICS_FILE, TEST_FILE, load_run, read_metrics
+from ralbook.training.splits import carve_validation, plan_splits
+from ralbook.training.reproducibility import epoch_batches, rng_state, set_rng_state
+from ralbook.training.trainer import train
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DIMS = {"visual_dim": 24, "text_dim": 16}
@@ -136,7 +138,7 @@ def test_rng_states_survive_a_checkpoint_file(tmp_path):
 
 
 def test_splits_val_from_train_and_the_same_captions_warning(data_root, tmp_path):
-    from ralbook.data import Collection
+    from ralbook.data.collection import Collection
 
     cfg = tiny_cfg(data_root)
     collection = Collection.from_config(cfg.data)
@@ -155,7 +157,7 @@ def test_splits_val_from_train_and_the_same_captions_warning(data_root, tmp_path
 
 
 def test_splits_warn_when_a_test_caption_is_also_in_train(data_root, tmp_path):
-    from ralbook.data import Collection
+    from ralbook.data.collection import Collection
 
     copy = tmp_path / "copy"
     shutil.copytree(data_root / "demo", copy / "demo")
@@ -302,7 +304,7 @@ def test_evaluate_accepts_the_authors_checkpoint_format(reference_run, data_root
             "--set", f"data.visual_dim={DIMS['visual_dim']}", "--set", f"data.text_dim={DIMS['text_dim']}"]
     assert cli.main(args) == 0
     assert json.loads(report.read_text())["metrics"] == result.test
-    from ralbook.evaluate import model_from_checkpoint
+    from ralbook.checkpoint import model_from_checkpoint
 
     assert model_from_checkpoint(path, cfg=tiny_cfg(data_root))[2] == "reference"
     with pytest.raises(CheckpointError, match="--preset"):
@@ -316,7 +318,7 @@ def test_evaluate_accepts_the_authors_checkpoint_format(reference_run, data_root
 
 
 def test_a_new_run_takes_its_feature_sizes_from_the_collection(data_root, tmp_path):
-    from ralbook.train import Trainer
+    from ralbook.training.trainer import Trainer
 
     cfg = preset("demo", data={"data_root": str(data_root)}, model={"hidden_size": 16, "n_heads": 2})
     assert (cfg.data.visual_dim, cfg.data.text_dim) != (DIMS["visual_dim"], DIMS["text_dim"])

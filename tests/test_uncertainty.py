@@ -11,8 +11,7 @@ import torch
 
 from ralbook import cli
 from ralbook.errors import DataError
-from ralbook.uncertainty import (Labels, bootstrap_auc_interval, item_scalars, read_labels, report,
-                                 softmax_entropy, top_margin, write_labels)
+from ralbook.studies.uncertainty import Labels, bootstrap_auc_interval, item_scalars, read_labels, report, softmax_entropy, top_margin, write_labels
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 
@@ -179,8 +178,9 @@ def test_long_ids_are_cut_in_messages(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from ralbook.config import preset
-    from ralbook.demo import generate_demo
-    from ralbook.train import BEST_FILE, train
+    from ralbook.data.demo import generate_demo
+    from ralbook.training.rundir import BEST_FILE
+    from ralbook.training.trainer import train
 
     root = tmp_path_factory.mktemp("sigma_data")
     dims = {"visual_dim": 24, "text_dim": 16}
@@ -194,10 +194,10 @@ def trained(tmp_path_factory):
 
 
 def test_cli_sigma_report_matches_a_direct_computation(trained, tmp_path, capsys):
-    from ralbook.analysis import collect_distributions
-    from ralbook.data import Collection
-    from ralbook.demo import load_ground_truth
-    from ralbook.evaluate import model_from_checkpoint
+    from ralbook.studies.analysis import collect_distributions
+    from ralbook.data.collection import Collection
+    from ralbook.data.demo import load_ground_truth
+    from ralbook.checkpoint import model_from_checkpoint
 
     root, ckpt = trained
     truth = load_ground_truth(root, "demo")
@@ -237,7 +237,7 @@ def test_cli_sigma_report_errors_are_one_line(trained, tmp_path, capsys):
 
 
 def test_interpretation_follows_the_numbers():
-    from ralbook.uncertainty import interpret
+    from ralbook.studies.uncertainty import interpret
 
     above = {"level": "caption", "auc": 0.68, "auc_ci": [0.64, 0.72], "n_pos": 3, "n_neg": 4,
              "baselines": {"length": 0.42, "entropy": 0.74}}
@@ -256,7 +256,7 @@ def test_interpretation_follows_the_numbers():
 
 
 def test_subset_labels_keeps_both_classes_or_gives_none():
-    from ralbook.uncertainty import subset_labels
+    from ralbook.studies.uncertainty import subset_labels
 
     labels = Labels("caption", ["a", "b", "c"], np.array([1, 0, 1]), "x.tsv")
     kept = subset_labels(labels, {"a", "b"})

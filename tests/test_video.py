@@ -18,14 +18,14 @@ transformers = pytest.importorskip("transformers", reason='the video extra is no
 
 import torch  # noqa: E402
 
-from ralbook.cli import build_parser, main  # noqa: E402
-from ralbook.clipfeatures import ClipEncoder, ModelUnavailableError, load_clip, require_transformers  # noqa: E402
-from ralbook.demo import file_digests  # noqa: E402
-from ralbook.errors import RalbookError  # noqa: E402
-from ralbook.extract import extract, read_captions, read_video_times  # noqa: E402
-from ralbook.search import frames_to_seconds, moment_of, peak_span, rows_to_frames, run_search  # noqa: E402
-from ralbook.video import (Sampling, VideoReadError, decode, list_videos, pick_frames, require_av,  # noqa: E402
-                           unique_ids, video_id)
+from ralbook.cli import build_parser, main
+from ralbook.video.clip import ClipEncoder, ModelUnavailableError, load_clip, require_transformers
+from ralbook.data.demo import file_digests
+from ralbook.errors import RalbookError
+from ralbook.video.extract import extract, read_captions, read_video_times
+from ralbook.retrieval.moments import frames_to_seconds, moment_of, peak_span, rows_to_frames
+from ralbook.cli.search import run_search
+from ralbook.video.decode import Sampling, VideoReadError, decode, list_videos, pick_frames, require_av, unique_ids, video_id
 
 IMAGE = 32
 WORDS = "a the red green blue yellow square ball moves left right up down slowly fast person".split()
@@ -130,7 +130,7 @@ def test_sampling_targets_and_frame_choice():
 
 @pytest.mark.parametrize("seed", range(5))
 def test_one_pass_sampling_by_time_equals_the_first_frame_after_each_time(seed):
-    from ralbook.video import _ByTime
+    from ralbook.video.decode import _ByTime
 
     rng = np.random.default_rng(seed)
     times = np.concatenate([[0.0], np.cumsum(rng.uniform(0.01, 0.6, 80))])   # irregular frame times
@@ -284,7 +284,7 @@ def test_extract_writes_the_release_layout(extracted, video_dir):
 
 
 def test_features_on_disk_are_the_encoders_output(extracted, video_dir, encoder):
-    from ralbook.data import Collection
+    from ralbook.data.collection import Collection
 
     out, _ = extracted
     collection = Collection(out.parent, "mine")
@@ -336,7 +336,7 @@ class CountingEncoder:
 
 def test_frames_of_several_videos_share_a_batch_and_batching_changes_no_row(extracted, video_dir, encoder,
                                                                            tmp_path):
-    from ralbook.data import Collection
+    from ralbook.data.collection import Collection
 
     reference, summary = extracted   # batch size 5
     counting = CountingEncoder(encoder)
@@ -350,7 +350,7 @@ def test_frames_of_several_videos_share_a_batch_and_batching_changes_no_row(extr
 
 
 def test_a_video_that_fails_part_way_leaves_no_rows_in_the_batch():
-    from ralbook.extract import _FrameBatcher
+    from ralbook.video.extract import _FrameBatcher
 
     class Sum:
         def encode_frames(self, frames):
@@ -378,7 +378,7 @@ def test_without_captions_only_frames_are_written(video_dir, encoder, tmp_path):
 @pytest.fixture(scope="module")
 def trained(extracted, tmp_path_factory):
     from ralbook.config import preset
-    from ralbook.train import train
+    from ralbook.training.trainer import train
 
     out, _ = extracted
     cfg = preset("clip", data={"data_root": str(out.parent), "collection": "mine", "num_workers": 0},
@@ -434,7 +434,7 @@ def test_search_on_the_command_line_loads_the_collections_own_model(trained, ext
 
 def test_cli_extract_then_search_a_collection_without_captions(trained, video_dir, encoder, tmp_path, monkeypatch,
                                                               capsys):
-    import ralbook.clipfeatures
+    import ralbook.video.clip
 
     monkeypatch.setattr(ralbook.clipfeatures, "load_clip", lambda *args, **kwargs: encoder)
     out = tmp_path / "data" / "plain"
@@ -485,9 +485,9 @@ def test_search_over_an_index_matches_search_over_the_collection(trained, extrac
 
 
 def test_the_notebook_text_box_ranks_and_draws(trained, extracted, encoder, capsys):
-    from ralbook.data import Collection
-    from ralbook.search import free_text_explorer
-    from ralbook.train import load_run
+    from ralbook.data.collection import Collection
+    from ralbook.retrieval.search import free_text_explorer
+    from ralbook.training.rundir import load_run
 
     out, _ = extracted
     _, model = load_run(trained)
@@ -501,7 +501,7 @@ def test_the_notebook_text_box_ranks_and_draws(trained, extracted, encoder, caps
 
 
 def test_the_notebook_finds_no_text_encoder_for_other_collections(extracted, tmp_path):
-    from ralbook.search import collection_text_encoder
+    from ralbook.retrieval.search import collection_text_encoder
 
     out, _ = extracted
     assert collection_text_encoder(tmp_path)[0] is None

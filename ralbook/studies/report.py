@@ -1,0 +1,232 @@
+"""What a run shows, in words and files.
+
+* ``*_text`` functions turn a notebook's measured numbers into its closing "What this shows"
+  paragraph (markdown). They take plain numbers, so the wording follows the run: a better or
+  worse model, or a fused score below the clip score, changes the sentences, not only the digits.
+* :func:`collect_results` gathers the main job's notebook summaries into one results file
+  (``outputs/demo/results.json``); :func:`results_markdown` renders it as ``figures/RESULTS.md``,
+  the only document that quotes numbers of a run.
+* :func:`curate_figures` copies a run's PNGs into ``figures/`` under stable names; the command
+  ``python -m ralbook figures`` (``make figures``) does all three after running the main job.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Optional, Sequence
+
+from ralbook.retrieval.metrics import chance_metrics
+from ralbook.studies.uncertainty import interpret
+
+
+RECALL_AT: tuple[int, ...] = (1, 5, 10, 100)
+# Notebook summaries the results file is made of, in order; the opt-in ones (06, 07) only when they were run
+# (a missing summary file is left out).
+SUMMARY_NOTEBOOKS: tuple[str, ...] = ("00_quickstart", "01_data_inspection", "02_train", "03_evaluate",
+                                      "04_uncertainty", "05_word_confidence", "06_ablation_sweep",
+                                      "07_robustness")
+
+
+# ----------------------------------------------------------------------------- display and chance levels
+
+
+def setup_display() -> None:
+    """pandas options for the notebooks: whole captions (no cut at 50 characters), 3 decimals."""
+    import pandas as pd
+
+    pd.set_option("display.max_colwidth", 200)
+    pd.set_option("display.precision", 3)
+
+
+def chance_recall(n_videos: int, k: int) -> float:
+    """Expected R@K (%) of a random ranking of ``n_videos`` videos, one relevant video per query."""
+
+    return chance_metrics([1], n_videos)[f"R@{k}"] if n_videos else float("nan")
+
+
+def chance_sumr(n_videos: int) -> float:
+    """Expected SumR of a random ranking: sum of :func:`chance_recall` over K = 1, 5, 10, 100."""
+    return sum(chance_recall(n_videos, k) for k in RECALL_AT)
+
+
+def _f(x: Optional[float], digits: int = 1) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
+
+
+def _bullets(lines: Sequence[str]) -> str:
+    return "**What this shows**\n\n" + "\n".join(f"* {line}" for line in lines if line)
+
+
+# ----------------------------------------------------------------------------- "What this shows"
+
+
+def quickstart_text(metrics: Mapping[str, Mapping[str, float]], n_videos: int, n_queries: int, epochs: int,
+                    query: str, rank: int, how: str, moment_hit: Optional[float] = None) -> str:
+    """00: how good the small model is against chance, and what the showcase query is and why."""
+    fused = metrics["fused"]
+    chance = chance_sumr(n_videos)
+    lines = [
+        f"After {epochs} epochs the model puts the right video first for {_f(fused['R@1'])}% of the {n_queries} "
+        f"test captions and in the top 10 for {_f(fused['R@10'])}% (chance: {_f(chance_recall(n_videos, 10))}%); "
+        f"SumR {_f(fused['SumR'])} against {_f(chance)} for a random ranking of {n_videos} videos.",
+        f"The query shown, {query}, was chosen as {how}; its video is ranked {rank}, so it is a typical "
+        f"case of this model{' rather than a hand-picked success' if rank > 1 else ''}.",
+    ]
+    if moment_hit is not None:
+        lines.append(f"{_f(100 * moment_hit, 0)}% of its words find their best frame inside the ground-truth "
+                     "moment (green box): the frame score looks at the part of the video the caption describes."
+                     if moment_hit >= 0.5 else
+                     f"only {_f(100 * moment_hit, 0)}% of its words find their best frame inside the ground-truth "
+                     "moment (green box): for this caption the words mostly match frames elsewhere in the video.")
+    return _bullets(lines)
+
+
+def data_text(n_videos: Mapping[str, int], n_captions: Mapping[str, int], share_long: float, share_short: float,
+              share_cut: float, ambiguous: Optional[float] = None, ideal_r1: Optional[float] = None,
+              ideal_split: str = "test") -> str:
+    """01: the sizes, and how much of the data the preprocessing changes (binning, cutting)."""
+    sizes = ", ".join(f"{s} {n_videos[s]} videos / {n_captions[s]} captions" for s in n_videos)
+    lines = [
+        f"Sizes: {sizes}.",
+        f"{_f(100 * share_long)}% of the videos have more than 128 frames and are averaged down for the frame "
+        f"branch; {_f(100 * share_short)}% have fewer than 32, so their clips repeat frames.",
+        (f"{_f(100 * share_cut)}% of the captions are longer than 30 tokens and lose their tail." if share_cut
+         else "No caption is longer than 30 tokens, so none is cut."),
+    ]
+    if ambiguous is not None:
+        lines.append(f"{_f(100 * ambiguous, 0)}% of the captions are ambiguous by construction (generic words).")
+    if ideal_r1 is not None:
+        lines.append(f"Even an ideal model reaches only R@1 {_f(100 * ideal_r1)} on the {ideal_split} split: ambiguous "
+                     "captions truthfully describe several videos, so a retrieval score must be read against "
+                     "that ceiling, not against 100.")
+    return _bullets(lines)
+
+
+def training_text(records: Sequence[Mapping[str, Any]], best_epoch: Optional[int], hard_start: int) -> str:
+    """02: how validation SumR evolved, the triplet jump at the hard-negative epoch, the learning rate."""
+    if not records:
+        return _bullets(["No epoch was recorded."])
+    sumr = [float(r["val"]["fused"]["SumR"]) for r in records]
+    lrs = [float(r["lr"]) for r in records]
+    lines = [f"Validation SumR (fused) went from {_f(sumr[0])} after epoch {records[0]['epoch']} to "
+             f"{_f(max(sumr))} (epoch {best_epoch if best_epoch is not None else records[sumr.index(max(sumr))]['epoch']},"
+             f" kept as best.pt) over {len(records)} epochs."]
+
+    def triplet(r: Mapping[str, Any]) -> float:
+        loss = r.get("loss", {})
+        return float(loss.get("clip_triplet", 0.0)) + float(loss.get("frame_triplet", 0.0))
+
+    epochs = [int(r["epoch"]) for r in records]
+    if hard_start in epochs and hard_start - 1 in epochs:
+        before, after = triplet(records[epochs.index(hard_start - 1)]), triplet(records[epochs.index(hard_start)])
+        i = epochs.index(hard_start)
+        val = (f"validation SumR went from {_f(sumr[i - 1])} to {_f(sumr[i])} at the same epoch, so the loss rises "
+               "because the task got harder, not because the model got worse" if sumr[i] >= sumr[i - 1] else
+               f"validation SumR also fell, from {_f(sumr[i - 1])} to {_f(sumr[i])}, at that epoch")
+        if after > before:
+            lines.append(
+                f"The triplet terms jump from {before:.3g} to {after:.3g} ({after / before:.1f}x) at epoch "
+                f"{hard_start}, where hard negatives start: negatives are now drawn among the highest-scoring "
+                f"wrong videos, so the hinge is active for many more queries; {val}.")
+        else:
+            lines.append(f"The triplet terms do not rise at epoch {hard_start}, where hard negatives start "
+                         f"({before:.3g} before, {after:.3g} after); {val}.")
+    else:
+        lines.append(f"Hard negatives start at epoch {hard_start}, outside the epochs run here, so the triplet "
+                     "terms show no jump.")
+    lines.append(f"The learning rate at the end of each epoch went from {lrs[0]:.2e} (epoch {records[0]['epoch']}, "
+                 f"after the short warm-up) to {lrs[-1]:.2e}: it decays linearly to 0 at the last step, so late "
+                 "epochs change the model less and less.")
+    return _bullets(lines)
+
+
+def evaluation_text(metrics: Mapping[str, Mapping[str, float]], n_videos: int, median_rank: float,
+                    alpha: Optional[float] = None, n_compared: int = 1) -> str:
+    """03: the three scores against each other and against chance, and what that says about the branches."""
+    clip, frame, fused = (metrics[k]["SumR"] for k in ("clip", "frame", "fused"))
+    weight = f" (weight {1 - alpha:.2f})" if alpha is not None else ""
+    lines = [f"Fused SumR {_f(fused)}, clip {_f(clip)}, frame {_f(frame)}; a random ranking gives "
+             f"{_f(chance_sumr(n_videos))}. The median query finds its video at rank {median_rank:.0f} of {n_videos}."]
+    if fused < clip:
+        weaker = (f" On its own the frame branch (CSA) reaches only SumR {_f(frame)}: on this run it has not learned "
+                  "enough to add information the clip branch lacks." if frame < clip else "")
+        lines.append(f"The fused score is **below the clip score alone** ({_f(fused)} < {_f(clip)}): adding the "
+                     f"frame branch{weight} hurts on this run, and ranking by the clip score alone would be "
+                     f"better.{weaker}")
+    elif fused < frame:
+        lines.append(f"The fused score is below the frame score alone ({_f(fused)} < {_f(frame)}): here the clip "
+                     "branch is the one that hurts the combination.")
+    else:
+        lines.append(f"The fused score is above both branches (+{_f(fused - max(clip, frame))} SumR over the better "
+                     "one): the clip and frame branches make different mistakes, which is why RAL combines them.")
+    if n_compared < 2:
+        lines.append("No other run was given (`compare_runs`), so no comparison across runs is drawn.")
+    return _bullets(lines)
+
+
+def word_confidence_text(filler_auc: Optional[float], per_caption_auc: Optional[float],
+                         localisation: Optional[Mapping[str, float]]) -> str:
+    """05: whether word confidence prefers content words, and whether words find their moment."""
+    lines = []
+    if filler_auc is None:
+        lines.append("This collection records no word types, so the filler analysis could not be run.")
+    else:
+        verdict = ("content words get more confidence than fillers" if filler_auc >= 0.6 else
+                   "fillers get more confidence than content words" if filler_auc <= 0.4 else
+                   "word confidence hardly separates content words from fillers")
+        lines.append(f"AUC content vs filler words {filler_auc:.3f} (0.5 = no preference; per caption "
+                     f"{_f(per_caption_auc, 3)}): {verdict}.")
+    if localisation:
+        content, filler, chance = (localisation.get(k) for k in ("content_hit_rate", "filler_hit_rate", "chance"))
+        lines.append(f"Content words find their best frame inside the described moment {_f(100 * content, 0)}% of "
+                     f"the time, filler words {_f(100 * filler, 0)}%, a random frame {_f(100 * chance, 0)}%"
+                     + (": content words localise the moment." if content > chance + 0.1 else
+                        ": no clear localisation by content words on this run."))
+    return _bullets(lines)
+
+
+def uncertainty_text(reports: Mapping[str, Mapping[str, Any]], probe: Optional[float] = None,
+                     length_rho: Optional[float] = None) -> str:
+    """04: per label file, whether sigma's AUC interval excludes 0.5 and whether sigma beats each baseline."""
+
+    lines = interpret(dict(reports), probe)
+    if not reports:
+        lines.append("No label file was found for this split, so the sigma report (sigma against its baselines) "
+                     "was not run; `python -m ralbook sigma-report` takes a label file of your own.")
+    if length_rho is not None:
+        lines.append(f"Caption sigma and caption length: Spearman {length_rho:.3f} (0 = unrelated).")
+    lines.append("For how this changes with the share of ambiguous captions, visual noise and the L_PM / L_DA "
+                 "weights, see 07_robustness.ipynb.")
+    return _bullets(lines)
+
+
+def robustness_text(plan: Mapping[str, Any], findings: Sequence[str], train_minutes: Optional[float] = None) -> str:
+    """07: the plan's size, the study's findings, and how much a gap means with this many seeds.
+
+    ``train_minutes``: the summed time of the distinct runs (training and evaluation) when they were made.
+    """
+    seeds = list(plan["seeds"])
+    sizes = (f"Plan: {len(seeds)} seed(s) {seeds}, {plan['epochs']} epochs, {plan['n_train']}/{plan['n_val']}/"
+             f"{plan['n_test']} videos, hidden size {plan['hidden_size']}; ambiguity {list(plan['ambiguity'])}, "
+             f"noise {list(plan['noise'])}.")
+    if train_minutes is not None:
+        sizes += (f" Its distinct runs took {train_minutes:.1f} minutes to train and evaluate when they were made "
+                  f"(on the machine that made the cache, under its load then).")
+    caveat = ("With a single seed there is no spread: differences are not yet evidence." if len(seeds) < 2
+              else "Spreads are standard deviations over seeds; a gap inside the spread is not a difference.")
+    return _bullets([sizes, *findings, caveat])
+
+
+# ----------------------------------------------------------------------------- the results file
+
+
+# (notebook, summary key, what it is, format) of the single numbers in the headline table.
+_SCALAR_ROWS: tuple[tuple[str, str, str, str], ...] = (
+    ("03_evaluate", "median_rank_fused", "median rank of the right video (fused)", "{:.0f}"),
+    ("02_train", "best_epoch", "best validation epoch", "{}"),
+    ("02_train", "seconds_per_epoch", "seconds per training epoch (mean; machine-dependent)", "{:.1f}"),
+    ("05_word_confidence", "filler_auc", "word confidence, AUC content vs filler words (0.5 = none)", "{:.3f}"),
+    ("04_uncertainty", "ambiguity_auc", "sigma, AUC ambiguous vs specific captions (0.5 = none)", "{:.3f}"),
+)
+
+
+# ----------------------------------------------------------------------------- the curated figures/ folder

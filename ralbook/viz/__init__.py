@@ -1,0 +1,1 @@
+"""Layer 4, figures: plots (no other ralbook module imported), and later diagrams."""

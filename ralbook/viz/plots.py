@@ -1,0 +1,410 @@
+"""Figures of the notebooks: each function takes plain arrays/dicts and returns a matplotlib Figure.
+
+Figures are created through ``pyplot`` so that Jupyter shows them inline; in a loop or a test,
+close them (``plt.close(fig)``) once saved. :func:`save_figure` writes PNG (for slides and the
+README) and PDF (for papers) under a name that should say which notebook and run made it,
+e.g. ``04_uncertainty_demo-run_sigma_hist``.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+
+
+PALETTE = "colorblind"
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._+-]+")
+
+sns.set_theme(style="whitegrid", context="notebook", palette=PALETTE)
+matplotlib.rcParams.update({"figure.dpi": 100, "savefig.bbox": "tight", "pdf.fonttype": 42})
+
+
+def figure_name(*parts: str) -> str:
+    """Join name parts with '_' and replace characters unsafe in file names: ('04_uncertainty', 'a/b') -> '04_uncertainty_a-b'."""
+    return "_".join(_SAFE_NAME.sub("-", str(p)).strip("-") for p in parts if str(p))
+
+
+def save_figure(fig: Figure, name: str, figures_dir: str | Path = "outputs/figures") -> list[Path]:
+    """Write ``figures_dir/name.png`` (150 dpi) and ``figures_dir/name.pdf``; returns both paths.
+
+    ``name`` must be a plain file stem (see :func:`figure_name`); the folder is created if needed.
+    """
+    if not name or name != _SAFE_NAME.sub("-", name):
+        raise ValueError(f"figure name {name!r} must be a plain file stem (letters, digits, . _ + -)")
+    out = Path(figures_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.png", out / f"{name}.pdf"]
+    fig.savefig(paths[0], dpi=150)
+    fig.savefig(paths[1])
+    return paths
+
+
+class FigureSaver:
+    """Saves a notebook's figures as ``<notebook>_<run>_<what>`` and remembers the files written.
+
+    ``save = FigureSaver("figures", "04_uncertainty", "demo-run"); save(fig, "sigma_hist"); save.paths``
+    """
+
+    def __init__(self, figures_dir: str | Path, notebook: str, run: str):
+        self.figures_dir, self.notebook, self.run = Path(figures_dir), notebook, run
+        self.paths: list[Path] = []
+
+    def __call__(self, fig: Figure, what: str) -> list[Path]:
+        written = save_figure(fig, figure_name(self.notebook, self.run, what), self.figures_dir)
+        self.paths.extend(written)
+        return written
+
+
+def _colors(n: int) -> list:
+    return sns.color_palette(PALETTE, n_colors=max(n, 1))
+
+
+# ----------------------------------------------------------------------------- 01 data inspection
+
+
+def split_counts(counts: Mapping[str, Mapping[str, int]]) -> Figure:
+    """Grouped bars: for each split (outer key) the number of each item (inner keys, e.g. videos, captions)."""
+    splits = list(counts)
+    items = list(dict.fromkeys(k for s in splits for k in counts[s]))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(splits), 3.6))
+    width = 0.8 / max(len(items), 1)
+    x = np.arange(len(splits))
+    for i, (item, color) in enumerate(zip(items, _colors(len(items)))):
+        vals = [counts[s].get(item, 0) for s in splits]
+        bars = ax.bar(x + (i - (len(items) - 1) / 2) * width, vals, width, label=item, color=color)
+        ax.bar_label(bars, fmt="%d", fontsize=8)
+    ax.set_xticks(x, splits)
+    ax.set_ylabel("count")
+    ax.set_title("Videos and captions per split")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def histogram_grid(panels: Mapping[str, Mapping[str, np.ndarray]], ncols: int = 2,
+                   discrete: Sequence[str] = ()) -> Figure:
+    """One histogram per panel (outer key = quantity), one colour per split (inner key).
+
+    Quantities named in ``discrete`` (counts such as captions per video) get one bin per integer.
+    """
+    names = list(panels)
+    nrows = int(np.ceil(len(names) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.0 * ncols, 3.2 * nrows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        series = panels[name]
+        for (split, values), color in zip(series.items(), _colors(len(series))):
+            v = np.asarray(values, dtype=float).ravel()
+            if v.size == 0:
+                continue
+            sns.histplot(v, ax=ax, label=split, color=color, stat="density", element="step", fill=True, alpha=0.3,
+                         discrete=name in discrete, common_norm=False)
+        ax.set_title(name)
+        ax.set_xlabel(name)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def moment_timelines(videos: Sequence[tuple[str, int, Sequence[tuple[int, int, str]]]]) -> Figure:
+    """Ground-truth moments: one row per video, a bar per (start, end, label) frame span over the video's length."""
+    fig, ax = plt.subplots(figsize=(9, 0.5 + 0.45 * len(videos)))
+    labels = sorted({lab for _, _, spans in videos for *_, lab in spans})
+    color_of = dict(zip(labels, _colors(len(labels))))
+    for row, (video_id, n_frames, spans) in enumerate(videos):
+        ax.broken_barh([(0, n_frames)], (row - 0.4, 0.8), facecolors="0.9", edgecolors="0.6")
+        for start, end, lab in spans:
+            ax.broken_barh([(start, end - start)], (row - 0.35, 0.7), facecolors=color_of[lab])
+            if len(labels) > 12:  # too many for a legend: write the label on the bar
+                ax.text((start + end) / 2, row, lab, ha="center", va="center", fontsize=6)
+    ax.set_yticks(range(len(videos)), [v for v, _, _ in videos], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("frame")
+    ax.set_title("Ground-truth moments (grey = background)")
+    if 0 < len(labels) <= 12:
+        ax.legend(handles=[Patch(color=color_of[lab], label=lab) for lab in labels], fontsize=7,
+                  bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- 02 training
+
+
+def training_curves(epochs: Sequence[int], losses: Mapping[str, Sequence[float]],
+                    val_sumr: Optional[Sequence[float]] = None, best_epoch: Optional[int] = None,
+                    lr: Optional[Sequence[float]] = None, hard_start: Optional[int] = None) -> Figure:
+    """Loss parts per epoch (log scale when all positive), validation SumR, and the learning rate.
+
+    The legend sits below the loss panel so that it covers no curve; ``hard_start`` draws a dotted line
+    where hard negatives start (the triplet terms jump there); the learning rate gets its own panel
+    with a scientific-notation axis (its values are around 1e-4, which a table rounds to 0.0).
+    """
+    ncols = 1 + (val_sumr is not None) + (lr is not None)
+    fig, axes = plt.subplots(1, ncols, figsize=(4.6 * ncols + 0.6, 4.2), squeeze=False, layout="constrained")
+    axes = list(axes[0])
+    ax = axes[0]
+    for (name, values), color in zip(losses.items(), _colors(len(losses))):
+        ax.plot(epochs, values, marker="o", ms=3, label=name, color=color)
+    all_vals = np.concatenate([np.asarray(v, dtype=float) for v in losses.values()]) if losses else np.array([])
+    if all_vals.size and np.all(all_vals > 0):
+        ax.set_yscale("log")
+    ax.set_ylabel("loss (weighted, epoch mean)")
+    ax.set_title("Training loss parts")
+    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
+    panels = [ax]
+    if val_sumr is not None:
+        ax = axes[len(panels)]
+        ax.plot(epochs[: len(val_sumr)], val_sumr, marker="o", ms=3, color="C2")
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="0.4", ls="--", lw=1, label=f"best (epoch {best_epoch})")
+        ax.set_ylabel("SumR")
+        ax.set_title("Validation SumR (fused)")
+        panels.append(ax)
+    if lr is not None:
+        ax = axes[len(panels)]
+        ax.plot(epochs[: len(lr)], lr, marker="o", ms=3, color="C4")
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+        ax.set_ylabel("learning rate (end of epoch)")
+        ax.set_title("Learning rate")
+        panels.append(ax)
+    for ax in panels:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if hard_start is not None and len(epochs) and min(epochs) <= hard_start <= max(epochs):
+            ax.axvline(hard_start, color="0.3", ls=":", lw=1.2, label=f"hard negatives from epoch {hard_start}")
+    for ax in panels[1:]:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
+    return fig
+
+
+# ----------------------------------------------------------------------------- 03 evaluation
+
+
+def grouped_bars(table: Mapping[str, Mapping[str, float]], title: str, ylabel: str = "%") -> Figure:
+    """Bars of metrics (inner keys, on the x axis) for each row (outer key: score kind or run), labelled with values.
+
+    The legend sits to the right of the axes, where it covers no bar.
+    """
+    rows = list(table)
+    metrics = list(dict.fromkeys(k for r in rows for k in table[r]))
+    fig, ax = plt.subplots(figsize=(min(12.0, max(5.0, 1.5 + 0.4 * len(metrics) * max(1, len(rows)))) + 1.2, 3.8),
+                           layout="constrained")
+    width = 0.8 / max(len(rows), 1)
+    x = np.arange(len(metrics))
+    for i, (row, color) in enumerate(zip(rows, _colors(len(rows)))):
+        vals = [float(table[row].get(m, np.nan)) for m in metrics]
+        bars = ax.bar(x + (i - (len(rows) - 1) / 2) * width, vals, width, label=row, color=color)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(x, metrics)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return fig
+
+
+def rank_histogram(labels: Sequence[str], counts: Mapping[str, np.ndarray], chance: Optional[np.ndarray] = None,
+                   xlabel: str = "rank") -> Figure:
+    """Share of queries per rank bin (from :func:`ralbook.analysis.rank_histogram`), one colour per score kind.
+
+    ``chance`` (% per bin, :func:`ralbook.analysis.chance_bin_shares`) is drawn as a black step line:
+    what a random ranking would give.
+    """
+    table = {kind: {lab: 100.0 * c / max(np.sum(cnt), 1) for lab, c in zip(labels, cnt)}
+             for kind, cnt in counts.items()}
+    fig = grouped_bars(table, "Rank of the ground-truth video", ylabel="% of queries")
+    ax = fig.axes[0]
+    if chance is not None:
+        x = np.arange(len(labels))
+        ax.hlines(chance, x - 0.45, x + 0.45, color="black", ls="--", lw=1.2, label="random ranking")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_xlabel(xlabel)
+    return fig
+
+
+# ----------------------------------------------------------------------------- 04 uncertainty
+
+
+def sigma_histograms(groups: Mapping[str, np.ndarray], xlabel: str = "sigma (geometric mean over dims)") -> Figure:
+    """Overlaid density histograms of sigma for several groups (videos, support sets, single queries)."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for (name, values), color in zip(groups.items(), _colors(len(groups))):
+        sns.histplot(np.asarray(values, dtype=float), ax=ax, label=f"{name} (n={len(values)})", color=color,
+                     stat="density", element="step", alpha=0.3, common_norm=False)
+    ax.set_xlabel(xlabel)
+    ax.set_title("Learned uncertainty")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def values_by_group(values: np.ndarray, groups: Sequence, order: Optional[Sequence] = None,
+                    xlabel: str = "group", ylabel: str = "sigma", title: str = "") -> Figure:
+    """Box plot with the points overlaid: e.g. query sigma per ground-truth ambiguity level."""
+    values = np.asarray(values, dtype=float)
+    groups = np.asarray(groups)
+    order = list(order) if order is not None else sorted(set(groups.tolist()))
+    fig, ax = plt.subplots(figsize=(1.5 + 1.3 * len(order), 3.8))
+    data = [values[groups == g] for g in order]
+    ax.boxplot(data, positions=range(len(order)), widths=0.5, showfliers=False, patch_artist=True,
+               boxprops={"facecolor": "0.88"}, medianprops={"color": "black"})
+    rng = np.random.default_rng(0)
+    for i, (v, color) in enumerate(zip(data, _colors(len(order)))):
+        ax.scatter(i + rng.uniform(-0.22, 0.22, size=v.size), v, s=7, alpha=0.5, color=color, linewidths=0)
+    counts = {g: int((groups == g).sum()) for g in order}
+    ax.set_xticks(range(len(order)), [f"{g}\n(n={counts[g]})" for g in order])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def scatter_with_means(x: np.ndarray, y: np.ndarray, xlabel: str, ylabel: str, title: str = "",
+                       binned: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None) -> Figure:
+    """Jittered scatter of y against an integer-ish x, with per-x means and standard errors on top."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    jitter = np.random.default_rng(0).uniform(-0.2, 0.2, size=x.shape)
+    ax.scatter(x + jitter, y, s=6, alpha=0.35, color="C0", label="query")
+    if binned is not None:
+        keys, means, sems = binned
+        ax.errorbar(keys, means, yerr=sems, color="C3", marker="o", ms=4, lw=1.5, capsize=2, label="mean ± s.e.")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def projection_plot(means: np.ndarray, mean_owner: Sequence[int], mean_kind: Sequence[str],
+                    proxies: np.ndarray, proxy_owner: Sequence[int], proxy_kind: Sequence[str],
+                    owner_names: Sequence[str], explained: Optional[Sequence[float]] = None) -> Figure:
+    """2-D projection: colour = owner (video), marker = kind ('video' / 'query'); large = mean, small = proxy."""
+    markers = {"video": "s", "query": "o", "support set": "D"}
+    colors = _colors(len(owner_names))
+    fig, ax = plt.subplots(figsize=(6.5, 5.2))
+    proxies = np.asarray(proxies)
+    means = np.asarray(means)
+    for xy, owner, kind in zip(proxies, proxy_owner, proxy_kind):
+        ax.scatter(*xy, s=10, alpha=0.35, color=colors[owner], marker=markers.get(kind, "x"), linewidths=0)
+    for xy, owner, kind in zip(means, mean_owner, mean_kind):
+        ax.scatter(*xy, s=70, color=colors[owner], marker=markers.get(kind, "x"), edgecolors="black", linewidths=0.8)
+    handles = [Patch(color=c, label=n) for c, n in zip(colors, owner_names)]
+    handles += [plt.Line2D([], [], ls="", marker=m, color="0.3", label=f"{k} mean (small: proxies)")
+                for k, m in markers.items() if k in set(mean_kind) | set(proxy_kind)]
+    ax.legend(handles=handles, fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    if explained is not None and len(explained) >= 2:
+        ax.set_xlabel(f"PC1 ({100 * explained[0]:.0f}% var.)")
+        ax.set_ylabel(f"PC2 ({100 * explained[1]:.0f}% var.)")
+    ax.set_title("Means and sampled proxies (PCA)")
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- 05 word confidence
+
+
+def word_confidence_heatmaps(queries: Sequence[tuple[str, Sequence[str], np.ndarray]],
+                             fillers: frozenset[str] | set[str] = frozenset(),
+                             vmax: Optional[float] = None) -> Figure:
+    """One strip per query (title, words, confidences): the words on the x axis, filler words in grey italics."""
+    n = len(queries)
+    width = max(6.0, 0.55 * max((len(w) for _, w, _ in queries), default=1) + 1.5)
+    fig, axes = plt.subplots(n, 1, figsize=(width, 1.45 * n + 0.3), squeeze=False, layout="constrained")
+    top = vmax if vmax is not None else max((float(np.max(c)) for *_, c in queries), default=1.0)
+    image = None
+    for ax, (title, words, conf) in zip(axes[:, 0], queries):
+        conf = np.asarray(conf, dtype=float)[: len(words)]
+        image = ax.imshow(conf[None, :], aspect="auto", cmap="viridis", vmin=0.0, vmax=top)
+        for t, value in enumerate(conf):
+            ax.text(t, 0, f"{value:.2f}", ha="center", va="center", fontsize=6,
+                    color="white" if value < 0.6 * top else "black")
+        ax.set_xticks(range(len(words)), words, rotation=40, ha="right", fontsize=8)
+        for label, word in zip(ax.get_xticklabels(), words):
+            if word.lower() in fillers:
+                label.set_color("0.5")
+                label.set_style("italic")
+        ax.set_yticks([])
+        ax.set_title(title, fontsize=8, loc="left")
+        ax.grid(False)
+    if image is not None:
+        fig.colorbar(image, ax=axes[:, 0].tolist(), fraction=0.03, pad=0.01, aspect=30, label="word confidence g")
+    return fig
+
+
+def word_frame_heatmap(similarity: np.ndarray, words: Sequence[str], span: Optional[tuple[float, float]] = None,
+                       confidence: Optional[np.ndarray] = None, title: str = "") -> Figure:
+    """Cosine of each word token (rows) with each frame token (columns); ground-truth moment outlined.
+
+    Each row's best frame is marked with a dot (the max that enters the frame score); when
+    ``confidence`` is given it is written next to the word.
+    """
+    sim = np.asarray(similarity, dtype=float)
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(words) + 1.9), layout="constrained")
+    image = ax.imshow(sim, aspect="auto", cmap="magma", interpolation="nearest")
+    best = sim.argmax(axis=1)
+    ax.scatter(best, np.arange(len(words)), s=12, color="cyan", marker="o", label="best frame per word")
+    labels = list(words) if confidence is None else [f"{w} ({c:.2f})" for w, c in zip(words, confidence)]
+    ax.set_yticks(range(len(words)), labels, fontsize=8)
+    ax.set_xlabel("frame row (after binning)")
+    if span is not None:
+        start, end = span
+        ax.axvspan(start - 0.5, end - 0.5, facecolor="none", edgecolor="lime", lw=2, label="ground-truth moment")
+    ax.legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.0, -0.08 - 1.2 / (len(words) + 5)), ncol=2,
+              frameon=False)
+    ax.set_title(title, fontsize=9, loc="left")
+    ax.grid(False)
+    fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01, label="cosine")
+    return fig
+
+
+def two_group_distributions(groups: Mapping[str, np.ndarray], xlabel: str, title: str = "",
+                            reference: Optional[float] = None) -> Figure:
+    """Overlaid histograms of two (or more) groups, e.g. relative confidence of filler vs content words.
+
+    The legend sits to the right of the axes, where it covers no histogram.
+    """
+    fig, ax = plt.subplots(figsize=(8.2, 3.6), layout="constrained")
+    for (name, values), color in zip(groups.items(), _colors(len(groups))):
+        v = np.asarray(values, dtype=float)
+        sns.histplot(v, ax=ax, label=f"{name} (n={v.size}, median {np.median(v):.2f})" if v.size else name,
+                     color=color, stat="density", element="step", alpha=0.3, common_norm=False)
+    if reference is not None:
+        ax.axvline(reference, color="0.3", ls="--", lw=1, label=f"uniform = {reference:g}")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return fig
+
+
+# ----------------------------------------------------------------------------- explorers
+
+
+def query_explorer(options: Mapping[str, object] | Sequence[str], render, description: str = "query") -> object:
+    """An ipywidgets dropdown that calls ``render(value)`` for the chosen option (JupyterLab only).
+
+    ``options`` maps labels to values (or is a list of values). Returns the widget box after
+    displaying it; notebooks call this only when ``interactive=True`` so papermill never waits on it.
+    """
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    items = list(options.items()) if isinstance(options, Mapping) else [(str(o), o) for o in options]
+    dropdown = widgets.Dropdown(options=items, description=description, layout=widgets.Layout(width="90%"))
+    out = widgets.interactive_output(lambda value: (render(value), plt.show()), {"value": dropdown})
+    box = widgets.VBox([dropdown, out])
+    display(box)
+    return box
