@@ -86,7 +86,7 @@ def test_second_call_trains_nothing(tiny_study, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the second call must not train")
 
-    monkeypatch.setattr("ralbook.training.trainer.train", refuse)
+    monkeypatch.setattr("ralbook.studies.robustness.train", refuse)
     second = robustness.run_study(TINY, cache, progress=False)
     assert second.trained == 0 and second.cached == 4
     assert [r["sumr"] for r in second.rows] == [r["sumr"] for r in first.rows]

@@ -434,9 +434,8 @@ def test_search_on_the_command_line_loads_the_collections_own_model(trained, ext
 
 def test_cli_extract_then_search_a_collection_without_captions(trained, video_dir, encoder, tmp_path, monkeypatch,
                                                               capsys):
-    import ralbook.video.clip
-
-    monkeypatch.setattr(ralbook.clipfeatures, "load_clip", lambda *args, **kwargs: encoder)
+    for where in ("ralbook.cli.extract", "ralbook.cli.search", "ralbook.retrieval.search"):
+        monkeypatch.setattr(f"{where}.load_clip", lambda *args, **kwargs: encoder)
     out = tmp_path / "data" / "plain"
     assert main(["extract", "--videos", str(video_dir), "--out", str(out), "--frames-per-video", "3",
                  "--no-progress"]) == 0
