@@ -1,6 +1,6 @@
 """Reading and writing checkpoints safely, and loading the authors' released weights.
 
-* ``save_atomic`` writes to a temporary file and renames it, so an interrupted run never leaves a
+* ``ralbook.files.save_atomic`` writes to a temporary file and renames it, so an interrupted run never leaves a
   half-written checkpoint behind (docs/method.md#deliberate-differences-from-the-public-code).
 * ``load_file`` never executes pickled code: it unpickles plain containers, numbers, strings and
   tensors; any other class (the authors' optimizer schedule, an EasyDict config, ...) becomes an
@@ -13,7 +13,6 @@ import hashlib
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Union
@@ -27,30 +26,6 @@ from ralbook.model import build_model
 
 
 PathLike = Union[str, os.PathLike]
-
-# --------------------------------------------------------------------------- atomic save
-
-
-def save_atomic(obj: Any, path: PathLike) -> Path:
-    """torch.save to ``path`` via a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
 
 # --------------------------------------------------------------------------- content checks
 

@@ -1,20 +1,56 @@
 """Writing files so that a crash never leaves half of one, paths relative to the repository, JSON-ready values."""
 from __future__ import annotations
 
+import json
 import math
 import os
+import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import IO, Any, Callable, Mapping, Optional, Union
+
+import torch
+
+PathLike = Union[str, os.PathLike]
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name, then rename: a kill leaves the old file or the new one, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def replace_atomically(path: PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write through ``write(file)`` to a temporary file beside ``path``, then rename it over ``path``.
+
+    A kill leaves the old file or the new one, never half of one; the temporary file is removed on error.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_atomic(path: PathLike, data: Union[bytes, str]) -> Path:
+    """Bytes, or text as UTF-8, to ``path`` atomically."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    return replace_atomically(path, lambda f: f.write(raw))
+
+
+def write_json(path: PathLike, obj: Any, **dumps: Any) -> Path:
+    """``json.dumps(obj, **dumps)`` plus a newline to ``path`` atomically."""
+    return write_atomic(path, json.dumps(obj, **dumps) + "\n")
+
+
+def save_atomic(obj: Any, path: PathLike) -> Path:
+    """torch.save to ``path`` atomically (checkpoints, index model files)."""
+    return replace_atomically(path, lambda f: torch.save(obj, f))
 
 
 def _looks_like_repo(path: Path) -> bool:

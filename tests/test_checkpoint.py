@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ralbook.checkpoint import Replaced, load_file, load_reference, replaced_classes, save_atomic
+from ralbook.checkpoint import Replaced, load_file, load_reference, replaced_classes
+from ralbook.files import save_atomic
 from ralbook.config import ModelConfig
 from ralbook.errors import CheckpointError
 from ralbook.model import build_model

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ralbook import cli
-from ralbook.checkpoint import save_atomic
+from ralbook.files import save_atomic
 from ralbook.data.collection import Collection
 from ralbook.retrieval.evaluate import encode_video_set, evaluate
 from ralbook.retrieval.index import Index, IndexFolderError, build_index, evaluate_index, model_hash, two_stage_ranks

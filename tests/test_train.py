@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from ralbook import cli
-from ralbook.checkpoint import load_file, reference_to_ralbook_key, save_atomic
+from ralbook.checkpoint import load_file, reference_to_ralbook_key
+from ralbook.files import save_atomic
 from ralbook.config import preset
 from ralbook.data.demo import generate_demo
 from ralbook.errors import CheckpointError, RalbookError

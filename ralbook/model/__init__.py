@@ -6,7 +6,7 @@ former single-file module are re-exported here. Constants are copies: patch them
 """
 from ralbook.model.backbones import BACKBONES, Backbone, build_model, count_parameters
 from ralbook.model.backbones.gmmformer import GMMFormer
-from ralbook.model.backbones.gmmformer_v2 import RALModel
+from ralbook.model.backbones.gmmformer_v2 import GMMFormerV2, RALModel
 from ralbook.model.backbones.ms_sl import MSSL
 from ralbook.model.encodings import Distributions, ModelOutput, QueryEncoding, VideoEncoding
 from ralbook.model.gmm import GMM_WIDTHS, GMMBlock
@@ -15,7 +15,7 @@ from ralbook.model.layers import (Attention, AttentionBlock, Dropout, FeedForwar
 from ralbook.model.ral import AttentionPool, MeanHead, SigmaHead, sample_proxies, support_sets
 from ralbook.model.scoring import MAX_SIM_CHUNK_ELEMENTS, masked_max_sim
 
-__all__ = [
+__all__ = ["GMMFormerV2",
     "BACKBONES", "GMM_WIDTHS", "MAX_SIM_CHUNK_ELEMENTS", "Attention", "AttentionBlock", "AttentionPool", "Backbone",
     "Distributions", "Dropout", "FeedForward", "GMMBlock", "GMMFormer", "LinearLayer", "MSSL", "MeanHead",
     "ModelOutput", "Packing", "PositionalEncoding", "QueryEncoding", "RALModel", "SigmaHead", "TransformerLayer",

@@ -29,7 +29,7 @@ from ralbook.data.datasets import QueryDataset, VideoDataset, collate_queries, c
 from ralbook.errors import NonFiniteError, RalbookError, shorten
 from ralbook.retrieval.metrics import (METRIC_NAMES, ranks_from_scores, read_relevant_file, recall_metrics,
                                        relevant_indices, top_indices)
-from ralbook.runtime.device import _to_device
+from ralbook.runtime.device import to_device
 from ralbook.runtime.precision import autocast
 
 
@@ -214,7 +214,7 @@ def encode_video_set(model: Any, collection: Any, video_ids: list[str], device: 
                         num_workers=num_workers, collate_fn=collate_videos, generator=_seeded_generator())
     parts = []
     for batch in tqdm(loader, desc="encode videos", leave=False, disable=not progress):
-        batch = _to_device(batch, device)
+        batch = to_device(batch, device)
         with autocast(device, amp):
             enc = model.encode_videos(batch["clip_feats"], batch["frame_feats"], batch["frame_mask"])
         parts.append(type(enc)(*(getattr(enc, f.name).float() for f in dataclasses.fields(enc))))
@@ -291,7 +291,7 @@ def evaluate(model: Any, collection: Any, split: str = "test", cfg: Optional[Con
                                        source=str(relevant) if isinstance(relevant, (str, Path)) else "relevant")
                 positions = torch.tensor(order[done:done + len(rel)], dtype=torch.long)
                 done += len(rel)
-                batch = _to_device(batch, device)
+                batch = to_device(batch, device)
                 with autocast(device, amp):
                     queries = model.encode_queries(batch["query_feats"], batch["query_mask"])
                     rows = score_rows(model, queries, videos, video_chunk)

@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ralbook.checkpoint import load_file, load_model_state, save_atomic
+from ralbook.checkpoint import (FORMAT_VERSION, MODEL_FORMAT, load_file, load_model_state, validate_ralbook,
+                                with_content_hash)
+from ralbook.files import save_atomic, write_json
 from ralbook.config import Config
 from ralbook.data.datasets import QueryDataset, VideoDataset, collate_queries, collate_videos
 from ralbook.errors import RalbookError
@@ -115,15 +117,14 @@ def build_index(model: Any, collection: Any, split: str, cfg: Any, out_dir: Path
             f.close()
     if done != len(ids):
         raise RalbookError(f"indexing {out}: encoded {done} videos, expected {len(ids)}")
-    save_atomic({"format": "ralbook-model", "version": 1, "config": cfg.to_dict(),
-                 "model": {k: v.cpu() for k, v in model.state_dict().items()}}, out / MODEL_FILE)
+    # the model file is a ralbook model checkpoint (format, version, content hash), like a run's best.pt
+    save_atomic(with_content_hash({"format": MODEL_FORMAT, "version": FORMAT_VERSION, "config": cfg.to_dict(),
+                                   "model": {k: v.cpu() for k, v in model.state_dict().items()}}), out / MODEL_FILE)
     manifest = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "model_hash": model_hash(model),
                 "config": cfg.to_dict(), "collection": cfg.data.collection, "split": split, "dtype": dtype,
                 "n_videos": len(ids), "video_ids": ids, "shapes": {k: list(v) for k, v in shapes.items()},
                 "encoder": encoder_settings(Path(cfg.data.data_root) / cfg.data.collection)}  # search's text tower
-    tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest))
-    os.replace(tmp, out / MANIFEST)
+    write_json(out / MANIFEST, manifest)
     return out
 
 
@@ -174,7 +175,8 @@ class Index:
         if model is None:
             cfg = Config.from_dict(manifest["config"])
             model = build_model(cfg.model)
-            load_model_state(model, load_file(path / MODEL_FILE)["model"], path / MODEL_FILE)
+            load_model_state(model, validate_ralbook(load_file(path / MODEL_FILE), path / MODEL_FILE, (MODEL_FORMAT,))["model"],
+                             path / MODEL_FILE)  # folders written before 0.2 hold version 1: no hash, still read
         if model_hash(model) != manifest["model_hash"]:
             raise IndexFolderError(f"{path} was built with other model weights (hash {manifest['model_hash'][:12]}, "
                               f"this model {model_hash(model)[:12]}): rebuild the index with this checkpoint")

@@ -27,6 +27,7 @@ from scipy import stats
 from ralbook.data.datasets import (QueryDataset, TrainDataset, VideoDataset, batched, collate_queries, collate_train,
                                    collate_videos)
 from ralbook.data.features import bin_rows
+from ralbook.runtime.device import to_device
 from ralbook.retrieval.moments import _word_frame_matrix
 
 
@@ -368,10 +369,6 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _on(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-
-
 @dataclass
 class DistributionSet:
     """MSRA Gaussians of a set of videos: per video, per video's support set, per single query (CPU tensors)."""
@@ -407,7 +404,7 @@ def collect_distributions(model: torch.nn.Module, collection: Any, video_ids: Se
     try:
         for start in tqdm(range(0, len(dataset), batch_size), desc="distributions", leave=False,
                           disable=not progress):
-            batch = _on(collate_train([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]),
+            batch = to_device(collate_train([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]),
                         device)
             videos = model.encode_videos(batch["clip_feats"], batch["frame_feats"], batch["frame_mask"])
             queries = model.encode_queries(batch["query_feats"], batch["query_mask"])
@@ -472,7 +469,7 @@ def collect_word_confidence(model: torch.nn.Module, collection: Any, cap_ids: Se
     try:
         for start in tqdm(range(0, len(dataset), batch_size), desc="word confidence", leave=False,
                           disable=not progress):
-            batch = _on(collate_queries([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]),
+            batch = to_device(collate_queries([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]),
                         device)
             confs.append(model.word_confidence(batch["query_feats"], batch["query_mask"]).float().cpu().numpy())
             masks.append(batch["query_mask"].float().cpu().numpy())
@@ -497,8 +494,8 @@ def query_video_similarity(model: torch.nn.Module, collection: Any, cap_id: str,
     was_training = model.training
     model.eval()
     try:
-        q = _on(collate_queries([QueryDataset(collection, [cap_id])[0]]), device)
-        v = _on(collate_videos([VideoDataset(collection, [video_id])[0]]), device)
+        q = to_device(collate_queries([QueryDataset(collection, [cap_id])[0]]), device)
+        v = to_device(collate_videos([VideoDataset(collection, [video_id])[0]]), device)
         sim = word_frame_similarity(model, q["query_feats"], q["query_mask"], v["clip_feats"], v["frame_feats"],
                                     v["frame_mask"])
         conf = model.word_confidence(q["query_feats"], q["query_mask"])[0].float().cpu().numpy()
@@ -529,8 +526,8 @@ def moment_hit_rates(model: torch.nn.Module, collection: Any, cap_ids: Sequence[
         for chunk in batched(known, batch_size):
             videos = list(dict.fromkeys(collection.video_of(c) for c in chunk))
             qds, vds = QueryDataset(collection, chunk), VideoDataset(collection, videos)
-            qb = _on(collate_queries([qds[i] for i in range(len(qds))]), device)
-            vb = _on(collate_videos([vds[i] for i in range(len(vds))]), device)
+            qb = to_device(collate_queries([qds[i] for i in range(len(qds))]), device)
+            vb = to_device(collate_videos([vds[i] for i in range(len(vds))]), device)
             with torch.no_grad():
                 q = model.encode_queries(qb["query_feats"], qb["query_mask"])
                 v = model.encode_videos(vb["clip_feats"], vb["frame_feats"], vb["frame_mask"])

@@ -33,6 +33,7 @@ import numpy as np
 from ralbook.config import LossConfig, build_config
 from ralbook.data.demo import DemoParams, GENERATOR_VERSION, generate_from_params, label_file, relevant_file
 from ralbook.errors import RalbookError
+from ralbook.files import write_json
 from ralbook.retrieval.metrics import chance_metrics, read_relevant_file
 from ralbook.studies.uncertainty import labels_for_split, model_outputs, sigma_report
 from ralbook.training.rundir import open_run
@@ -231,9 +232,7 @@ def run_one(spec: RunSpec, plan: StudyPlan, cache: Path, device: str = "cpu") ->
     started = time.perf_counter()
     train(cfg, folder / "run", progress=False)
     result = {**evaluate_run(folder / "run", data_root, plan, device), "seconds": time.perf_counter() - started}
-    tmp = folder / "result.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(result_file)
+    write_json(result_file, result, indent=1)
     return {**row, **result}, True
 
 

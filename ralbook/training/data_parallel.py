@@ -63,7 +63,7 @@ class GlobalBatch(nn.Module):
                           all_gather(labels + offset))
         if dists is not None:
             text_mu, text_log_sigma, video_mu, video_log_sigma = all_gather(dists).unbind(1)
-            k = m.cfg.n_proxies  # text proxies first, then video proxies: the order of RALModel.forward
+            k = m.cfg.n_proxies  # text proxies first, then video proxies: the order of GMMFormerV2.forward
             out.text_proxies = sample_proxies(text_mu, text_log_sigma, k)
             out.video_proxies = sample_proxies(video_mu, video_log_sigma, k)
             out.text_log_sigma, out.video_log_sigma = text_log_sigma, video_log_sigma

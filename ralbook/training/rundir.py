@@ -15,7 +15,7 @@ from ralbook.checkpoint import MODEL_FORMAT, load_model_state, model_from_checkp
 from ralbook.config import Config
 from ralbook.data.collection import Collection, check_dims
 from ralbook.errors import CheckpointError, RalbookError, shorten
-from ralbook.files import resolve_path
+from ralbook.files import resolve_path, write_atomic
 from ralbook.model import build_model
 from ralbook.runtime.device import resolve_device
 from ralbook.runtime.threads import configure_threads
@@ -57,16 +57,7 @@ def read_metrics(run_dir: PathLike) -> list[dict[str, Any]]:
 
 
 def _write_metrics(run_dir: Path, records: list[dict[str, Any]]) -> None:
-    text = "".join(json.dumps(r) + "\n" for r in records)
-    tmp = run_dir / f".{METRICS_FILE}.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, run_dir / METRICS_FILE)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    write_atomic(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def _config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from ralbook.checkpoint import (FORMAT_VERSION, MODEL_FORMAT, STATE_FORMAT, check_finite_state, load_model_state,
-                                read_ralbook, save_atomic, with_content_hash)
+                                read_ralbook, with_content_hash)
 from ralbook.config import Config, require_data_root
 from ralbook.data.collection import Collection, check_dims
 from ralbook.data.datasets import TrainDataset, collate_train
@@ -42,7 +42,8 @@ from ralbook.errors import CheckpointError, DataError, NonFiniteError, RalbookEr
 from ralbook.losses import Objective
 from ralbook.model import build_model
 from ralbook.retrieval.evaluate import EvalResult, evaluate, format_metrics
-from ralbook.runtime.device import resolve_device
+from ralbook.files import save_atomic
+from ralbook.runtime.device import resolve_device, to_device
 from ralbook.runtime.precision import autocast, describe_amp, resolve_amp
 from ralbook.runtime.process_group import (barrier, check_batches, current_world, describe, gather_objects,
                                            rank_device, share)
@@ -53,7 +54,7 @@ from ralbook.training.optim import build_optimizer
 from ralbook.training.reproducibility import (deterministic_kernels, epoch_batches, rng_state, seed_everything,
                                               set_rng_state)
 from ralbook.training.rundir import (BEST_FILE, CONFIG_FILE, LAST_FILE, PathLike, TEST_FILE, TrainState,
-                                     _config_differences, _prepare_run_dir, _recorded_amp, _run_config, _write_json,
+                                     _config_differences, _prepare_run_dir, _recorded_amp, _run_config, write_json,
                                      _write_metrics, read_metrics, train_state_from)
 from ralbook.training.splits import plan_splits
 
@@ -91,10 +92,6 @@ def _float_output(out: Any) -> Any:
         if torch.is_tensor(value) and value.is_floating_point() and value.dtype != torch.float32:
             setattr(out, f.name, value.float())
     return out
-
-
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
 def feature_sizes_from(cfg: Config, collection: Any) -> Config:
@@ -267,7 +264,7 @@ class Trainer:
 
     def train_step(self, batch: dict[str, Any], hard_negatives: bool) -> Tensor:
         recheck_threads_now_and_then()  # other work may have started or ended (automatic count only)
-        batch = _to_device(batch, self.device)
+        batch = to_device(batch, self.device)
         self._check_inputs(batch)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.amp):
@@ -424,7 +421,7 @@ class Trainer:
         out = {"split": "test", "epoch": best["epoch"], "n_queries": len(result.cap_ids),
                "n_videos": len(result.video_ids), "metrics": result.metrics}
         if self.world.is_main:
-            _write_json(self.run_dir / TEST_FILE, out)
+            write_json(self.run_dir / TEST_FILE, out, indent=1)
         if self.progress:
             print(format_metrics(result, title=f"test ({len(result.cap_ids)} queries x {len(result.video_ids)} "
                                                f"videos), best epoch {best['epoch']}"))
@@ -464,7 +461,7 @@ def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool =
         print(describe(world, cfg.train.batch_size), flush=True)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(run_dir / CONFIG_FILE, _run_config(trainer.cfg, world, resume, run_dir))
+        write_json(run_dir / CONFIG_FILE, _run_config(trainer.cfg, world, resume, run_dir), indent=1)
     if can_resume:
         trainer.restore(run_dir / LAST_FILE)
     elif resume and progress:

@@ -33,7 +33,7 @@ from ralbook.data.collection import SPLITS
 from ralbook.data.datasets import batched
 from ralbook.data.layout import _json_lines, _write_features, _write_text, _write_text_features
 from ralbook.errors import RalbookError
-from ralbook.files import _write_atomic
+from ralbook.files import write_json
 from ralbook.video.clip import words_of
 from ralbook.video.decode import (Sampling, VIDEO_EXTENSIONS, VideoInfo, VideoReadError, iter_frames, list_videos,
                                   unique_ids, video_id)
@@ -99,7 +99,7 @@ class ExtractState:
                 raise RalbookError(f"{out} was extracted with other settings ({'; '.join(diffs)[:200]}); use another "
                                    f"--out, the same settings, or delete {self.dir} to start over")
         else:
-            _write_atomic(settings_path, json.dumps(settings, indent=1).encode())
+            write_json(settings_path, settings, indent=1)
         self.records = self._read_log()
 
     def _read_log(self) -> dict[str, dict[str, Any]]:

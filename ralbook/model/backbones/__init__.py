@@ -4,18 +4,14 @@ from __future__ import annotations
 import torch.nn as nn
 
 from ralbook.config import ModelConfig
-from ralbook.errors import RalbookError
+from ralbook.errors import ConfigError
 from ralbook.model.backbones.base import Backbone
 from ralbook.model.backbones.gmmformer import GMMFormer
-from ralbook.model.backbones.gmmformer_v2 import RALModel
+from ralbook.model.backbones.gmmformer_v2 import GMMFormerV2
 from ralbook.model.backbones.ms_sl import MSSL
 from ralbook.model.gmm import WINDOW_MODES
 
-BACKBONES: dict[str, type[Backbone]] = {"gmmformer_v2": RALModel, "gmmformer": GMMFormer, "ms_sl": MSSL}
-
-
-class ConfigError(RalbookError, ValueError):
-    """A model setting names something that does not exist."""
+BACKBONES: dict[str, type[Backbone]] = {"gmmformer_v2": GMMFormerV2, "gmmformer": GMMFormer, "ms_sl": MSSL}
 
 
 def build_model(cfg: ModelConfig) -> Backbone:

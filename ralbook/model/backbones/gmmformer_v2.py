@@ -30,7 +30,7 @@ from ralbook.model.scoring import masked_max_sim
 
 # ----------------------------------------------------------------------------- the model
 
-class RALModel(Backbone):
+class GMMFormerV2(Backbone):
     """GMMFormer v2 with RAL: clip branch + CSA frame branch for scoring, MSRA heads for training.
 
     RAL's parts are always built here (the authors' checkpoints hold them); the switches decide
@@ -95,3 +95,6 @@ class RALModel(Backbone):
         q = queries.pooled.unsqueeze(1)
         q = F.normalize(q, dim=-1) if normalized else q
         return masked_max_sim(q, q.new_ones(q.shape[:2]), f, videos.mask).squeeze(-1)
+
+
+RALModel = GMMFormerV2  # the name before 0.2 (tests, users' notebooks); checkpoints store no class names
