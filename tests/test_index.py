@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from ralbook import cli
-from ralbook.files import save_atomic
+from ralbook.checkpoint import FORMAT_VERSION, HASH_KEY, content_hash, load_file
 from ralbook.data.collection import Collection
+from ralbook.errors import CheckpointError
+from ralbook.files import save_atomic
 from ralbook.retrieval.evaluate import encode_video_set, evaluate
-from ralbook.retrieval.index import Index, IndexFolderError, build_index, evaluate_index, model_hash, two_stage_ranks
+from ralbook.retrieval.index import MODEL_FILE, Index, IndexFolderError, build_index, evaluate_index, model_hash, two_stage_ranks
 from ralbook.model import build_model
 from test_train import easy_demo, tiny_cfg
 
@@ -214,3 +217,22 @@ def test_the_first_stage_keeps_the_k_best_by_the_ranks_tie_rule(setup, monkeypat
     ranks, found = two_stage_ranks(stages, torch.tensor([[10], [20], [3], [7]]))
     assert ranks["clip"].tolist() == [11, 21, 5, 1] and found.tolist() == [False, False, True, True]
     assert bool((ranks["fused"][:2] > 5).all())
+
+
+def test_the_index_model_file_is_a_checked_checkpoint_and_old_folders_still_open(setup, tmp_path):
+    """model.pt carries the checkpoint format's version and content hash; a damaged one is refused, and a
+    folder written before 0.2 (version 1: no hash, no epoch) still opens."""
+    cfg, model, _, folder, _ = setup
+    stored = load_file(folder / MODEL_FILE)
+    assert stored["version"] == FORMAT_VERSION and stored[HASH_KEY] == content_hash(stored)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(folder, damaged)
+    stored["model"] = {k: v + 1 for k, v in stored["model"].items()}
+    save_atomic(stored, damaged / MODEL_FILE)
+    with pytest.raises(CheckpointError, match="content check"):
+        Index.open(damaged)
+    old = tmp_path / "old"
+    shutil.copytree(folder, old)
+    save_atomic({"format": "ralbook-model", "version": 1, "config": cfg.to_dict(), "model": model.state_dict()},
+                old / MODEL_FILE)
+    assert Index.open(old).manifest["model_hash"] == model_hash(model)

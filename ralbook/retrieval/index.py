@@ -64,6 +64,15 @@ def model_hash(model: torch.nn.Module) -> str:
 # ----------------------------------------------------------------------------- building
 
 
+def _index_model(path: Path) -> dict:
+    """The index's model file, checked like any model checkpoint; files written before 0.2 (version 1, no
+    content hash, no epoch) are read as they were."""
+    obj = load_file(path)
+    if isinstance(obj, dict) and obj.get("version") == 1 and "epoch" not in obj:
+        return obj
+    return validate_ralbook(obj, path, (MODEL_FORMAT,))
+
+
 def _open_npy(path: Path, shape: tuple[int, ...], dtype: Any) -> Any:
     """A new .npy file of ``shape`` (its header written, the data still empty), opened for appending rows."""
     with path.open("wb") as f:
@@ -118,8 +127,10 @@ def build_index(model: Any, collection: Any, split: str, cfg: Any, out_dir: Path
     if done != len(ids):
         raise RalbookError(f"indexing {out}: encoded {done} videos, expected {len(ids)}")
     # the model file is a ralbook model checkpoint (format, version, content hash), like a run's best.pt
+    # (an index knows no epoch or validation metrics of the run: 0 and {})
     save_atomic(with_content_hash({"format": MODEL_FORMAT, "version": FORMAT_VERSION, "config": cfg.to_dict(),
-                                   "model": {k: v.cpu() for k, v in model.state_dict().items()}}), out / MODEL_FILE)
+                                   "model": {k: v.cpu() for k, v in model.state_dict().items()},
+                                   "epoch": 0, "val_metrics": {}}), out / MODEL_FILE)
     manifest = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "model_hash": model_hash(model),
                 "config": cfg.to_dict(), "collection": cfg.data.collection, "split": split, "dtype": dtype,
                 "n_videos": len(ids), "video_ids": ids, "shapes": {k: list(v) for k, v in shapes.items()},
@@ -175,8 +186,7 @@ class Index:
         if model is None:
             cfg = Config.from_dict(manifest["config"])
             model = build_model(cfg.model)
-            load_model_state(model, validate_ralbook(load_file(path / MODEL_FILE), path / MODEL_FILE, (MODEL_FORMAT,))["model"],
-                             path / MODEL_FILE)  # folders written before 0.2 hold version 1: no hash, still read
+            load_model_state(model, _index_model(path / MODEL_FILE)["model"], path / MODEL_FILE)
         if model_hash(model) != manifest["model_hash"]:
             raise IndexFolderError(f"{path} was built with other model weights (hash {manifest['model_hash'][:12]}, "
                               f"this model {model_hash(model)[:12]}): rebuild the index with this checkpoint")

@@ -42,7 +42,7 @@ from ralbook.errors import CheckpointError, DataError, NonFiniteError, RalbookEr
 from ralbook.losses import Objective
 from ralbook.model import build_model
 from ralbook.retrieval.evaluate import EvalResult, evaluate, format_metrics
-from ralbook.files import save_atomic
+from ralbook.files import save_atomic, write_json
 from ralbook.runtime.device import resolve_device, to_device
 from ralbook.runtime.precision import autocast, describe_amp, resolve_amp
 from ralbook.runtime.process_group import (barrier, check_batches, current_world, describe, gather_objects,
@@ -54,7 +54,7 @@ from ralbook.training.optim import build_optimizer
 from ralbook.training.reproducibility import (deterministic_kernels, epoch_batches, rng_state, seed_everything,
                                               set_rng_state)
 from ralbook.training.rundir import (BEST_FILE, CONFIG_FILE, LAST_FILE, PathLike, TEST_FILE, TrainState,
-                                     _config_differences, _prepare_run_dir, _recorded_amp, _run_config, write_json,
+                                     _config_differences, _prepare_run_dir, _recorded_amp, _run_config,
                                      _write_metrics, read_metrics, train_state_from)
 from ralbook.training.splits import plan_splits
 
