@@ -17,7 +17,9 @@ from ralbook.workbook import results as results_file
 REPO = Path(__file__).resolve().parent.parent
 FIGURES = REPO / "figures"
 # Hand-written documents: they may quote the paper's numbers (docs/method.md) and the generated RESULTS.md only.
-HAND_WRITTEN = ("README.md", "notebooks/README.md", "data/README.md", "figures/README.md", "docs/method.md")
+HAND_WRITTEN = ("README.md", "notebooks/README.md", "data/README.md", "figures/README.md", "docs/method.md",
+                "docs/architecture.md", "docs/real-features.md", "docs/own-videos.md", "docs/scale-out.md",
+                "docs/threads.md", "docs/fidelity.md", "docs/performance.md")
 # Notebooks of other helpers whose parameter defaults still point into figures/ (changed when their branches merge).
 PENDING_DEFAULTS: set[str] = set()
 
@@ -229,12 +231,12 @@ OTHER_TOOLS = {"--allow-root", "--index-url", "--nproc-per-node", "--nnodes", "-
                "--rdzv-endpoint", "--rdzv-id", "--master-addr", "--master-port", "--standalone"}
 
 
-def test_the_readme_names_only_options_that_exist():
-    """Every ``python -m ralbook SUB --opt`` in the README is an option of SUB; a flag quoted alone
+def test_the_readme_and_docs_name_only_options_that_exist():
+    """Every ``python -m ralbook SUB --opt`` in the README and docs/ is an option of SUB; a flag quoted alone
     (`` `--amp bf16` ``) is an option of some ralbook command or of the benchmark script."""
     from ralbook.cli import build_parser
 
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    readme = "\n".join(p.read_text(encoding="utf-8") for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
     parser = build_parser()
     subs = next(a for a in parser._actions if a.choices and "train" in a.choices).choices
     options = {name: {o for a in sub._actions for o in a.option_strings} for name, sub in subs.items()}
