@@ -304,6 +304,7 @@ class Objective(torch.nn.Module):
         return weighted_total(self.raw_terms(out, hard_negatives, generator), self.cfg)
 
 
-__all__ = ["nce", "triplet", "diagonal_triplet", "pair_nce", "query_diversity", "query_diversity_gmmformer", "optimal_transport", "ot_assignment", "proxy_matching",
-           "proxy_matching_one_way", "distribution_alignment", "evidence", "candidate_columns", "evidential", "weights", "weighted_total", "Objective",
-           "TERMS", "EVIDENCE_LOG_CAP"]
+__all__ = ["nce", "triplet", "diagonal_triplet", "pair_nce", "query_diversity", "query_diversity_gmmformer",
+           "optimal_transport", "ot_assignment", "proxy_matching", "proxy_matching_one_way", "distribution_alignment",
+           "evidence", "candidate_columns", "evidential", "weights", "weighted_total", "Objective", "TERMS",
+           "EVIDENCE_LOG_CAP"]

@@ -160,7 +160,8 @@ class ShiftedMoments:
         return np.maximum(self.sum_sq / self.count - mean * mean, 0.0) * np.ones_like(self.first)
 
 
-def stochastic_fused_scores(model: Any, collection: Any, scores: SplitScores, query_chunk: int = 100, video_chunk: int = 50, video_batch: int = 64) -> torch.Tensor:
+def stochastic_fused_scores(model: Any, collection: Any, scores: SplitScores, query_chunk: int = 100,
+                            video_chunk: int = 50, video_batch: int = 64) -> torch.Tensor:
     """One pass of fused scores (Nq, Nv) in the order of ``scores``, with the model as it is set (no mode change)."""
     from torch.utils.data import DataLoader
 
@@ -193,7 +194,8 @@ def mc_dropout(model: Any, collection: Any, scores: SplitScores, passes: int, se
     chunks = {"query_chunk": cfg.train.eval_query_chunk, "video_chunk": cfg.train.eval_video_chunk} if cfg else {}
     top = torch.as_tensor(top1_columns(scores.fused)).unsqueeze(1)
     score_m, rank_m = ShiftedMoments(), ShiftedMoments()
-    with dropout_only(model), torch.random.fork_rng(devices=[]):
+    device = next(model.parameters()).device
+    with dropout_only(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for t in range(passes):
             torch.manual_seed(seed + t)
             fused = stochastic_fused_scores(model, collection, scores, **chunks)
@@ -212,8 +214,8 @@ def ensemble_disagreement(runs: Sequence[SplitScores]) -> dict[str, np.ndarray]:
     first = runs[0]
     for i, run in enumerate(runs[1:], 2):
         if run.cap_ids != first.cap_ids or run.video_ids != first.video_ids:
-            raise DataError(f"ensemble run {i} scored other queries or videos than run 1 "
-                            f"({len(run.cap_ids)} x {len(run.video_ids)} vs {len(first.cap_ids)} x {len(first.video_ids)})")
+            raise DataError(f"ensemble run {i} scored other queries or videos than run 1 ({len(run.cap_ids)} x "
+                            f"{len(run.video_ids)} vs {len(first.cap_ids)} x {len(first.video_ids)})")
     stacked = np.stack([r.fused for r in runs])             # (R, Nq, Nv)
     chosen = top1_columns(stacked.mean(axis=0))
     moments = ShiftedMoments()

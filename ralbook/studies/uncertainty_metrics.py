@@ -152,7 +152,8 @@ class CalibrationTable:
         return float((self.count * np.abs(self.accuracy - self.confidence)).sum() / self.count.sum())
 
 
-def calibration_table(confidence: object, correct: object, n_bins: int = 10, binning: str = "width") -> CalibrationTable:
+def calibration_table(confidence: object, correct: object, n_bins: int = 10,
+                      binning: str = "width") -> CalibrationTable:
     """Reliability table of predicted probabilities against 0/1 outcomes.
 
     ``width``: n_bins equal intervals of [0, 1] (1.0 falls in the last); ``mass``: the queries sorted
