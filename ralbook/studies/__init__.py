@@ -1,0 +1,1 @@
+"""Studies built on trained models: benchmarks that compare methods on the same outputs."""
