@@ -1,0 +1,1 @@
+"""Teaching figures drawn from the actual settings: the model diagram, the GMM windows, the demo generator, word maps."""
