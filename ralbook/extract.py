@@ -13,10 +13,13 @@ Output of ``extract --out ROOT/NAME``::
     NAME/extract.json                            model, sampling, counts, and the videos that failed
     NAME/.extract/                               resume state: one .npy per finished video + a progress log
 
-Frames stream from the decoder into batches of ``--batch-size`` that span videos. Extraction
-resumes: a video is saved to ``.extract/`` and logged as soon as the batch holding its last frame
-has run, so a rerun with the same settings skips it. The layout files are rebuilt from that state
-at the end of every run.
+Frames stream from the decoder into batches of ``--batch-size`` frames of ONE video, starting at
+frames 0, B, 2B, ... of that video, so a frame's features depend on its video and the batch size
+only, never on which videos came before it (on some CPUs the image tower's result for a row depends
+on the batch's size; README, "Your own videos"). Extraction resumes: a video is saved to
+``.extract/`` and logged as soon as its last batch has run, so a rerun with the same settings
+(batch size included) skips it and ends with the same bytes. The layout files are rebuilt from that
+state at the end of every run.
 """
 from __future__ import annotations
 
@@ -147,22 +150,26 @@ class ExtractState:
 
 
 class _FrameBatcher:
-    """Frames of consecutive videos encoded together, ``batch_size`` at a time (short videos fill a
-    batch together, long ones never sit in memory whole); a video's rows are complete once the batch
-    holding its last frame has run."""
+    """Frames of one video encoded ``batch_size`` at a time, batches starting at fixed offsets
+    (0, B, 2B, ...) within the video and never holding another video's frames: a row's bytes are
+    then the same whatever was extracted before it, which is what lets an interrupted extraction
+    resume to identical files. A long video never sits in memory whole; its rows are complete once
+    its last (possibly shorter) batch has run."""
 
     def __init__(self, encoder: Any, batch_size: int):
         if batch_size < 1:
             raise RalbookError(f"--batch-size must be >= 1, got {batch_size}")
         self.encoder, self.batch_size = encoder, batch_size
         self.images: list[np.ndarray] = []
-        self.owners: list[str] = []
+        self.owner: Optional[str] = None
         self.rows: dict[str, list[np.ndarray]] = {}
         self.n_encoded = 0
 
     def add(self, vid: str, image: np.ndarray) -> None:
+        if self.owner is not None and self.owner != vid:
+            self.flush()   # a batch never spans two videos
         self.images.append(image)
-        self.owners.append(vid)
+        self.owner = vid
         if len(self.images) >= self.batch_size:
             self.flush()
 
@@ -170,22 +177,20 @@ class _FrameBatcher:
         if not self.images:
             return
         rows = self.encoder.encode_frames(np.stack(self.images))
-        for vid, row in zip(self.owners, rows):
-            self.rows.setdefault(vid, []).append(row)
+        self.rows.setdefault(self.owner, []).extend(rows)
         self.n_encoded += len(rows)
-        self.images, self.owners = [], []
+        self.images, self.owner = [], None
 
     def pending(self, vid: str) -> bool:
-        return vid in self.owners
+        return self.owner == vid and bool(self.images)
 
     def take(self, vid: str) -> np.ndarray:
         return np.stack(self.rows.pop(vid))
 
     def drop(self, vid: str) -> None:
         """Forget a video that failed part-way."""
-        kept = [i for i, owner in enumerate(self.owners) if owner != vid]
-        self.images = [self.images[i] for i in kept]
-        self.owners = [self.owners[i] for i in kept]
+        if self.owner == vid:
+            self.images, self.owner = [], None
         self.rows.pop(vid, None)
 
 
@@ -245,7 +250,7 @@ def extract(videos: str | Path, out: str | Path, encoder: Any, sampling: Samplin
     sources = unique_ids(list_videos(videos))
     caps = read_captions(Path(captions)) if captions else []
     settings = {"encoder": encoder.describe(), "fps": sampling.fps, "frames_per_video": sampling.per_video,
-                "feature": feature}
+                "feature": feature, "batch_size": batch_size}
     state = ExtractState(out, settings)
     summary = ExtractSummary(out)
     bar = tqdm(sources.items(), desc="extract videos", unit="video", disable=not progress)
@@ -275,6 +280,7 @@ def extract(videos: str | Path, out: str | Path, encoder: Any, sampling: Samplin
             for t, image in iter_frames(path, sampling, encoder.image_size, info):
                 times.append(t)
                 batcher.add(vid, image)
+            batcher.flush()   # the video's last batch: its rows are complete
         except VideoReadError as err:
             batcher.drop(vid)
             state.fail(vid, path, str(err))
@@ -365,7 +371,9 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--frames-per-video", type=int, default=None, help="evenly spaced frames per video instead")
     parser.add_argument("--feature", default=DEFAULT_FEATURE, help="FeatureData sub-folder (default %(default)s)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
-    parser.add_argument("--batch-size", type=int, default=64, help="frames (or captions) per forward pass")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="frames of one video (or captions) per forward pass; a resumed extraction must use the "
+                             "same value (default %(default)s)")
     add_encoder_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
