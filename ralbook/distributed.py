@@ -36,6 +36,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ralbook.errors import RalbookError
+from ralbook.workers import workers_for
 
 DEFAULT_TIMEOUT_S = 300.0  # a collective (or the start) that waits longer than this ends the run with an error
 
@@ -313,8 +314,8 @@ def evaluate_shared(model: Any, collection: Any, split: str, cfg: Any, device: t
         mine = video_ids[share(len(video_ids), world)]
         with torch.no_grad():
             if mine:
-                part = encode_video_set(model, collection, mine, device, 64, cfg.data.num_workers, cfg.train.amp,
-                                        progress)
+                part = encode_video_set(model, collection, mine, device, 64, workers_for(cfg.data.num_workers),
+                                        cfg.train.amp, progress)
             else:
                 d, m = cfg.model.hidden_size, cfg.model
                 part = VideoEncoding(torch.zeros(0, m.n_clips, d, device=device),

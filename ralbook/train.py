@@ -44,7 +44,9 @@ from ralbook.config import PRESETS, Config, preset
 from ralbook.errors import CheckpointError, DataError, NonFiniteError, RalbookError, shorten
 from ralbook.evaluate import (EvalResult, add_data_arguments, apply_data_arguments, autocast, check_dims, evaluate,
                               format_metrics, load_model_state, require_data_root, resolve_device)
+from ralbook.environment import ENVIRONMENT_KEY, environment_record
 from ralbook.precision import resolve_amp
+from ralbook.workers import workers_for
 
 PathLike = Union[str, os.PathLike]
 CONFIG_FILE, METRICS_FILE, BEST_FILE, LAST_FILE, TEST_FILE = (
@@ -325,7 +327,8 @@ class Trainer:
 
         self.world = distributed.current_world()
         self.device = distributed.rank_device(resolve_device(cfg.train.device), self.world)
-        self.amp = resolve_amp(cfg.train.amp, self.device)  # auto: bf16 where native (ralbook.precision)
+        self.amp = resolve_amp(cfg.train.amp, self.device, cfg.model.hidden_size)  # auto: ralbook.precision
+        self.num_workers = workers_for(cfg.data.num_workers)  # -1: from the machine (ralbook.workers)
         autocast(self.device, self.amp)  # validates the amp setting before anything runs
         require_data_root(cfg)
         self.collection = Collection.from_config(cfg.data)
@@ -493,7 +496,7 @@ class Trainer:
         from ralbook.data import TrainDataset, collate_train
 
         return DataLoader(TrainDataset(self.collection, self.splits.train_videos), batch_sampler=batches,
-                          num_workers=self.cfg.data.num_workers, collate_fn=collate_train,
+                          num_workers=self.num_workers, collate_fn=collate_train,
                           pin_memory=self.device.type == "cuda",
                           generator=torch.Generator().manual_seed(self.cfg.train.seed))
 
@@ -638,6 +641,7 @@ def read_run_config(run_dir: PathLike) -> Config:
         saved = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(saved, dict):
             saved.pop("distributed", None)  # the record of how the run was distributed, not a setting
+            saved.pop(ENVIRONMENT_KEY, None)  # the record of the machine (ralbook.environment), not a setting
         return Config.from_dict(saved)
     except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError and ConfigError are ValueErrors
         raise RalbookError(f"{path} is not a valid ralbook configuration: {shorten(str(err), 200)}") from err
@@ -678,6 +682,7 @@ def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool =
     run_dir = Path(run_dir)
     cfg.sync()
     cfg.check()
+    requested_amp = cfg.train.amp
     cfg = _settle_amp(cfg, rank_device(resolve_device(cfg.train.device), world), progress and world.is_main,
                       _recorded_amp(run_dir) if resume else None)
     if world.distributed:  # every rank decided alone: machines of different kinds may disagree
@@ -696,7 +701,8 @@ def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool =
         print(describe(world, cfg.train.batch_size), flush=True)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(run_dir / CONFIG_FILE, _run_config(trainer.cfg, world, resume, run_dir))
+        _write_json(run_dir / CONFIG_FILE, {**_run_config(trainer.cfg, world, resume, run_dir),
+                                            ENVIRONMENT_KEY: _environment(trainer, requested_amp)})
     if can_resume:
         trainer.restore(run_dir / LAST_FILE)
     elif resume and progress:
@@ -709,6 +715,19 @@ def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool =
         test = trainer.test()
     s = trainer.state
     return RunResult(run_dir, s.best_epoch, s.best_val, test["metrics"], s.epoch, s.stopped_early)
+
+
+def _environment(trainer: "Trainer", requested_amp: str) -> dict[str, Any]:
+    """config.json's record of the machine of this (re)start; with the bf16 measurement when train.amp=auto
+    was decided by one (ralbook.amp_probe)."""
+    from ralbook.precision import OVERRIDE_VARIABLE, _host_lacks_bf16, cpu_probe
+
+    probe = None
+    if requested_amp == "auto" and trainer.device.type == "cpu" and not _host_lacks_bf16() \
+            and os.environ.get(OVERRIDE_VARIABLE, "").strip() not in ("0", "1"):
+        probe = cpu_probe(trainer.cfg.model.hidden_size)
+        probe = {k: probe[k] for k in ("ratio", "fp32_s", "bf16_s", "shape", "rule", "cached") if k in probe}
+    return environment_record(trainer.amp, str(trainer.device), trainer.num_workers, probe)
 
 
 def _recorded_amp(run_dir: Path) -> Optional[str]:
@@ -726,12 +745,14 @@ def _settle_amp(cfg: Config, device: torch.device, announce: bool, recorded: Opt
     from ralbook.precision import describe_amp
 
     if cfg.train.amp != "auto":
-        chosen, line = cfg, describe_amp(cfg.train.amp, device)
+        chosen, line = cfg, describe_amp(cfg.train.amp, device, hidden=cfg.model.hidden_size)
     elif recorded in ("none", "bf16", "fp16"):
         chosen = cfg.override(f"train.amp={recorded}")
-        line = f"{describe_amp(recorded, device)}, kept from the run being resumed (train.amp=auto)"
+        line = f"{describe_amp(recorded, device, hidden=cfg.model.hidden_size)}, kept from the run being resumed (train.amp=auto)"
     else:
-        chosen, line = cfg.override(f"train.amp={resolve_amp('auto', device)}"), describe_amp("auto", device)
+        hidden = cfg.model.hidden_size
+        chosen = cfg.override(f"train.amp={resolve_amp('auto', device, hidden)}")
+        line = describe_amp("auto", device, hidden=hidden)
     if announce:
         print(line, flush=True)
     return chosen
