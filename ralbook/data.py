@@ -240,7 +240,8 @@ class Collection:
         """Check every caption, video, frame id and feature row the splits use; DataError on the first problem.
 
         Normal reads check only what they touch; this reads every used row (chunked) and every caption.
-        Gives warnings that do not stop a run: rows whose norm is far above the collection's (far_rows).
+        Gives warnings that do not stop a run: caption lines with an id and no text (ralbook.caption_checks),
+        rows whose norm is far above the collection's (far_rows).
         """
         from tqdm.auto import tqdm
 
@@ -257,7 +258,10 @@ class Collection:
         videos = list(dict.fromkeys(v for cf in parsed.values() for v in cf.by_video))
         for video in videos:
             self.frames.check_video(video)
-        found = [self.frames.validate_rows(videos, progress)]
+        from ralbook.caption_checks import empty_caption_warning
+
+        found = [empty_caption_warning(cf.path, len(cf.cap_ids)) for cf in parsed.values()]
+        found.append(self.frames.validate_rows(videos, progress))
         cap_ids = list(dict.fromkeys(c for cf in parsed.values() for c in cf.cap_ids))
         norms = [row_norms(self.text.read(cap))
                  for cap in tqdm(cap_ids, desc="check text features", unit="caption", disable=not progress)]
@@ -464,6 +468,12 @@ def collate_train(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- inspect command
 
 def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Check a collection and print its summary. Errors (exit code 2, one line) stop a run: a missing or "
+        "malformed file, a captioned video without frames, a repeated caption id, a caption without token "
+        "features. Warnings (lines starting 'warning:', exit code 0) do not: caption lines that hold an id "
+        "and no text (reported with file, line and id; training does not read the text, notebooks, extract "
+        "and search do), and feature rows whose norm is far above the collection's.")
     parser.add_argument("--data-root", default="data", help="folder that holds COLLECTION/ (default: data)")
     parser.add_argument("--collection", default="demo", help="collection folder name (default: demo)")
     parser.add_argument("--feature", default=None,
@@ -486,5 +496,9 @@ def run_inspect(args: argparse.Namespace) -> int:
     print(summary.format())
     for message in found:
         print(f"warning: {message}")
-    print(f"ok: {collection.dir} passed all checks for splits {', '.join(args.splits)}")
+    if found:
+        print(f"ok: {collection.dir} passed all checks for splits {', '.join(args.splits)}, with {len(found)} "
+              f"warning{'s' if len(found) > 1 else ''} (above)")
+    else:
+        print(f"ok: {collection.dir} passed all checks for splits {', '.join(args.splits)}")
     return 0
