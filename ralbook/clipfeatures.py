@@ -110,7 +110,10 @@ def load_clip(name: str = DEFAULT_MODEL, revision: str = DEFAULT_REVISION, devic
     Any failure to find or fetch the files becomes one :class:`ModelUnavailableError` naming the
     model, the revision and the cache folder, since that is what the user can act on.
     """
+    from ralbook.progress import quiet_hub_bars
+
     transformers = require_transformers()
+    quiet_hub_bars()  # no carriage-return bars in a log file
     cache = hub_cache_dir(cache_dir)
     try:
         model = transformers.CLIPModel.from_pretrained(name, revision=revision, cache_dir=cache_dir,

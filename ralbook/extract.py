@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,6 +247,8 @@ def extract(videos: str | Path, out: str | Path, encoder: Any, sampling: Samplin
     """
     from tqdm.auto import tqdm
 
+    from ralbook.runtime import use_bars
+
     out = Path(out)
     sources = unique_ids(list_videos(videos))
     caps = read_captions(Path(captions)) if captions else []
@@ -253,7 +256,8 @@ def extract(videos: str | Path, out: str | Path, encoder: Any, sampling: Samplin
                 "feature": feature, "batch_size": batch_size}
     state = ExtractState(out, settings)
     summary = ExtractSummary(out)
-    bar = tqdm(sources.items(), desc="extract videos", unit="video", disable=not progress)
+    bars = use_bars()
+    bar = tqdm(sources.items(), desc="extract videos", unit="video", disable=not progress or not bars)
     batcher = _FrameBatcher(encoder, batch_size)
     waiting: list[tuple[str, Path, VideoInfo, list[float]]] = []  # decoded, some rows not yet encoded
 
@@ -267,6 +271,9 @@ def extract(videos: str | Path, out: str | Path, encoder: Any, sampling: Samplin
                                                 "duration": round(info.duration, 4), "native_fps": info.rate})
             summary.encoded.append(vid)
             bar.set_postfix(frames=batcher.n_encoded)
+            if progress and not bars:  # a log file: one line per video instead of a bar
+                print(f"extract videos: {vid} ({len(times)} frames; {batcher.n_encoded} in all)", file=sys.stderr,
+                      flush=True)
             if on_video is not None:
                 on_video(vid)
         waiting[:] = still
@@ -303,7 +310,7 @@ def extract(videos: str | Path, out: str | Path, encoder: Any, sampling: Samplin
 def write_collection(out: Path, feature: str, state: ExtractState, videos: list[str], caps: list[Caption],
                      encoder: Any, batch_size: int, summary: ExtractSummary, progress: bool = True) -> None:
     """The release layout from the resume state: frame features, captions and their token features."""
-    from tqdm.auto import tqdm
+    from ralbook.progress import steps
 
     frames = _LazyFrames(state, videos)
     _write_features(out / "FeatureData" / feature, videos, frames)
@@ -315,7 +322,7 @@ def write_collection(out: Path, feature: str, state: ExtractState, videos: list[
     text_dir.mkdir(parents=True, exist_ok=True)
     features: dict[str, np.ndarray] = {}
     words: dict[str, list[str]] = {}
-    for chunk in tqdm(list(batched(kept, batch_size)), desc="encode captions", disable=not progress or not kept):
+    for chunk in steps(list(batched(kept, batch_size)), "encode captions", progress and bool(kept), unit="batches"):
         for cap, tf in zip(chunk, encoder.encode_texts([c.text for c in chunk])):
             features[cap.cap_id] = tf.features
             words[cap.cap_id] = words_of(tf.tokens)

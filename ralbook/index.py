@@ -72,7 +72,7 @@ def build_index(model: Any, collection: Any, split: str, cfg: Any, out_dir: Path
                 video_ids: Optional[list[str]] = None, progress: bool = True) -> Path:
     """Encode the videos of ``split`` into ``out_dir``; the manifest is written last (it marks a complete index)."""
     from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
+    from ralbook.progress import steps
 
     from ralbook.checkpoint import save_atomic
     from ralbook.data import VideoDataset, collate_videos
@@ -100,7 +100,7 @@ def build_index(model: Any, collection: Any, split: str, cfg: Any, out_dir: Path
     cfg = cfg.override(f"train.amp={resolve_amp(cfg.train.amp, torch.device(device))}")
     try:
         with torch.no_grad():
-            for batch in tqdm(loader, desc="index videos", leave=False, disable=not progress):
+            for batch in steps(loader, "index videos", progress, unit="batches", leave=False):
                 with autocast(device, cfg.train.amp):
                     enc = model.encode_videos(batch["clip_feats"].to(device), batch["frame_feats"].to(device),
                                               batch["frame_mask"].to(device))
@@ -407,7 +407,7 @@ def evaluate_index(index: Index, collection: Any, split: str, rerank: int, query
                    relevant: Optional[dict[str, list[str]]] = None, progress: bool = True) -> tuple[Any, int]:
     """(EvalResult, number of queries with no relevant video among the first-stage top ``rerank``)."""
     from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
+    from ralbook.progress import steps
 
     from ralbook.data import QueryDataset, collate_queries
     from ralbook.evaluate import EvalResult, recall_metrics, relevant_indices
@@ -417,7 +417,7 @@ def evaluate_index(index: Index, collection: Any, split: str, rerank: int, query
                         collate_fn=collate_queries)
     ranks: dict[str, list[Tensor]] = {"clip": [], "frame": [], "fused": []}
     tops, missed = [], 0
-    for batch in tqdm(loader, desc=f"two-stage {split}", leave=False, disable=not progress):
+    for batch in steps(loader, f"two-stage {split}", progress, unit="batches", leave=False):
         rel = relevant_indices(batch["cap_ids"], batch["video_ids"], index.video_ids, relevant)
         stages = index.two_stage(index.encode_queries(batch["query_feats"], batch["query_mask"]), rerank)
         chunk, found = two_stage_ranks(stages, rel)

@@ -134,7 +134,7 @@ def search(model: Any, view: FrameView, videos: Sequence[str], query: np.ndarray
     Videos are encoded and scored ``batch_size`` at a time, so memory does not grow with the
     collection; the top ones are encoded again for their word-by-frame matrices.
     """
-    from tqdm.auto import tqdm
+    from ralbook.progress import steps
 
     _check_top(top, len(videos))
     device = next(model.parameters()).device
@@ -146,8 +146,8 @@ def search(model: Any, view: FrameView, videos: Sequence[str], query: np.ndarray
         q = model.encode_queries(feats, mask)
         confidence = model.word_confidence(feats, mask)[0].float().cpu().numpy()
         scores = []
-        for chunk in tqdm(list(batched(list(videos), batch_size)), desc="score videos", leave=False,
-                          disable=not progress):
+        for chunk in steps(list(batched(list(videos), batch_size)), "score videos", progress, unit="batches",
+                           leave=False):
             scores.append(model.fuse(*model.score_encoded(q, _encode(model, view, chunk, device)))[0].float().cpu())
         fused = torch.cat(scores)
         best = torch.topk(fused, min(top, len(videos))).indices.tolist()
