@@ -36,7 +36,7 @@ def _between(low: float, high: float, high_open: bool = False) -> Limit:
 # Limits beyond the type (the type comes from the field's annotation). Keys: "section.key".
 LIMITS: dict[str, Limit] = {
     **{f"data.{k}": _at_least(1) for k in ("visual_dim", "text_dim", "max_desc_len", "max_frames", "n_clips")},
-    "data.val_from_train": _between(0.0, 1.0, high_open=True), "data.num_workers": _at_least(0),
+    "data.val_from_train": _between(0.0, 1.0, high_open=True), "data.num_workers": _at_least(-1),
     **{f"model.{k}": _at_least(1) for k in ("visual_dim", "text_dim", "hidden_size", "n_heads", "max_desc_len",
                                             "max_frames", "n_clips", "n_proxies")},
     "model.input_drop": _between(0.0, 1.0, high_open=True), "model.drop": _between(0.0, 1.0, high_open=True),
@@ -158,7 +158,7 @@ class DataConfig:
     n_clips: int = 32                  # clip rows
     val_split: str = "val"             # caption file used for model selection
     val_from_train: float = 0.0        # >0: carve this fraction of train videos out as val
-    num_workers: int = 0
+    num_workers: int = 0               # DataLoader workers; -1: chosen from the machine (ralbook.workers)
 
 
 @dataclass
@@ -322,7 +322,7 @@ def _paper(collection: str, feature: str, visual_dim: int, text_dim: int, drop: 
            n_epoch: int, patience: int) -> dict[str, Any]:
     return {
         "data": {"collection": collection, "feature": feature, "visual_dim": visual_dim, "text_dim": text_dim,
-                 "data_root": "", "val_split": "val", "num_workers": 4},
+                 "data_root": "", "val_split": "val", "num_workers": -1},
         "model": {"hidden_size": 384, "n_heads": 4, "input_drop": drop, "drop": drop, "sft_factor": sft,
                   "alpha": alpha},
         "loss": {"margin": margin, "loss_factor": loss_factor, "neg_factor": neg_factor, "hard_pool_size": 20},

@@ -10,6 +10,11 @@ os.environ.setdefault("RALBOOK_THREADS", "1")
 # train.amp=auto means bf16 on CPUs with AMX: the suite's numbers (fixtures, equivalences) are fp32 on any
 # CPU; tests of the detection set this variable themselves. Subprocesses (papermill, torchrun) inherit it.
 os.environ["RALBOOK_NATIVE_BF16"] = "0"
+# Measurements cached per machine (ralbook.runtime.amp_probe) go to a folder of this session, never the user's cache.
+if "RALBOOK_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["RALBOOK_CACHE_DIR"] = tempfile.mkdtemp(prefix="ralbook-test-cache-")
 
 from layout import TinySpec, write_random_collection
 

@@ -278,8 +278,10 @@ def test_build_model_refuses_unknown_settings():
 def test_short_demo_run_learns(backbone, epochs, tmp_path_factory, one_thread):
     """Bare backbone, recipe of its TVR preset for the loss, on the easy demo of tests/test_train.py.
 
-    Seed 9527 measured: gmmformer 1 epoch 202.5, ms_sl 3 epochs 176.9 (1 epoch: 137, at chance 140);
-    the bar is chance + 25.
+    Test SumR minus chance (140), measured with ``benchmarks/seed_spread.py --only backbones`` over seeds
+    9527, 1, 2, 3, 4 on a 2-core AMD EPYC (AVX-512, avx512_bf16, no AMX), torch 2.13 CPU, one thread, fp32: gmmformer 1 epoch 39.5, 26.9, 39.5, 39.5, 34.8 (min 26.9); ms_sl 3 epochs 98.6,
+    113.5, 94.6, 68.7, 98.6 (min 68.7); ms_sl after 1 epoch was at chance (137). The bar, chance + 15, is the
+    smallest value over seeds minus 12 (another CPU trains a slightly different model from the same seed).
     """
     from test_train import LEARN_TEST, LEARN_TRAIN, LEARN_VAL, easy_demo, tiny_cfg
 
@@ -292,7 +294,7 @@ def test_short_demo_run_learns(backbone, epochs, tmp_path_factory, one_thread):
         cfg = cfg.override(assignment)
     result = train(cfg, tmp_path_factory.mktemp("runs") / backbone, progress=False)
     chance = sum(100.0 * min(k, LEARN_TEST) / LEARN_TEST for k in (1, 5, 10, 100))
-    assert result.test["fused"]["SumR"] > chance + 25, (result.test, chance)
+    assert result.test["fused"]["SumR"] > chance + 15, (result.test, chance)
 
 
 # ----------------------------------------------------------------------------- RAL attached to MS-SL / GMMFormer

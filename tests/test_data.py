@@ -735,3 +735,30 @@ def test_extreme_rows_in_the_hdf5_variant(tmp_path):
     write_layout(spec, variant="hdf5")
     found = open_tiny(spec).validate(progress=False)
     assert len(found) == 1 and "feature.hdf5: 1 of" in found[0] and "frame 7 of video 'val00'" in found[0]
+
+
+def test_inspect_warns_about_caption_lines_without_text(tiny_collection, capsys):
+    """A line that holds an id and no text is a warning naming file, line and id (exit code 0), for one
+    caption and for every caption of a split; inspect --help says it is a warning."""
+    spec = tiny_collection
+    val = spec.caption_file("val")
+    lines = val.read_text(encoding="utf-8").splitlines()
+    lines[1] = lines[1].split()[0] + "   "                       # second line: id and trailing spaces only
+    val.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    test = spec.caption_file("test")
+    test.write_text("".join(f"{cap}\n" for cap, _ in spec.captions["test"]), encoding="utf-8")
+    code = cli_main(["inspect", "--data-root", str(spec.root), "--collection", "tiny", "--feature", "feat",
+                     "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0
+    warned = [line for line in out.splitlines() if line.startswith("warning:") and "no text" in line]
+    assert len(warned) == 2
+    one = next(w for w in warned if str(val) in w)
+    assert f"1 of {len(spec.captions['val'])} caption lines" in one and f"line 2: {spec.captions['val'][1][0]}" in one
+    every = next(w for w in warned if str(test) in w)
+    n = len(spec.captions["test"])
+    assert f"{n} of {n} caption lines" in every and f"line 1: {spec.captions['test'][0][0]}" in every
+    assert "passed all checks" in out and "with 2 warnings" in out
+    with pytest.raises(SystemExit):
+        cli_main(["inspect", "--help"])
+    assert "id and no text" in " ".join(capsys.readouterr().out.split())

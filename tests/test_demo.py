@@ -253,7 +253,10 @@ def test_generic_words_are_noisy_mixtures_of_their_members():
 @pytest.mark.parametrize("source", ["shipped", "other seed"])
 def test_a_probe_on_raw_text_statistics_separates_ambiguous_captions(source, tmp_path):
     """The signal is in the inputs: logistic regression on per-caption token-variance statistics,
-    trained on train captions, reaches AUC >= 0.9 on held-out test captions (no model involved)."""
+    trained on train captions, separates ambiguous test captions (no model involved).
+
+    AUC measured for generator seeds 31 (this test's other seed), 1, 2, 3, 4 with the same sizes, on a
+    2-core AMD EPYC: 0.917, 0.923, 0.942, 0.954, 0.954 (min 0.917). The bar, 0.85, is the smallest minus 0.07."""
     from ralbook.data.collection import Collection
     from ralbook.studies.uncertainty import caption_probe_auc
 
@@ -261,7 +264,7 @@ def test_a_probe_on_raw_text_statistics_separates_ambiguous_captions(source, tmp
     if source != "shipped":
         root = tmp_path
         generate_demo(root, seed=31, n_train=200, n_val=5, n_test=120)
-    assert caption_probe_auc(Collection(root, "demo"), load_ground_truth(root)) >= 0.9
+    assert caption_probe_auc(Collection(root, "demo"), load_ground_truth(root)) >= 0.85
 
 
 def test_planted_distractors_share_some_but_not_all_concepts(tmp_path):

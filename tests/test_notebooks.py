@@ -235,7 +235,9 @@ def test_03_evaluate_reports_metrics_and_compares_runs(trained, demo_root, out_d
         assert s["metrics"][kind] == pytest.approx(ref.metrics[kind])
     assert s["n_videos"] == len(coll.videos("test")) and s["n_queries"] == len(coll.captions("test"))
     # the trained model retrieves above chance: chance SumR = sum over K of 100 * min(K, Nv) / Nv (116 for
-    # 100 videos); this small run reached 126.5 (the full demo training: 240.9 on 200 videos, chance 58)
+    # 100 videos). Test SumR minus chance of notebook 02's run, benchmarks/seed_spread.py --only notebooks,
+    # seeds 9527, 1, 2, 3, 4 on a 2-core AMD EPYC (avx512_bf16, no AMX), one thread: 14.6, 21.3, 26.5, 33.7,
+    # 34.6 (min 14.6); the bar chance + 5 is the smallest minus 9.6
     nv = s["n_videos"]
     chance = sum(100 * min(k, nv) / nv for k in (1, 5, 10, 100))
     assert s["metrics"]["fused"]["SumR"] > chance + 5
@@ -259,7 +261,9 @@ def test_04_uncertainty(trained, out_dir):
     measured values are in the helper's report): the test checks that the notebook's AUC is the right number,
     recomputed here by another path (one forward pass per batch of captions, pairwise AUC by definition), that
     the sigma report's caption-level AUC is the same number, and that its interval and baselines are present.
-    Threshold kept from before: training shrinks sigma (about 1 at initialisation), mean caption sigma < 0.9.
+    Threshold kept from before: training shrinks sigma (about 1 at initialisation), mean caption sigma < 0.9;
+    measured 0.315, 0.333, 0.334, 0.334, 0.344 over seeds 9527, 1, 2, 3, 4 (benchmarks/seed_spread.py, 2-core
+    AMD EPYC with avx512_bf16 and no AMX, one thread).
     """
     from ralbook.studies.analysis import query_sigmas, sigma_summary
     from ralbook.data.datasets import QueryDataset, collate_queries
@@ -296,21 +300,44 @@ def test_04_uncertainty(trained, out_dir):
     assert shows.startswith("**What this shows**") and f"{report['auc']:.3f}" in shows and "07_robustness" in shows
 
 
+def content_hit_rate_lift(run: Path, seed: int, n: int = 40) -> float:
+    """Content words' moment hit rate of the trained model minus that of the same model at initialisation
+    (the run's settings, ``seed``), on the first ``n`` test captions (as benchmarks/seed_spread.py measures)."""
+    import torch
+
+    from ralbook.model import build_model
+    from ralbook.studies import analysis
+    from ralbook.training.rundir import open_run
+
+    cfg, trained_model, coll = open_run(run, "cpu")
+    truth = pipeline.ground_truth(cfg.data.data_root, cfg.data.collection)
+    fillers = {w for w, t in dict(truth.word_types).items() if t == "filler"}
+    caps = [c for c, _ in coll.captions("test")][:n]
+    torch.manual_seed(seed)
+    untrained = build_model(cfg.model).eval()
+    rate = [analysis.moment_hit_rates(m, coll, caps, truth, fillers, cfg.data.max_frames)["content_hit_rate"]
+            for m in (trained_model, untrained)]
+    return rate[0] - rate[1]
+
+
 @pytest.mark.slow
 def test_05_word_confidence(trained, out_dir):
     """Word confidence learns to ignore filler words, and words find their moment's frames.
 
-    Thresholds, with the values observed on this machine:
+    Values measured with ``benchmarks/seed_spread.py --only notebooks`` (this file's notebook 02 run, seeds
+    9527 = this test's, 1, 2, 3, 4) on a 2-core AMD EPYC (avx512_bf16, no AMX), torch 2.13 CPU, one thread:
 
     * ``filler_auc`` (probability that a content word gets more confidence than a filler word, pooled over
-      the test captions): 0.5 means no preference. Untrained models give 0.46-0.60 (8 seeds). On the
-      version-1 generator this test's small run (3 epochs) gave 0.79; on version 2 (noisy generic words) the
-      same run gives 0.51 after 3 epochs and 0.74 after 5 (TRAIN_EPOCHS), the full demo training 0.975.
-      Threshold 0.7: above every untrained value; the margin at 5 epochs is thin (0.04).
-    * localisation (share of words whose best-matching frame lies inside the caption's ground-truth moment):
-      content words 0.45 against a chance level of 0.22 (the moment's share of the frames) and 0.29 for
-      filler words in this test's run; 0.70 / 0.22 / 0.42 after the full demo training. Thresholds: content
-      words at least 1.5 x chance, and above filler words.
+      the test captions; 0.5 = no preference): 0.728, 0.739, 0.796, 0.788, 0.839 (min 0.728);
+      ``per_caption_auc`` 0.730, 0.736, 0.792, 0.785, 0.839. Untrained models give 0.46-0.60 (8 seeds).
+      Threshold 0.65: the smallest trained value minus 0.078, above every untrained value.
+    * localisation (share of words whose best-matching frame lies inside the caption's ground-truth moment,
+      40 captions): content words 0.335, 0.437, 0.449, 0.473, 0.419 against chance 0.237 (the moment's share of
+      the frames): 1.41-1.99 x chance, so "1.5 x chance" failed for this test's own seed on this CPU. Filler
+      words 0.299, 0.312, 0.290, 0.299, 0.348: content minus filler 0.036-0.174, too thin to assert.
+      Asserted instead: content words above chance (smallest excess 0.098), and the invariant that training
+      lifts the content hit rate over the same model untrained (same seed, first 40 test captions): by 0.176,
+      0.235, 0.329, 0.241, 0.282 (min 0.176); the bar is 0.08.
     """
     run, _ = trained
     s = execute("05_word_confidence", out_dir, run_dir=str(run), n_queries=4, n_frame_maps=2, n_localisation=40)
@@ -320,11 +347,13 @@ def test_05_word_confidence(trained, out_dir):
     counts = {k: v["n"] for k, v in s["relative_confidence"].items()}
     means = {k: v["mean"] for k, v in s["relative_confidence"].items()}
     assert sum(counts[k] * means[k] for k in counts) / sum(counts.values()) == pytest.approx(1.0, abs=1e-4)
-    assert s["filler_auc"] > 0.7
-    assert s["per_caption_auc"] > 0.7
+    assert s["filler_auc"] > 0.65
+    assert s["per_caption_auc"] > 0.65
     loc = s["localisation"]
     assert loc["n_captions"] == 40
-    assert loc["content_hit_rate"] > 1.5 * loc["chance"] and loc["content_hit_rate"] > loc["filler_hit_rate"]
+    assert loc["content_hit_rate"] > loc["chance"]
+    lift = content_hit_rate_lift(run, seed=9527)
+    assert lift > 0.08, lift
     assert_figures(s, "heatmaps", "word_frame_0", "word_frame_1", "filler_vs_content")
     assert f"{s['filler_auc']:.3f}" in s["what_this_shows"]
 

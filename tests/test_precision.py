@@ -1,4 +1,4 @@
-"""train.amp=auto: bf16 where it is native (AMX CPUs, Ampere+ GPUs), fp32 elsewhere; decided once per run."""
+"""train.amp=auto: bf16 where it is measured clearly faster (CPUs) or native (Ampere+ GPUs); decided once per run."""
 from __future__ import annotations
 
 import json
@@ -46,18 +46,65 @@ def test_cpu_flags_name_the_bf16_instructions(tmp_path):
     assert cpu_bf16_flags(tmp_path / "missing") is None
 
 
-@pytest.mark.parametrize("amx,expected", [(True, "bf16"), (False, "none")])
-def test_auto_on_a_cpu_follows_amx(detect, amx, expected):
-    detect.setattr(precision, "_host_has_amx", lambda: amx)
-    assert native_bf16(CPU)[0] is amx
+def fake_probe(ratio):
+    return lambda hidden: {"ratio": ratio, "cached": True}
+
+
+@pytest.mark.parametrize("ratio,expected", [(2.3, "bf16"), (1.5, "bf16"), (1.49, "none"), (0.7, "none")])
+def test_auto_on_a_cpu_follows_the_measured_ratio(detect, ratio, expected):
+    detect.setattr(precision, "_host_lacks_bf16", lambda: False)
+    detect.setattr(precision, "cpu_probe", fake_probe(ratio))
+    assert native_bf16(CPU)[0] is (expected == "bf16")
     assert resolve_amp("auto", CPU) == expected
     for explicit in ("none", "bf16"):
         assert resolve_amp(explicit, CPU) == explicit  # an explicit choice is never revised
     with autocast(CPU, "auto"):
         dtype = (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
-    assert dtype == (torch.bfloat16 if amx else torch.float32)
+    assert dtype == (torch.bfloat16 if expected == "bf16" else torch.float32)
     line = describe_amp("auto", CPU)
-    assert line.startswith("precision: " + ("bf16 autocast" if amx else "fp32")) and "AMX" in line
+    assert line.startswith("precision: " + ("bf16 autocast" if expected == "bf16" else "fp32"))
+    assert f"{ratio:.2f}x as fast" in line and "1.5x" in line
+
+
+def test_a_cpu_without_bf16_instructions_is_fp32_without_measuring(detect):
+    def never(hidden):
+        raise AssertionError("measured")
+
+    detect.setattr(precision, "_host_lacks_bf16", lambda: True)
+    detect.setattr(precision, "cpu_probe", never)
+    assert resolve_amp("auto", CPU) == "none" and "emulated" in native_bf16(CPU)[1]
+
+
+def test_the_probe_is_measured_once_per_machine_and_cached_on_disk(tmp_path, monkeypatch):
+    from ralbook.runtime import amp_probe
+
+    calls = []
+
+    def measure(hidden):
+        calls.append(hidden)
+        return {"ratio": 1.2 + hidden / 1000, "rule": amp_probe.BF16_RULE}
+
+    first = amp_probe.probe(64, tmp_path, measure)
+    again = amp_probe.probe(64, tmp_path, measure)
+    other = amp_probe.probe(384, tmp_path, measure)
+    assert calls == [64, 384] and not first["cached"] and again["cached"] and not other["cached"]
+    assert again["ratio"] == first["ratio"] == pytest.approx(1.264) and other["ratio"] == pytest.approx(1.584)
+    saved = json.loads((tmp_path / amp_probe.CACHE_FILE).read_text())
+    assert len(saved) == 2 and all(amp_probe.machine_key() in key for key in saved)
+    (tmp_path / amp_probe.CACHE_FILE).write_text("{not json")           # damaged: measured again
+    assert not amp_probe.probe(64, tmp_path, measure)["cached"] and calls == [64, 384, 64]
+    # where: RALBOOK_CACHE_DIR, else XDG_CACHE_HOME/ralbook, else ~/.cache/ralbook
+    assert amp_probe.cache_dir({"RALBOOK_CACHE_DIR": "/a", "XDG_CACHE_HOME": "/b"}).as_posix() == "/a"
+    assert amp_probe.cache_dir({"XDG_CACHE_HOME": "/b"}).as_posix() == "/b/ralbook"
+    assert amp_probe.cache_dir({}).parts[-2:] == (".cache", "ralbook")
+
+
+def test_the_real_measurement_times_both_products_quickly():
+    from ralbook.runtime.amp_probe import measure_bf16_ratio
+
+    result = measure_bf16_ratio(hidden=32, rows=256, repeats=2)
+    assert result["ratio"] == pytest.approx(result["fp32_s"] / result["bf16_s"], rel=0.01)
+    assert result["shape"] == [256, 32, 128] and result["fp32_s"] > 0 and result["bf16_s"] > 0
 
 
 @pytest.mark.parametrize("capability,expected", [((8, 0), "bf16"), ((9, 0), "bf16"), ((7, 5), "none")])
@@ -69,7 +116,7 @@ def test_auto_on_a_gpu_follows_its_compute_capability(detect, capability, expect
 
 
 def test_the_variable_overrides_the_detection(detect):
-    detect.setattr(precision, "_host_has_amx", lambda: False)
+    detect.setattr(precision, "cpu_probe", fake_probe(0.5))
     detect.setenv(precision.OVERRIDE_VARIABLE, "1")
     assert resolve_amp("auto", CPU) == "bf16"
     detect.setenv(precision.OVERRIDE_VARIABLE, "0")

@@ -271,3 +271,39 @@ def test_notebooks_that_train_take_a_threads_parameter(name, call):
     params = papermill.inspect_notebook(str(path))
     assert params["threads"]["default"] == "0"
     assert any(call in cell.source for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code")
+
+
+def test_steps_print_one_line_per_stage_where_bars_do_not_render(monkeypatch):
+    """Output to a file or a pipe (no terminal, no Jupyter kernel): no carriage returns, one line when the
+    loop ends; nothing without progress."""
+    import io
+
+    from ralbook.runtime import progress
+    from ralbook.runtime.progress import steps
+
+    monkeypatch.setattr(progress, "use_bars", lambda stream=None: False)  # other tests may load ipykernel
+
+    log = io.StringIO()
+    assert list(steps(range(7), "score videos", True, unit="batches", stream=log)) == list(range(7))
+    text = log.getvalue()
+    assert "\r" not in text and len(text.splitlines()) == 1 and text.startswith("score videos: 7 batches in ")
+    quiet = io.StringIO()
+    assert list(steps(range(3), "x", False, stream=quiet)) == [0, 1, 2] and quiet.getvalue() == ""
+
+
+def test_hub_bars_are_turned_off_where_bars_do_not_render(monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+
+    from ralbook.runtime import progress
+    from ralbook.runtime.progress import quiet_hub_bars
+
+    monkeypatch.setattr(progress, "use_bars", lambda stream=None: False)
+
+    try:
+        transformers.utils.logging.enable_progress_bar()
+        quiet_hub_bars()
+        assert not transformers.utils.logging.is_progress_bar_enabled() and are_progress_bars_disabled()
+    finally:
+        transformers.utils.logging.enable_progress_bar()
+        enable_progress_bars()

@@ -179,7 +179,9 @@ def test_splits_warn_when_a_test_caption_is_also_in_train(data_root, tmp_path):
 def test_run_directory_holds_config_metrics_and_checkpoints(reference_run, data_root):
     run_dir, result = reference_run
     cfg = tiny_cfg(data_root)
-    assert json.loads((run_dir / "config.json").read_text()) == cfg.to_dict()
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved.pop("environment")["precision"] == "fp32"   # the machine's record (tests/test_environment.py)
+    assert saved == cfg.to_dict()
     records = read_metrics(run_dir)
     assert [r["epoch"] for r in records] == [0, 1]
     for r in records:
@@ -208,9 +210,12 @@ def test_hard_negatives_start_at_the_configured_epoch(learning_run):
 
 
 def test_training_lifts_test_sumr_far_above_chance(learning_run):
+    """Test SumR minus chance (140), measured with ``benchmarks/seed_spread.py --only train`` over seeds 9527,
+    1, 2, 3, 4 on a 2-core AMD EPYC (AVX-512, avx512_bf16, no AMX), torch 2.13 CPU, one thread, fp32: 112.0, 114.3, 82.8, 103.3, 116.7 (min 82.8). The bar, chance + 50, is
+    the smallest value minus 33."""
     _, result, _ = learning_run
     chance = sum(100.0 * min(k, LEARN_TEST) / LEARN_TEST for k in (1, 5, 10, 100))  # random ranking, one relevant video
-    assert result.test["fused"]["SumR"] > chance + 50, (result.test, chance)  # seeds 1, 2, 9527 gave +70..+92
+    assert result.test["fused"]["SumR"] > chance + 50, (result.test, chance)
 
 
 @pytest.mark.parametrize("checkpoint_every", [0, 2], ids=["epoch-end-checkpoints", "mid-epoch-checkpoints"])

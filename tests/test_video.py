@@ -334,19 +334,39 @@ class CountingEncoder:
         return self.inner.encode_frames(frames)
 
 
-def test_frames_of_several_videos_share_a_batch_and_batching_changes_no_row(extracted, video_dir, encoder,
-                                                                           tmp_path):
+def test_a_batch_never_spans_videos_and_starts_at_a_fixed_offset(extracted, video_dir, encoder, tmp_path):
     from ralbook.data.collection import Collection
 
     reference, summary = extracted   # batch size 5
     counting = CountingEncoder(encoder)
-    extract(video_dir, tmp_path / "mine", counting, Sampling(fps=2.0), batch_size=16, progress=False)
-    assert all(b == 16 for b in counting.batches[:-1]) and sum(counting.batches) == summary.n_frames
-    assert len(counting.batches) == int(np.ceil(summary.n_frames / 16))    # batches span videos
+    extract(video_dir, tmp_path / "mine", counting, Sampling(fps=2.0), batch_size=4, progress=False)
+    per_video = [len(t) for t in read_video_times(reference).values()]
+    # each video: full batches of 4, then its remainder; computed from the frame counts alone
+    want = sorted(b for n in per_video for b in [4] * (n // 4) + ([n % 4] if n % 4 else []))
+    assert sorted(counting.batches) == want and sum(counting.batches) == summary.n_frames
     a, b = Collection(reference.parent, "mine"), tmp_path / "mine" / "FeatureData" / "clip"
     rows = np.fromfile(b / "feature.bin", dtype=np.float32).reshape(-1, 512)
     for vid in a.frames.video_ids():
         np.testing.assert_allclose(rows[a.frames.index.rows(vid)], a.raw_frames(vid), rtol=1e-4, atol=1e-5)
+
+
+def test_a_videos_rows_are_the_same_bytes_alone_and_among_other_videos(extracted, video_dir, encoder, tmp_path):
+    """The property behind a resume ending identical: a frame's bytes depend on its own video and the
+    batch size only, not on the videos extracted before it (checked with the real tiny image tower)."""
+    import shutil
+
+    from ralbook.data.collection import Collection
+
+    reference, _ = extracted
+    among = Collection(reference.parent, "mine")
+    for name, _, _, _, _, ext in VIDEOS[2:5]:
+        alone_dir = tmp_path / f"only_{video_id(Path(name))}"
+        alone_dir.mkdir()
+        shutil.copy(video_dir / f"{name}{ext}", alone_dir / f"{name}{ext}")
+        out = tmp_path / "alone" / alone_dir.name
+        extract(alone_dir, out, encoder, Sampling(fps=2.0), batch_size=5, progress=False)
+        alone = np.fromfile(out / "FeatureData" / "clip" / "feature.bin", dtype=np.float32)  # its rows only
+        assert alone.tobytes() == among.raw_frames(video_id(Path(name))).tobytes(), name
 
 
 def test_a_video_that_fails_part_way_leaves_no_rows_in_the_batch():
@@ -356,12 +376,13 @@ def test_a_video_that_fails_part_way_leaves_no_rows_in_the_batch():
         def encode_frames(self, frames):
             return frames.reshape(len(frames), -1).sum(axis=1, keepdims=True).astype(np.float32)
 
-    batcher = _FrameBatcher(Sum(), 4)
-    for vid, value in (("a", 1), ("b", 2), ("a", 3)):
+    batcher = _FrameBatcher(Sum(), 2)
+    for vid, value in (("b", 2), ("a", 1), ("a", 3), ("a", 4)):   # a: one full batch encoded, one frame pending
         batcher.add(vid, np.full((1, 1, 1), value, np.uint8))
+    assert batcher.pending("a") and not batcher.pending("b")
     batcher.drop("a")
+    assert not batcher.pending("a")
     batcher.add("c", np.full((1, 1, 1), 5, np.uint8))
-    assert batcher.pending("b") and not batcher.pending("a")
     batcher.flush()
     assert batcher.take("b").ravel().tolist() == [2.0] and batcher.take("c").ravel().tolist() == [5.0]
     assert "a" not in batcher.rows

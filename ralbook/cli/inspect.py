@@ -8,6 +8,12 @@ from ralbook.data.collection import Collection, DEFAULT_FEATURES, SPLITS
 
 
 def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Check a collection and print its summary. Errors (exit code 2, one line) stop a run: a missing or "
+        "malformed file, a captioned video without frames, a repeated caption id, a caption without token "
+        "features. Warnings (lines starting 'warning:', exit code 0) do not: caption lines that hold an id "
+        "and no text (reported with file, line and id; training does not read the text, notebooks, extract "
+        "and search do), and feature rows whose norm is far above the collection's.")
     parser.add_argument("--data-root", default="data", help="folder that holds COLLECTION/ (default: data)")
     parser.add_argument("--collection", default="demo", help="collection folder name (default: demo)")
     parser.add_argument("--feature", default=None,
@@ -30,5 +36,9 @@ def run_inspect(args: argparse.Namespace) -> int:
     print(summary.format())
     for message in found:
         print(f"warning: {message}")
-    print(f"ok: {collection.dir} passed all checks for splits {', '.join(args.splits)}")
+    if found:
+        print(f"ok: {collection.dir} passed all checks for splits {', '.join(args.splits)}, with {len(found)} "
+              f"warning{'s' if len(found) > 1 else ''} (above)")
+    else:
+        print(f"ok: {collection.dir} passed all checks for splits {', '.join(args.splits)}")
     return 0

@@ -18,6 +18,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ralbook.config import Config
+from ralbook.data.caption_checks import empty_caption_warning
 from ralbook.data.features import (FrameStore, H5Rows, PathLike, far_rows_by_id, open_frame_store, query_input,
                                    require_file, row_norms, video_inputs)
 from ralbook.errors import CheckpointError, DataError, shorten
@@ -235,7 +236,8 @@ class Collection:
         """Check every caption, video, frame id and feature row the splits use; DataError on the first problem.
 
         Normal reads check only what they touch; this reads every used row (chunked) and every caption.
-        Gives warnings that do not stop a run: rows whose norm is far above the collection's (far_rows).
+        Gives warnings that do not stop a run: caption lines with an id and no text (ralbook.caption_checks),
+        rows whose norm is far above the collection's (far_rows).
         """
         from tqdm.auto import tqdm
 
@@ -252,7 +254,8 @@ class Collection:
         videos = list(dict.fromkeys(v for cf in parsed.values() for v in cf.by_video))
         for video in videos:
             self.frames.check_video(video)
-        found = [self.frames.validate_rows(videos, progress)]
+        found = [empty_caption_warning(cf.path, len(cf.cap_ids)) for cf in parsed.values()]
+        found.append(self.frames.validate_rows(videos, progress))
         cap_ids = list(dict.fromkeys(c for cf in parsed.values() for c in cf.cap_ids))
         norms = [row_norms(self.text.read(cap))
                  for cap in tqdm(cap_ids, desc="check text features", unit="caption", disable=not progress)]

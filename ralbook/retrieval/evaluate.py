@@ -31,6 +31,7 @@ from ralbook.retrieval.metrics import (METRIC_NAMES, ranks_from_scores, read_rel
                                        relevant_indices, top_indices)
 from ralbook.runtime.device import to_device
 from ralbook.runtime.precision import autocast
+from ralbook.runtime.workers import workers_for
 
 
 SCORE_KINDS: tuple[str, ...] = ("clip", "frame", "fused")
@@ -260,7 +261,7 @@ def evaluate(model: Any, collection: Any, split: str = "test", cfg: Optional[Con
     query_chunk = query_chunk or (train_cfg.eval_query_chunk if train_cfg else 500)
     video_chunk = video_chunk or (train_cfg.eval_video_chunk if train_cfg else 500)
     amp = amp if amp is not None else (train_cfg.amp if train_cfg else "none")
-    num_workers = cfg.data.num_workers if cfg is not None else 0
+    num_workers = workers_for(cfg.data.num_workers) if cfg is not None else 0
     video_ids = list(video_ids) if video_ids is not None else collection.videos(split)
     cap_ids = list(cap_ids) if cap_ids is not None else [c for c, _ in collection.captions(split)]
     # queries of similar length share a chunk (less padding); results return to cap_ids order

@@ -37,6 +37,7 @@ from ralbook.model import QueryEncoding, VideoEncoding, build_model, masked_max_
 from ralbook.retrieval.evaluate import EvalResult
 from ralbook.retrieval.metrics import ranks_from_scores, recall_metrics, relevant_indices, top_indices
 from ralbook.runtime.precision import autocast, resolve_amp
+from ralbook.runtime.progress import steps
 from ralbook.video.extract import encoder_settings
 
 
@@ -88,8 +89,6 @@ def build_index(model: Any, collection: Any, split: str, cfg: Any, out_dir: Path
                 video_ids: Optional[list[str]] = None, progress: bool = True) -> Path:
     """Encode the videos of ``split`` into ``out_dir``; the manifest is written last (it marks a complete index)."""
     from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
 
     if dtype not in DTYPES:
         raise RalbookError(f"index dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -113,7 +112,7 @@ def build_index(model: Any, collection: Any, split: str, cfg: Any, out_dir: Path
     cfg = cfg.override(f"train.amp={resolve_amp(cfg.train.amp, torch.device(device))}")
     try:
         with torch.no_grad():
-            for batch in tqdm(loader, desc="index videos", leave=False, disable=not progress):
+            for batch in steps(loader, "index videos", progress, unit="batches", leave=False):
                 with autocast(device, cfg.train.amp):
                     enc = model.encode_videos(batch["clip_feats"].to(device), batch["frame_feats"].to(device),
                                               batch["frame_mask"].to(device))
@@ -412,15 +411,13 @@ def evaluate_index(index: Index, collection: Any, split: str, rerank: int, query
                    relevant: Optional[dict[str, list[str]]] = None, progress: bool = True) -> tuple[Any, int]:
     """(EvalResult, number of queries with no relevant video among the first-stage top ``rerank``)."""
     from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
 
     cap_ids = [c for c, _ in collection.captions(split)]
     loader = DataLoader(QueryDataset(collection, cap_ids), batch_size=query_chunk, shuffle=False,
                         collate_fn=collate_queries)
     ranks: dict[str, list[Tensor]] = {"clip": [], "frame": [], "fused": []}
     tops, missed = [], 0
-    for batch in tqdm(loader, desc=f"two-stage {split}", leave=False, disable=not progress):
+    for batch in steps(loader, f"two-stage {split}", progress, unit="batches", leave=False):
         rel = relevant_indices(batch["cap_ids"], batch["video_ids"], index.video_ids, relevant)
         stages = index.two_stage(index.encode_queries(batch["query_feats"], batch["query_mask"]), rerank)
         chunk, found = two_stage_ranks(stages, rel)

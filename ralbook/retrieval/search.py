@@ -20,6 +20,7 @@ import torch
 from ralbook.data.datasets import VideoDataset, batched, collate_videos
 from ralbook.data.features import open_frame_store, query_input, video_inputs
 from ralbook.errors import RalbookError
+from ralbook.runtime.progress import steps
 from ralbook.retrieval.moments import Moment, _word_frame_matrix, moment_of
 from ralbook.video.clip import load_clip, words_of
 from ralbook.video.extract import encoder_settings
@@ -73,8 +74,6 @@ def search(model: Any, view: FrameView, videos: Sequence[str], query: np.ndarray
     Videos are encoded and scored ``batch_size`` at a time, so memory does not grow with the
     collection; the top ones are encoded again for their word-by-frame matrices.
     """
-    from tqdm.auto import tqdm
-
     _check_top(top, len(videos))
     device = next(model.parameters()).device
     was_training = model.training
@@ -85,8 +84,8 @@ def search(model: Any, view: FrameView, videos: Sequence[str], query: np.ndarray
         q = model.encode_queries(feats, mask)
         confidence = model.word_confidence(feats, mask)[0].float().cpu().numpy()
         scores = []
-        for chunk in tqdm(list(batched(list(videos), batch_size)), desc="score videos", leave=False,
-                          disable=not progress):
+        for chunk in steps(list(batched(list(videos), batch_size)), "score videos", progress, unit="batches",
+                           leave=False):
             scores.append(model.fuse(*model.score_encoded(q, _encode(model, view, chunk, device)))[0].float().cpu())
         fused = torch.cat(scores)
         best = torch.topk(fused, min(top, len(videos))).indices.tolist()

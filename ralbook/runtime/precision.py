@@ -3,9 +3,12 @@
 ``auto`` (the default) means bf16 autocast where bf16 is native and fast, fp32 elsewhere:
 
 * CUDA GPUs of compute capability 8.0 or later (Ampere and newer) have bf16 tensor cores;
-* x86 CPUs with AMX (``amx_bf16`` in /proc/cpuinfo) run bf16 matrix products about 5x faster than fp32;
-* everything else runs fp32. A CPU with AVX512-BF16 but no AMX ran bf16 products no faster than
-  fp32 (README, "Speed and memory"), and without either bf16 is emulated and about 8x slower.
+* on a CPU with bf16 instructions, by measurement (:mod:`ralbook.amp_probe`): bf16 when a bf16 matrix
+  product of the model's size runs at least 1.5x faster than fp32 on this machine (cached per CPU and
+  torch version). AMX CPUs and an AMD EPYC with AVX512-BF16 pass; an Intel Xeon with AVX512-BF16 and no
+  AMX did not (README, "Speed and memory");
+* x86 CPUs without bf16 instructions (AVX2 only) run fp32 without measuring: bf16 is emulated there,
+  about 8x slower; Apple MPS runs fp32.
 
 The README gives the measured effect of bf16 on the metrics. A run resolves ``auto`` once, at its
 start, and records the result in its config.json (so a resumed run keeps its precision).
@@ -24,6 +27,7 @@ from typing import Optional
 import torch
 
 from ralbook.errors import RalbookError
+from ralbook.runtime.amp_probe import BF16_RULE, DEFAULT_HIDDEN, bf16_is_faster, probe
 
 
 AMP_MODES: tuple[str, ...] = ("auto", "none", "bf16", "fp16")
@@ -54,12 +58,14 @@ def _host_lacks_bf16() -> bool:  # read /proc/cpuinfo once, not at every autocas
 
 
 @functools.lru_cache(maxsize=None)
-def _host_has_amx() -> bool:
-    return "amx_bf16" in (cpu_bf16_flags() or set())
+def cpu_probe(hidden: int) -> dict:
+    """The bf16/fp32 speed measurement of this machine (measured once per process, cached on disk)."""
+    return probe(hidden)
 
 
-def native_bf16(device: torch.device) -> tuple[bool, str]:
-    """(whether bf16 is native and fast on ``device``, the reason in words)."""
+def native_bf16(device: torch.device, hidden: Optional[int] = None) -> tuple[bool, str]:
+    """(whether bf16 is native and fast on ``device``, the reason in words). ``hidden``: the model's hidden
+    size, the shape of the CPU measurement (default: the tvr preset's)."""
     forced = os.environ.get(OVERRIDE_VARIABLE, "").strip()
     if forced in ("0", "1"):
         return forced == "1", f"{OVERRIDE_VARIABLE}={forced}"
@@ -70,31 +76,36 @@ def native_bf16(device: torch.device) -> tuple[bool, str]:
             return True, f"{name} (compute capability {major}.{minor}) has bf16 tensor cores"
         return False, f"{name} (compute capability {major}.{minor}) has no bf16 tensor cores"
     if device.type == "cpu":
-        if _host_has_amx():
-            return True, "this CPU has AMX (amx_bf16)"
-        return False, "this CPU has no AMX: bf16 is no faster than fp32 here"
+        if _host_lacks_bf16():
+            return False, "this CPU has no bf16 instructions: bf16 is emulated and slower here"
+        result = cpu_probe(int(hidden or DEFAULT_HIDDEN))
+        fast = bf16_is_faster(result)
+        how = "cached measurement" if result.get("cached") else "measured now"
+        return fast, (f"a bf16 matrix product ran {result['ratio']:.2f}x as fast as fp32 on this CPU ({how}; "
+                      f"bf16 from {BF16_RULE}x)")
     return False, f"bf16 autocast is not used by default on {device.type}"
 
 
-def resolve_amp(amp: Optional[str], device: torch.device) -> str:
+def resolve_amp(amp: Optional[str], device: torch.device, hidden: Optional[int] = None) -> str:
     """The concrete mode (none, bf16, fp16) of a setting; ``auto`` becomes bf16 where native, else none."""
     if amp in ("", None):
         return "none"
     if amp not in AMP_MODES:
         raise RalbookError(f"unknown amp mode {amp!r}; use one of {', '.join(AMP_MODES)}")
     if amp == "auto":
-        return "bf16" if native_bf16(device)[0] else "none"
+        return "bf16" if native_bf16(device, hidden)[0] else "none"
     return amp
 
 
-def describe_amp(amp: Optional[str], device: torch.device, setting: str = "train.amp") -> str:
+def describe_amp(amp: Optional[str], device: torch.device, setting: str = "train.amp",
+                 hidden: Optional[int] = None) -> str:
     """One line for the start of a run: the precision, and why when it was chosen automatically.
     ``setting`` names where the value comes from."""
-    mode = resolve_amp(amp, device)
+    mode = resolve_amp(amp, device, hidden)
     what = {"none": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}[mode]
     if amp == "auto":
         other = "none" if mode == "bf16" else "bf16"
-        return f"precision: {what} ({setting}=auto: {native_bf16(device)[1]}; --set train.amp={other} to change)"
+        return f"precision: {what} ({setting}=auto: {native_bf16(device, hidden)[1]}; --set train.amp={other} to change)"
     return f"precision: {what} ({setting}={mode})"
 
 

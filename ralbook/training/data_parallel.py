@@ -13,6 +13,7 @@ from ralbook.model import ModelOutput, VideoEncoding, sample_proxies
 from ralbook.retrieval.evaluate import EvalResult, encode_video_set, evaluate
 from ralbook.retrieval.metrics import recall_metrics
 from ralbook.runtime.process_group import all_gather, current_world, gather_encoding, gather_objects, share
+from ralbook.runtime.workers import workers_for
 
 
 @contextlib.contextmanager
@@ -96,8 +97,8 @@ def evaluate_shared(model: Any, collection: Any, split: str, cfg: Any, device: t
         mine = video_ids[share(len(video_ids), world)]
         with torch.no_grad():
             if mine:
-                part = encode_video_set(model, collection, mine, device, 64, cfg.data.num_workers, cfg.train.amp,
-                                        progress)
+                part = encode_video_set(model, collection, mine, device, 64, workers_for(cfg.data.num_workers),
+                                        cfg.train.amp, progress)
             else:
                 d, m = cfg.model.hidden_size, cfg.model
                 part = VideoEncoding(torch.zeros(0, m.n_clips, d, device=device),

@@ -18,6 +18,7 @@ from ralbook.errors import CheckpointError, RalbookError, shorten
 from ralbook.files import resolve_path, write_atomic
 from ralbook.model import build_model
 from ralbook.runtime.device import resolve_device
+from ralbook.runtime.environment import ENVIRONMENT_KEY
 from ralbook.runtime.threads import configure_threads
 
 
@@ -100,6 +101,7 @@ def read_run_config(run_dir: PathLike) -> Config:
         saved = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(saved, dict):
             saved.pop("distributed", None)  # the record of how the run was distributed, not a setting
+            saved.pop(ENVIRONMENT_KEY, None)  # the record of the machine (ralbook.runtime.environment), not a setting
         return Config.from_dict(saved)
     except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError and ConfigError are ValueErrors
         raise RalbookError(f"{path} is not a valid ralbook configuration: {shorten(str(err), 200)}") from err

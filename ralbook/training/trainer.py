@@ -44,11 +44,13 @@ from ralbook.model import build_model
 from ralbook.retrieval.evaluate import EvalResult, evaluate, format_metrics
 from ralbook.files import save_atomic, write_json
 from ralbook.runtime.device import resolve_device, to_device
-from ralbook.runtime.precision import autocast, describe_amp, resolve_amp
+from ralbook.runtime.environment import ENVIRONMENT_KEY, environment_record
+from ralbook.runtime.precision import OVERRIDE_VARIABLE, _host_lacks_bf16, autocast, cpu_probe, describe_amp, resolve_amp
 from ralbook.runtime.process_group import (barrier, check_batches, current_world, describe, gather_objects,
                                            rank_device, share)
 from ralbook.runtime.progress import use_bars
 from ralbook.runtime.threads import Requested, configure_threads, recheck_threads, recheck_threads_now_and_then
+from ralbook.runtime.workers import workers_for
 from ralbook.training.data_parallel import dropout_seed, evaluate_shared, wrap_for_training
 from ralbook.training.optim import build_optimizer
 from ralbook.training.reproducibility import (deterministic_kernels, epoch_batches, rng_state, seed_everything,
@@ -134,7 +136,8 @@ class Trainer:
 
         self.world = current_world()
         self.device = rank_device(resolve_device(cfg.train.device), self.world)
-        self.amp = resolve_amp(cfg.train.amp, self.device)  # auto: bf16 where native (ralbook.precision)
+        self.amp = resolve_amp(cfg.train.amp, self.device, cfg.model.hidden_size)  # auto: ralbook.runtime.precision
+        self.num_workers = workers_for(cfg.data.num_workers)  # -1: from the machine (ralbook.runtime.workers)
         autocast(self.device, self.amp)  # validates the amp setting before anything runs
         require_data_root(cfg)
         self.collection = Collection.from_config(cfg.data)
@@ -297,7 +300,7 @@ class Trainer:
 
 
         return DataLoader(TrainDataset(self.collection, self.splits.train_videos), batch_sampler=batches,
-                          num_workers=self.cfg.data.num_workers, collate_fn=collate_train,
+                          num_workers=self.num_workers, collate_fn=collate_train,
                           pin_memory=self.device.type == "cuda",
                           generator=torch.Generator().manual_seed(self.cfg.train.seed))
 
@@ -444,6 +447,7 @@ def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool =
     run_dir = Path(run_dir)
     cfg.sync()
     cfg.check()
+    requested_amp = cfg.train.amp
     cfg = _settle_amp(cfg, rank_device(resolve_device(cfg.train.device), world), progress and world.is_main,
                       _recorded_amp(run_dir) if resume else None)
     if world.distributed:  # every rank decided alone: machines of different kinds may disagree
@@ -461,7 +465,8 @@ def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool =
         print(describe(world, cfg.train.batch_size), flush=True)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / CONFIG_FILE, _run_config(trainer.cfg, world, resume, run_dir), indent=1)
+        write_json(run_dir / CONFIG_FILE, {**_run_config(trainer.cfg, world, resume, run_dir),
+                                           ENVIRONMENT_KEY: _environment(trainer, requested_amp)}, indent=1)
     if can_resume:
         trainer.restore(run_dir / LAST_FILE)
     elif resume and progress:
@@ -476,18 +481,31 @@ def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool =
     return RunResult(run_dir, s.best_epoch, s.best_val, test["metrics"], s.epoch, s.stopped_early)
 
 
+def _environment(trainer: "Trainer", requested_amp: str) -> dict[str, Any]:
+    """config.json's record of the machine of this (re)start; with the bf16 measurement when train.amp=auto
+    was decided by one (ralbook.runtime.amp_probe)."""
+    probe = None
+    if requested_amp == "auto" and trainer.device.type == "cpu" and not _host_lacks_bf16() \
+            and os.environ.get(OVERRIDE_VARIABLE, "").strip() not in ("0", "1"):
+        probe = cpu_probe(trainer.cfg.model.hidden_size)
+        probe = {k: probe[k] for k in ("ratio", "fp32_s", "bf16_s", "shape", "rule", "cached") if k in probe}
+    return environment_record(trainer.amp, str(trainer.device), trainer.num_workers, probe)
+
+
 def _settle_amp(cfg: Config, device: torch.device, announce: bool, recorded: Optional[str] = None) -> Config:
     """``cfg`` with ``train.amp=auto`` replaced by what it means on ``device`` (bf16 or none), so that
     config.json records the precision the run trains in; a resumed run (``recorded``: its config.json's
     value) keeps its precision, also on a machine where auto would choose the other one."""
 
     if cfg.train.amp != "auto":
-        chosen, line = cfg, describe_amp(cfg.train.amp, device)
+        chosen, line = cfg, describe_amp(cfg.train.amp, device, hidden=cfg.model.hidden_size)
     elif recorded in ("none", "bf16", "fp16"):
         chosen = cfg.override(f"train.amp={recorded}")
-        line = f"{describe_amp(recorded, device)}, kept from the run being resumed (train.amp=auto)"
+        line = f"{describe_amp(recorded, device, hidden=cfg.model.hidden_size)}, kept from the run being resumed (train.amp=auto)"
     else:
-        chosen, line = cfg.override(f"train.amp={resolve_amp('auto', device)}"), describe_amp("auto", device)
+        hidden = cfg.model.hidden_size
+        chosen = cfg.override(f"train.amp={resolve_amp('auto', device, hidden)}")
+        line = describe_amp("auto", device, hidden=hidden)
     if announce:
         print(line, flush=True)
     return chosen

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ralbook.errors import RalbookError
+from ralbook.runtime.progress import quiet_hub_bars
 from ralbook.video.decode import VIDEO_EXTRA
 
 
@@ -112,6 +113,7 @@ def load_clip(name: str = DEFAULT_MODEL, revision: str = DEFAULT_REVISION, devic
     model, the revision and the cache folder, since that is what the user can act on.
     """
     transformers = require_transformers()
+    quiet_hub_bars()  # no carriage-return bars in a log file
     cache = hub_cache_dir(cache_dir)
     try:
         model = transformers.CLIPModel.from_pretrained(name, revision=revision, cache_dir=cache_dir,

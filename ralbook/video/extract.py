@@ -13,15 +13,19 @@ Output of ``extract --out ROOT/NAME``::
     NAME/extract.json                            model, sampling, counts, and the videos that failed
     NAME/.extract/                               resume state: one .npy per finished video + a progress log
 
-Frames stream from the decoder into batches of ``--batch-size`` that span videos. Extraction
-resumes: a video is saved to ``.extract/`` and logged as soon as the batch holding its last frame
-has run, so a rerun with the same settings skips it. The layout files are rebuilt from that state
-at the end of every run.
+Frames stream from the decoder into batches of ``--batch-size`` frames of ONE video, starting at
+frames 0, B, 2B, ... of that video, so a frame's features depend on its video and the batch size
+only, never on which videos came before it (on some CPUs the image tower's result for a row depends
+on the batch's size; README, "Your own videos"). Extraction resumes: a video is saved to
+``.extract/`` and logged as soon as its last batch has run, so a rerun with the same settings
+(batch size included) skips it and ends with the same bytes. The layout files are rebuilt from that
+state at the end of every run.
 """
 from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +37,7 @@ from ralbook.data.collection import SPLITS
 from ralbook.data.datasets import batched
 from ralbook.data.layout import _json_lines, _write_features, _write_text, _write_text_features
 from ralbook.errors import RalbookError
+from ralbook.runtime.progress import steps
 from ralbook.files import write_json
 from ralbook.video.clip import words_of
 from ralbook.video.decode import (Sampling, VIDEO_EXTENSIONS, VideoInfo, VideoReadError, iter_frames, list_videos,
@@ -139,22 +144,26 @@ class ExtractState:
 
 
 class _FrameBatcher:
-    """Frames of consecutive videos encoded together, ``batch_size`` at a time (short videos fill a
-    batch together, long ones never sit in memory whole); a video's rows are complete once the batch
-    holding its last frame has run."""
+    """Frames of one video encoded ``batch_size`` at a time, batches starting at fixed offsets
+    (0, B, 2B, ...) within the video and never holding another video's frames: a row's bytes are
+    then the same whatever was extracted before it, which is what lets an interrupted extraction
+    resume to identical files. A long video never sits in memory whole; its rows are complete once
+    its last (possibly shorter) batch has run."""
 
     def __init__(self, encoder: Any, batch_size: int):
         if batch_size < 1:
             raise RalbookError(f"--batch-size must be >= 1, got {batch_size}")
         self.encoder, self.batch_size = encoder, batch_size
         self.images: list[np.ndarray] = []
-        self.owners: list[str] = []
+        self.owner: Optional[str] = None
         self.rows: dict[str, list[np.ndarray]] = {}
         self.n_encoded = 0
 
     def add(self, vid: str, image: np.ndarray) -> None:
+        if self.owner is not None and self.owner != vid:
+            self.flush()   # a batch never spans two videos
         self.images.append(image)
-        self.owners.append(vid)
+        self.owner = vid
         if len(self.images) >= self.batch_size:
             self.flush()
 
@@ -162,22 +171,20 @@ class _FrameBatcher:
         if not self.images:
             return
         rows = self.encoder.encode_frames(np.stack(self.images))
-        for vid, row in zip(self.owners, rows):
-            self.rows.setdefault(vid, []).append(row)
+        self.rows.setdefault(self.owner, []).extend(rows)
         self.n_encoded += len(rows)
-        self.images, self.owners = [], []
+        self.images, self.owner = [], None
 
     def pending(self, vid: str) -> bool:
-        return vid in self.owners
+        return self.owner == vid and bool(self.images)
 
     def take(self, vid: str) -> np.ndarray:
         return np.stack(self.rows.pop(vid))
 
     def drop(self, vid: str) -> None:
         """Forget a video that failed part-way."""
-        kept = [i for i, owner in enumerate(self.owners) if owner != vid]
-        self.images = [self.images[i] for i in kept]
-        self.owners = [self.owners[i] for i in kept]
+        if self.owner == vid:
+            self.images, self.owner = [], None
         self.rows.pop(vid, None)
 
 
@@ -233,14 +240,17 @@ def extract(videos: str | Path, out: str | Path, encoder: Any, sampling: Samplin
     """
     from tqdm.auto import tqdm
 
+    from ralbook.runtime import use_bars
+
     out = Path(out)
     sources = unique_ids(list_videos(videos))
     caps = read_captions(Path(captions)) if captions else []
     settings = {"encoder": encoder.describe(), "fps": sampling.fps, "frames_per_video": sampling.per_video,
-                "feature": feature}
+                "feature": feature, "batch_size": batch_size}
     state = ExtractState(out, settings)
     summary = ExtractSummary(out)
-    bar = tqdm(sources.items(), desc="extract videos", unit="video", disable=not progress)
+    bars = use_bars()
+    bar = tqdm(sources.items(), desc="extract videos", unit="video", disable=not progress or not bars)
     batcher = _FrameBatcher(encoder, batch_size)
     waiting: list[tuple[str, Path, VideoInfo, list[float]]] = []  # decoded, some rows not yet encoded
 
@@ -254,6 +264,9 @@ def extract(videos: str | Path, out: str | Path, encoder: Any, sampling: Samplin
                                                 "duration": round(info.duration, 4), "native_fps": info.rate})
             summary.encoded.append(vid)
             bar.set_postfix(frames=batcher.n_encoded)
+            if progress and not bars:  # a log file: one line per video instead of a bar
+                print(f"extract videos: {vid} ({len(times)} frames; {batcher.n_encoded} in all)", file=sys.stderr,
+                      flush=True)
             if on_video is not None:
                 on_video(vid)
         waiting[:] = still
@@ -267,6 +280,7 @@ def extract(videos: str | Path, out: str | Path, encoder: Any, sampling: Samplin
             for t, image in iter_frames(path, sampling, encoder.image_size, info):
                 times.append(t)
                 batcher.add(vid, image)
+            batcher.flush()   # the video's last batch: its rows are complete
         except VideoReadError as err:
             batcher.drop(vid)
             state.fail(vid, path, str(err))
@@ -289,8 +303,6 @@ def extract(videos: str | Path, out: str | Path, encoder: Any, sampling: Samplin
 def write_collection(out: Path, feature: str, state: ExtractState, videos: list[str], caps: list[Caption],
                      encoder: Any, batch_size: int, summary: ExtractSummary, progress: bool = True) -> None:
     """The release layout from the resume state: frame features, captions and their token features."""
-    from tqdm.auto import tqdm
-
     frames = _LazyFrames(state, videos)
     _write_features(out / "FeatureData" / feature, videos, frames)
     summary.n_frames = sum(len(state.records[v]["times"]) for v in videos)
@@ -301,7 +313,7 @@ def write_collection(out: Path, feature: str, state: ExtractState, videos: list[
     text_dir.mkdir(parents=True, exist_ok=True)
     features: dict[str, np.ndarray] = {}
     words: dict[str, list[str]] = {}
-    for chunk in tqdm(list(batched(kept, batch_size)), desc="encode captions", disable=not progress or not kept):
+    for chunk in steps(list(batched(kept, batch_size)), "encode captions", progress and bool(kept), unit="batches"):
         for cap, tf in zip(chunk, encoder.encode_texts([c.text for c in chunk])):
             features[cap.cap_id] = tf.features
             words[cap.cap_id] = words_of(tf.tokens)

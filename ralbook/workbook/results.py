@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from ralbook.files import json_ready
+from ralbook.runtime.environment import ENVIRONMENT_KEY, environment_lines
 from ralbook.studies.report import SUMMARY_NOTEBOOKS, _SCALAR_ROWS, chance_sumr
 
 
@@ -40,7 +41,10 @@ def collect_results(summary_dir: str | Path, config: Optional[Mapping[str, Any]]
         settings = {"preset": config.get("name"), "epochs": config["train"]["n_epoch"],
                     "seed": config["train"]["seed"], "hidden_size": config["model"]["hidden_size"],
                     "collection": config["data"]["collection"]}
-    return {"generated_by": "python -m ralbook demo", "settings": settings, "notebooks": notebooks}
+    out = {"generated_by": "python -m ralbook demo", "settings": settings, "notebooks": notebooks}
+    if config and isinstance(config.get(ENVIRONMENT_KEY), Mapping):
+        out[ENVIRONMENT_KEY] = dict(config[ENVIRONMENT_KEY])  # the machine that trained the run (runtime.environment)
+    return out
 
 
 def write_results(path: str | Path, results: Mapping[str, Any]) -> Path:
@@ -102,6 +106,14 @@ def results_markdown(results: Mapping[str, Any], figures: Sequence[str] = ()) ->
                    if isinstance(s, Mapping) and s.get("what_this_shows")]
     for name, text in conclusions:
         lines += ["", f"## {name}", "", text.replace("**What this shows**\n\n", "")]
+    env = results.get(ENVIRONMENT_KEY)
+    lines += ["", "## Machine", ""]
+    if isinstance(env, Mapping):
+        lines += ["The run was trained here; the same seed gives the same numbers only on a machine where the CPU "
+                  "model and flags, the threads, torch and the precision match (README, \"Same seed, same run\").",
+                  "", "| what | value |", "| --- | --- |"] + environment_lines(env)
+    else:
+        lines.append("Not recorded (the run was trained before ralbook recorded its machine).")
     if figures:
         lines += ["", "## Figures", ""] + [f"* [`{f}`]({f})" for f in figures]
     return "\n".join(lines) + "\n"
