@@ -37,8 +37,8 @@ from ralbook.data.collection import SPLITS
 from ralbook.data.datasets import batched
 from ralbook.data.layout import _json_lines, _write_features, _write_text, _write_text_features
 from ralbook.errors import RalbookError
-from ralbook.runtime.progress import steps
 from ralbook.files import write_json
+from ralbook.runtime.progress import steps, use_bars
 from ralbook.video.clip import words_of
 from ralbook.video.decode import (Sampling, VIDEO_EXTENSIONS, VideoInfo, VideoReadError, iter_frames, list_videos,
                                   unique_ids, video_id)
@@ -239,8 +239,6 @@ def extract(videos: str | Path, out: str | Path, encoder: Any, sampling: Samplin
     video is saved (tests interrupt the run there).
     """
     from tqdm.auto import tqdm
-
-    from ralbook.runtime import use_bars
 
     out = Path(out)
     sources = unique_ids(list_videos(videos))
