@@ -43,7 +43,8 @@ LIMITS: dict[str, Limit] = {
     "model.sft_factor": (lambda v: v > 0, "> 0"), "model.initializer_range": _at_least(0.0),
     "model.alpha": _between(0.0, 1.0),
     "loss.margin": _at_least(0.0), "loss.pm_weight": _at_least(0.0), "loss.da_weight": _at_least(0.0),
-    "loss.hard_pool_size": _at_least(1),
+    "loss.hard_pool_size": _at_least(1), "loss.evidential_weight": _at_least(0.0),
+    "loss.evidential_k": _at_least(2), "loss.evidential_tau": (lambda v: v > 0, "> 0"),
     "train.lr": (lambda v: v > 0, "> 0"), "train.warmup": _between(0.0, 1.0), "train.weight_decay": _at_least(0.0),
     "train.grad_clip": _at_least(0.0), "train.batch_size": _at_least(1), "train.n_epoch": _at_least(1),
     "train.patience": _at_least(0), "train.hard_negative_start_epoch": _at_least(0), "train.seed": _at_least(0),
@@ -197,6 +198,9 @@ class LossConfig:
     pm_weight: float = 0.004           # L_PM
     da_weight: float = 0.00025         # L_DA
     hard_pool_size: int = 20
+    evidential_weight: float = 0.0     # evidential (Dirichlet) term over K candidates; 0 = off (the paper)
+    evidential_k: int = 16             # K: candidate videos per query (the positive and the K-1 best others)
+    evidential_tau: float = 0.05       # evidence = exp(clamp(score / tau)) (ralbook.losses.evidence)
 
 
 @dataclass

@@ -190,16 +190,62 @@ def distribution_alignment(video_proxies: Tensor, video_log_sigma: Tensor,
     return kl_to_prior(mu_v, video_log_sigma) + kl_to_prior(mu_t, text_log_sigma) + cross.sum(dim=1).mean()
 
 
+# Largest |log evidence|: exp(20) ~ 5e8 keeps S finite in fp32 and u = K / S above 0 for K >= 2.
+EVIDENCE_LOG_CAP = 20.0
+
+
+def evidence(scores: Tensor, tau: float, cap: float = EVIDENCE_LOG_CAP) -> Tensor:
+    """Dirichlet evidence of each score: exp(clamp(score / tau, -cap, cap)) >= 0.
+
+    Why this function: the expected probabilities alpha / S then follow a softmax of score / tau
+    wherever the evidence is large (so ``tau`` plays the role of the NCE temperature), the evidence
+    stays positive for negative cosines, and the clamp bounds S (Holmes bounds its exponent with a
+    tanh of the score instead).
+    """
+    return torch.exp(torch.clamp(scores / tau, min=-cap, max=cap))
+
+
+def candidate_columns(scores: Tensor, labels: Tensor, k: int) -> Tensor:
+    """(Nq, min(k, Nv)) column indices per row: its positive first, then the best-scoring other columns.
+
+    The candidate set of the evidential term has a fixed size K, as the top K of a first stage at
+    test time; in training the positive is always one of them so that the Dirichlet has a target.
+    The choice uses detached scores and a stable sort (ties by column index).
+    """
+    n, m = scores.shape
+    k = min(k, m)
+    others = scores.detach().masked_fill(_positives(labels, m), float("-inf"))
+    best = torch.sort(others, dim=1, descending=True, stable=True).indices[:, : k - 1]
+    return torch.cat([labels.unsqueeze(1), best], dim=1)
+
+
+def evidential(scores: Tensor, labels: Tensor, k: int, tau: float) -> Tensor:
+    """Evidential (Dirichlet) loss over each query's K candidates (:func:`candidate_columns`).
+
+    alpha = evidence + 1, S = sum alpha, p = alpha / S; per query the expected squared error of a
+    one-hot target under Dir(alpha): sum_j (y_j - p_j)^2 + p_j (1 - p_j) / (S + 1) (Sensoy et al. 2018,
+    the form Holmes uses), averaged over queries. No KL regulariser.
+    """
+    columns = candidate_columns(scores, labels, k)
+    alpha = evidence(scores.gather(1, columns), tau) + 1.0
+    strength = alpha.sum(dim=1, keepdim=True)
+    p = alpha / strength
+    target = torch.zeros_like(p)
+    target[:, 0] = 1.0
+    return ((target - p) ** 2 + p * (1 - p) / (strength + 1)).sum(dim=1).mean()
+
+
 # The raw terms of the objective, in logging order.
 TERMS = ("clip_nce", "frame_nce", "clip_triplet", "frame_triplet", "query_diversity", "proxy_matching",
-         "distribution_alignment", "optimal_transport")
+         "distribution_alignment", "optimal_transport", "evidential")
 
 
 def weights(cfg: LossConfig) -> dict[str, float]:
     """The weight of each raw term in the total (docs/method.md#training-objective)."""
     f0, f1, f2, f3 = cfg.loss_factor
     return {"clip_nce": f0, "frame_nce": f1, "clip_triplet": 1.0, "frame_triplet": 1.0, "query_diversity": f2,
-            "proxy_matching": cfg.pm_weight, "distribution_alignment": cfg.da_weight, "optimal_transport": f3}
+            "proxy_matching": cfg.pm_weight, "distribution_alignment": cfg.da_weight, "optimal_transport": f3,
+            "evidential": cfg.evidential_weight}
 
 
 def weighted_total(raw: dict[str, Tensor], cfg: LossConfig) -> tuple[Tensor, dict[str, Tensor]]:
@@ -210,7 +256,8 @@ def weighted_total(raw: dict[str, Tensor], cfg: LossConfig) -> tuple[Tensor, dic
 
 
 class Objective(torch.nn.Module):
-    """total = f0 NCE_clip + f1 NCE_frame + Trip_clip + Trip_frame + f2 QDL + w_pm L_PM + w_da L_DA + f3 OT."""
+    """total = f0 NCE_clip + f1 NCE_frame + Trip_clip + Trip_frame + f2 QDL + w_pm L_PM + w_da L_DA + f3 OT
+    (+ w_ev evidential, when ``loss.evidential_weight`` > 0)."""
 
     def __init__(self, cfg: LossConfig):
         super().__init__()
@@ -242,6 +289,11 @@ class Objective(torch.nn.Module):
             raw["proxy_matching"] = proxy_matching(out.video_proxies, out.text_proxies)
             raw["distribution_alignment"] = distribution_alignment(out.video_proxies, out.video_log_sigma,
                                                                    out.text_proxies, out.text_log_sigma)
+        if c.evidential_weight > 0:  # off by default: the term is not even computed (total unchanged)
+            raw["evidential"] = evidential(out.clip_scores, labels, c.evidential_k, c.evidential_tau)
+            if not out.frame_by_query:  # the mean over both branches (the loss does not know the fusion weight)
+                frame = evidential(out.frame_scores, labels, c.evidential_k, c.evidential_tau)
+                raw["evidential"] = (raw["evidential"] + frame) / 2
         return raw
 
     def forward(self, out: ModelOutput, labels: Optional[Tensor] = None, hard_negatives: bool = False,
@@ -252,5 +304,7 @@ class Objective(torch.nn.Module):
         return weighted_total(self.raw_terms(out, hard_negatives, generator), self.cfg)
 
 
-__all__ = ["nce", "triplet", "diagonal_triplet", "pair_nce", "query_diversity", "query_diversity_gmmformer", "optimal_transport", "ot_assignment", "proxy_matching",
-           "proxy_matching_one_way", "distribution_alignment", "weights", "weighted_total", "Objective", "TERMS"]
+__all__ = ["nce", "triplet", "diagonal_triplet", "pair_nce", "query_diversity", "query_diversity_gmmformer",
+           "optimal_transport", "ot_assignment", "proxy_matching", "proxy_matching_one_way", "distribution_alignment",
+           "evidence", "candidate_columns", "evidential", "weights", "weighted_total", "Objective", "TERMS",
+           "EVIDENCE_LOG_CAP"]

@@ -1,0 +1,302 @@
+"""ralbook.viz.diagrams: the teaching figures say what the settings say, are readable, and fit their figure.
+
+Readability is checked on what is actually drawn: every text the renderer draws is at least 10 pt at
+the figure's own size (12-14 in wide, the size notebooks display), and its extent lies inside the
+figure. Plotted values are compared with independent computations (the window formula written out
+from docs/method.md, argmax by a loop, the demo signal from the world's concept vectors).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.collections import PathCollection  # noqa: E402
+from matplotlib.patches import FancyBboxPatch, Rectangle  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
+
+from ralbook.config import preset  # noqa: E402
+from ralbook.data import demo  # noqa: E402
+from ralbook.errors import ConfigError, DataError  # noqa: E402
+from ralbook.viz import diagrams as D  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+WIDTHS = (None, 0.5, 1.0, 5.0, 10.0, 3.0, 0.1, 8.0)  # GMMFormer v2's branch widths, in model order (method doc)
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def drawn_texts(fig, monkeypatch) -> list[tuple[Text, object]]:
+    """(text, window extent) of every non-empty text the renderer draws (ticks out of view are not drawn)."""
+    drawn = []
+    original = Text.draw
+
+    def spy(self, renderer):
+        if self.get_visible() and self.get_text().strip():
+            drawn.append((self, self.get_window_extent(renderer)))
+        return original(self, renderer)
+
+    with monkeypatch.context() as m:
+        m.setattr(Text, "draw", spy)
+        fig.canvas.draw()
+    return drawn
+
+
+def assert_readable(fig, monkeypatch) -> list[str]:
+    """Width 12-14 in, every drawn text >= 10 pt and inside the figure; returns the drawn strings."""
+    width = fig.get_size_inches()[0]
+    assert 12.0 <= width <= 14.0, f"figure width {width} in: the sizes are checked for a 12-14 in display"
+    texts = drawn_texts(fig, monkeypatch)
+    assert texts, "nothing drawn"
+    small = [(t.get_text(), t.get_fontsize()) for t, _ in texts if t.get_fontsize() < 10.0]
+    assert not small, f"text below 10 pt: {small}"
+    box = fig.bbox
+    outside = [t.get_text() for t, e in texts
+               if e.x0 < box.x0 - 1 or e.y0 < box.y0 - 1 or e.x1 > box.x1 + 1 or e.y1 > box.y1 + 1]
+    assert not outside, f"text outside the figure: {outside}"
+    return [t.get_text() for t, _ in texts]
+
+
+def window_row_by_formula(length: int, width: float, row: int) -> np.ndarray:
+    """docs/method.md#building-blocks, written out: exp(-(j/(L-1) - i/L)^2 / 2s^2), s = max(w, .01)/9, row max 1."""
+    s = max(width, 0.01) / 9
+    values = [math.exp(-((j / (length - 1) - row / length) ** 2) / (2 * s * s)) for j in range(length)]
+    top = max(values)
+    return np.array([v / top for v in values])
+
+
+# ----------------------------------------------------------------------------- model diagram
+
+
+def test_model_diagram_is_readable_and_every_label_fits_its_box(monkeypatch):
+    fig = D.model_diagram(preset("tvr"))
+    assert_readable(fig, monkeypatch)
+    renderer = fig.canvas.get_renderer()
+    boxes = {p.get_gid(): p for p in fig.findobj(FancyBboxPatch) if (p.get_gid() or "").startswith("box-")}
+    assert {"box-video", "box-query", "box-gmm-clip", "box-gmm-frame", "box-frame-score", "box-msra", "box-fusion",
+            "box-losses"} <= set(boxes)
+    for text in fig.findobj(Text):
+        gid = text.get_gid() or ""
+        if gid.startswith("box-"):
+            outer = boxes[gid.rsplit("-", 1)[0]].get_window_extent(renderer)
+            inner = text.get_window_extent(renderer)
+            assert outer.x0 <= inner.x0 and inner.x1 <= outer.x1 and outer.y0 <= inner.y0 and inner.y1 <= outer.y1, gid
+    # no two boxes overlap
+    extents = {g: p.get_window_extent(renderer) for g, p in boxes.items()}
+    names = sorted(extents)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not extents[a].overlaps(extents[b]), (a, b)
+
+
+def test_model_diagram_text_follows_the_config(monkeypatch):
+    base = preset("tvr")
+    changed = base
+    for assignment in ("data.n_clips=16", "data.max_frames=64", "data.visual_dim=1024", "data.text_dim=512",
+                       "model.n_proxies=4", "model.alpha=0.7", "model.hidden_size=256", "model.sft_factor=0.6",
+                       "loss.pm_weight=0.01", "loss.loss_factor=[0.02, 0.03, 0.003, 0.11]"):
+        changed = changed.override(assignment)
+    old = " | ".join(assert_readable(D.model_diagram(base), monkeypatch))
+    new = " | ".join(assert_readable(D.model_diagram(changed), monkeypatch))
+    for text_old, text_new in [("GMM block, L = 32", "GMM block, L = 16"), ("GMM block, L = 128", "GMM block, L = 64"),
+                               ("K = 6 proxies", "K = 4 proxies"), ("α = 0.5", "α = 0.7"),
+                               ("128 × 3072", "64 × 1024"), ("30 × 768", "30 × 512"), ("768→384", "512→256"),
+                               ("sft_factor = 0.09", "sft_factor = 0.6"), ("0.004 · $L_{PM}$", "0.01 · $L_{PM}$"),
+                               ("0.05 · NCE on $S_c$", "0.02 · NCE on $S_c$"), ("0.09 · OT", "0.11 · OT")]:
+        assert text_old in old and text_old not in new, text_old
+        assert text_new in new, text_new
+    # one label per branch, in the model's order
+    labels = [t for t in new.split(" | ") if t == "none" or t.startswith("w = ")]
+    assert labels == ["none"] + [f"w = {w:g}" for w in WIDTHS[1:]]
+
+
+def test_model_diagram_follows_the_ral_switches(monkeypatch):
+    cfg = preset("demo")
+    full = assert_readable(D.model_diagram(cfg), monkeypatch)
+    assert "MSRA" in full and "CSA frame score $S_f$" in full
+    no_msra = " | ".join(assert_readable(D.model_diagram(cfg.override("model.msra=false")), monkeypatch))
+    assert "MSRA" not in no_msra.split(" | ") and "L_{PM}" not in no_msra and "L_{DA}" not in no_msra
+    uniform = " | ".join(assert_readable(D.model_diagram(cfg.override("model.word_confidence=false")), monkeypatch))
+    assert "uniform word weights" in uniform and "MLP" not in uniform
+    bare = assert_readable(D.model_diagram(cfg.override("model.csa=false").override("model.msra=false")), monkeypatch)
+    assert "Frame score $S_f$" in bare and not any("CSA" in t for t in bare)
+    with pytest.raises(ConfigError, match="gmmformer_v2"):
+        D.model_diagram(cfg.override("model.backbone=ms_sl"))
+
+
+def test_model_diagram_glyphs_draw_the_model_windows():
+    cfg = preset("demo")
+    fig = D.model_diagram(cfg)
+    glyphs = [ax for ax in fig.axes[1:]]
+    assert len(glyphs) == len(WIDTHS)
+    length = cfg.model.max_frames
+    for ax, width in zip(glyphs, WIDTHS):
+        # fill_between's outline: a start point, then the upper edge (x = 0..L-1), then the lower edge back
+        upper = ax.collections[0].get_paths()[0].vertices[1:length + 1]
+        expected = np.ones(length) if width is None else window_row_by_formula(length, width, length // 2)
+        np.testing.assert_allclose(upper[:, 0], np.arange(length))
+        np.testing.assert_allclose(upper[:, 1], expected, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- Gaussian windows
+
+
+@pytest.mark.parametrize("block,n_frames", [("frame", 40), ("frame", None), ("clip", None)])
+def test_gaussian_windows_match_the_formula(monkeypatch, block, n_frames):
+    cfg = preset("demo")
+    length = cfg.model.max_frames if block == "frame" else cfg.model.n_clips
+    n = length if n_frames is None else n_frames
+    fig = D.gaussian_windows_figure(cfg, n_frames=n_frames, block=block, centres=[0, n // 2, n - 1])
+    assert_readable(fig, monkeypatch)
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert len(panels) == len(WIDTHS)
+    seen = set()
+    for ax in panels:
+        index = int(ax.get_title().split(":")[0].removeprefix("branch ")) - 1
+        seen.add(index)
+        width = WIDTHS[index]
+        assert (width is None) == ("no window" in ax.get_title())
+        if width is not None:
+            assert f"w = {width:g}" in ax.get_title()
+            assert f"σ ≈ {max(width, 0.01) / 9 * (length - 1):.3g} rows" in ax.get_title()
+        curves = [line for line in ax.get_lines() if len(line.get_xdata()) == n]
+        assert len(curves) == 3
+        for line, centre in zip(curves, [0, n // 2, n - 1]):
+            expected = np.ones(n) if width is None else window_row_by_formula(length, width, centre)[:n]
+            np.testing.assert_allclose(line.get_ydata(), expected, atol=1e-6)
+    assert seen == set(range(len(WIDTHS)))
+
+
+def test_gaussian_windows_reject_impossible_requests():
+    cfg = preset("demo")
+    with pytest.raises(ConfigError, match=r"n_frames=200.*model.max_frames = 128"):
+        D.gaussian_windows_figure(cfg, n_frames=200)
+    with pytest.raises(ConfigError, match="model.n_clips = 32"):
+        D.gaussian_windows_figure(cfg, n_frames=33, block="clip")
+    with pytest.raises(ConfigError, match="centres"):
+        D.gaussian_windows_figure(cfg, n_frames=40, centres=[40])
+    with pytest.raises(ConfigError, match="block"):
+        D.gaussian_windows_figure(cfg, block="word")
+
+
+# ----------------------------------------------------------------------------- demo frame generation
+
+
+def test_frame_generation_figure_shows_the_generator_signal(monkeypatch):
+    params = demo.DemoParams(frame_noise=0.5, background_strength=2.0)
+    fig = D.frame_generation_figure(params, n_frames=50, seed=3)
+    texts = " | ".join(assert_readable(fig, monkeypatch))
+    assert "0.5·noise" in texts and "2 · scene direction" in texts and "0.55·family" in texts
+    ax_line, ax_bar = fig.axes[:2]
+    concepts = dict(label.split(": ") for label in (line.get_label() for line in ax_line.get_lines())
+                    if ": " in label)
+    assert list(concepts) == list(demo.SLOTS)
+    orange = [p for p in ax_line.patches if matplotlib.colors.to_hex(p.get_facecolor()) == "#f2c894"]
+    assert len(orange) == 1
+    xs = orange[0].get_path().transformed(orange[0].get_patch_transform()).vertices[:, 0]
+    start, end = int(round(xs.min() + 0.5)), int(round(xs.max() + 0.5))
+    # the clean signal inside the moment, from the world's concept vectors (no frames involved)
+    world = demo.build_world(params)
+    length = end - start
+    envelope = 0.6 + 0.4 * np.sin(np.pi * (np.arange(length) + 0.5) / length)
+    static = params.person_weight * world.latent["person"]
+    for slot, weight in zip(demo.SLOTS[1:], params.slot_weights[1:]):
+        static = static + weight * world.latent[concepts[slot]]
+    action = params.slot_weights[0] * world.latent[concepts["action"]]
+    expected = [static @ world.latent[concepts[s]] + envelope.mean() * action @ world.latent[concepts[s]]
+                for s in demo.SLOTS]
+    bars = {container.get_label(): [bar.get_width() for bar in container] for container in ax_bar.containers}
+    assert len(bars) == 3 and all(len(v) == len(demo.SLOTS) for v in bars.values())
+    signal = [v for label, v in bars.items() if label.endswith("signal only")][0]
+    np.testing.assert_allclose(signal, expected, atol=1e-9)
+    with pytest.raises(ConfigError, match="at least 24 frames"):
+        D.frame_generation_figure(params, n_frames=10)
+
+
+# ----------------------------------------------------------------------------- word map under the timeline
+
+
+def _timeline_case(rng: np.random.Generator):
+    """Eight words over 90 frame rows; moments M1 [5, 20), M2 [30, 33) (narrow), M3 [40, 60), M4 [61, 63)."""
+    words = ["then", "a", "person", "rides", "the", "red", "bike", "outside"]
+    sim = rng.normal(0.0, 0.1, (len(words), 90))
+    sim[6, 12] = 2.0   # "bike" peaks in M1, another moment
+    sim[3, 45] = 2.0   # "rides" peaks in M3, the query's moment
+    sim[0, 80] = 2.0   # "then" peaks in the background
+    moments = [(5, 20, "ride bike blue park"), (30, 33, "throw ball red street"), (40, 60, "ride bike red park"),
+               (61, 63, "eat apple green kitchen")]
+    return sim, words, moments
+
+
+def test_word_frame_timeline_marks_each_words_best_frame(monkeypatch):
+    sim, words, moments = _timeline_case(np.random.default_rng(0))
+    fig = D.word_frame_timeline(sim, words, moments, (40, 60), confidence=np.full(len(words), 1 / len(words)),
+                                title="v1#enc#0: then a person rides the red bike outside " * 3,
+                                fillers=["then", "a", "the"])
+    texts = assert_readable(fig, monkeypatch)
+    peaks = [c for c in fig.findobj(PathCollection) if c.get_gid() == "word-peaks"]
+    assert len(peaks) == 1
+    offsets = peaks[0].get_offsets()
+    expected = [max(range(sim.shape[1]), key=lambda f: sim[w, f]) for w in range(len(words))]  # brute force
+    assert [int(x) for x in offsets[:, 0]] == expected
+    assert [int(y) for y in offsets[:, 1]] == list(range(len(words)))
+    assert "→ frame 12: M1, other moment" in texts
+    assert "→ frame 45: own moment" in texts
+    assert "→ frame 80: background" in texts
+    # every moment is named on the timeline, and a label drawn inside a band fits in it
+    renderer = fig.canvas.get_renderer()
+    bands = {p.get_gid(): p for p in fig.findobj(Rectangle) if (p.get_gid() or "").startswith("moment-M")}
+    labels = {t.get_gid(): t for t in fig.findobj(Text) if (t.get_gid() or "").startswith("moment-label-")}
+    assert sorted(bands) == [f"moment-M{k}" for k in range(1, 5)]
+    assert sorted(labels) == [f"moment-label-M{k}" for k in range(1, 5)]
+    for k in range(1, 5):
+        band, label = bands[f"moment-M{k}"].get_window_extent(renderer), labels[f"moment-label-M{k}"]
+        extent = label.get_window_extent(renderer)
+        assert label.get_text().startswith(f"M{k}")
+        if extent.y0 < band.y1:  # drawn inside: must fit
+            assert band.x0 <= extent.x0 and extent.x1 <= band.x1 and band.y0 <= extent.y0 and extent.y1 <= band.y1
+    # the query's moment is the highlighted band; narrow bands' concepts are in the key
+    assert bands["moment-M3"].get_linewidth() > bands["moment-M1"].get_linewidth()
+    assert any("M2 = throw ball red street" in t for t in texts)
+
+
+def test_word_frame_timeline_rejects_inconsistent_inputs():
+    sim, words, moments = _timeline_case(np.random.default_rng(1))
+    with pytest.raises(DataError, match="8 words"):
+        D.word_frame_timeline(sim[:5], words, moments, (40, 60))
+    with pytest.raises(DataError, match="query_span"):
+        D.word_frame_timeline(sim, words, moments, (40, 95))
+    with pytest.raises(DataError, match="moment M2"):
+        D.word_frame_timeline(sim, words, [moments[0], (50, 40, "x")], (40, 60))
+    with pytest.raises(DataError, match="confidence"):
+        D.word_frame_timeline(sim, words, moments, (40, 60), confidence=np.ones(3))
+
+
+# ----------------------------------------------------------------------------- docs figures
+
+
+def test_write_docs_figures_and_the_committed_ones_are_current(tmp_path):
+    written = D.write_docs_figures(tmp_path)
+    assert sorted(p.name for p in written) == ["gmm_windows_tvr.png", "gmm_windows_tvr.svg",
+                                               "model_diagram_tvr.png", "model_diagram_tvr.svg"]
+    for path in written:
+        data = path.read_bytes()
+        assert data.startswith(b"\x89PNG") if path.suffix == ".png" else b"<svg" in data[:600]
+    fresh = {stem: D.figure_text_digest(fig) for stem, fig in D.docs_figures().items()}
+    for stem, digest in fresh.items():
+        assert D.svg_text_digest(tmp_path / f"{stem}.svg") == digest
+        committed = REPO / "docs" / "figures" / f"{stem}.svg"
+        assert D.svg_text_digest(committed) == digest, (
+            f"{committed.relative_to(REPO)} is stale: run python -c 'from ralbook.viz.diagrams import "
+            f"write_docs_figures; write_docs_figures()' and commit docs/figures")
+        assert (REPO / "docs" / "figures" / f"{stem}.png").is_file()
