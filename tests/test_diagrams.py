@@ -21,8 +21,8 @@ from matplotlib.collections import PathCollection  # noqa: E402
 from matplotlib.patches import FancyBboxPatch, Rectangle  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
-from ralbook.data import demo  # noqa: E402
 from ralbook.config import preset  # noqa: E402
+from ralbook.data import demo  # noqa: E402
 from ralbook.errors import ConfigError, DataError  # noqa: E402
 from ralbook.viz import diagrams as D  # noqa: E402
 

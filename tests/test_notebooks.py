@@ -485,7 +485,7 @@ def test_figures_command_rewrites_the_curated_folder(alone, tiny_root, out_dir, 
     """``ralbook figures`` = the main job, then curated PNGs (run tag dropped), results.json and RESULTS.md."""
     import shutil
 
-    from ralbook.workbook import results
+    from ralbook.workbook import results as results_file
     from ralbook.cli import main
 
     out, curated = out_dir / "figures_job", out_dir / "curated"
@@ -500,9 +500,9 @@ def test_figures_command_rewrites_the_curated_folder(alone, tiny_root, out_dir, 
     pngs = sorted(p.name for p in curated.glob("*.png"))
     assert pngs == ["01_data_inspection_counts.png", "01_data_inspection_distributions.png",
                     "01_data_inspection_moments.png"]
-    results = json.loads((curated / results.RESULTS_FILE).read_text())
-    assert results == json.loads((out / results.RESULTS_FILE).read_text())
-    assert (curated / results.RESULTS_MD).read_text() == results.results_markdown(results, pngs)
+    results = json.loads((curated / results_file.RESULTS_FILE).read_text())
+    assert results == json.loads((out / results_file.RESULTS_FILE).read_text())
+    assert (curated / results_file.RESULTS_MD).read_text() == results_file.results_markdown(results, pngs)
 
 
 @pytest.mark.slow

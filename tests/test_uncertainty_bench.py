@@ -238,7 +238,7 @@ def tiny_model_and_collection(root, drop: float):
     from layout import write_random_collection
 
     from ralbook.config import DataConfig, ModelConfig
-    from ralbook.data import Collection
+    from ralbook.data.collection import Collection
     from ralbook.model import build_model
 
     spec = write_random_collection(root)

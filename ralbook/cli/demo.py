@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ralbook.workbook import pipeline
 from ralbook.workbook.pipeline import DEMO_RUN_NAME
 
 
@@ -22,3 +23,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also run 07_robustness (the full study: about 45 minutes on 2 CPU cores; cached)")
     parser.add_argument("--retrain", action="store_true",
                         help=f"delete OUT/{DEMO_RUN_NAME} and train again (default: reuse or resume the run there)")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """The main job (:func:`ralbook.workbook.pipeline.run_demo`)."""
+    return pipeline.run_demo(args)

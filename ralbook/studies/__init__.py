@@ -1,1 +1,2 @@
-"""Layer 10, studies: analyses of trained models and the sentences that report them (no notebook code)."""
+"""Studies: analyses of trained models, benchmarks that compare methods on the same outputs, and the
+sentences that report them (no notebook or command-line code)."""

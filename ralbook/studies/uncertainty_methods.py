@@ -39,9 +39,10 @@ from ralbook.errors import DataError, RalbookError, shorten
 from ralbook.model.layers import Dropout
 from ralbook.retrieval.evaluate import SortedVideos, encode_video_set, evaluate, score_rows
 from ralbook.retrieval.metrics import ranks_from_scores
-from ralbook.studies.analysis import collect_distributions
 from ralbook.studies import uncertainty_metrics as um
-from ralbook.studies.uncertainty import DEFAULT_BOOTSTRAP, DEFAULT_TEMPERATURE, mean_log_sigma, softmax_entropy, top_margin
+from ralbook.studies.analysis import collect_distributions
+from ralbook.studies.uncertainty import (DEFAULT_BOOTSTRAP, DEFAULT_TEMPERATURE, mean_log_sigma, softmax_entropy,
+                                         top_margin)
 
 FREE_BASELINES: tuple[str, ...] = ("neg_margin", "entropy", "neg_top1", "length")
 FAILURE_AT: tuple[int, ...] = (1, 10)

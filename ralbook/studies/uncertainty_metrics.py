@@ -23,8 +23,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from ralbook.studies.analysis import auc
 from ralbook.errors import DataError
+from ralbook.studies.analysis import auc
 
 BINNINGS: tuple[str, ...] = ("width", "mass")
 # Largest |log evidence|, the same cap as ralbook.losses.EVIDENCE_LOG_CAP (training and post hoc agree).

@@ -1,1 +1,2 @@
-"""Layer 4, figures: plots (no other ralbook module imported), and later diagrams."""
+"""Figures: the notebooks' plots, and teaching figures drawn from the actual settings (the model diagram,
+the GMM windows, the demo generator, word maps)."""

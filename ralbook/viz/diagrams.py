@@ -27,8 +27,8 @@ from matplotlib.path import Path as MplPath
 from matplotlib.text import Text
 
 from ralbook.config import Config, preset
-from ralbook.errors import ConfigError, DataError
 from ralbook.data import demo
+from ralbook.errors import ConfigError, DataError
 from ralbook.losses import weights
 from ralbook.model.gmm import GMM_WIDTHS
 from ralbook.model.layers import gaussian_window
