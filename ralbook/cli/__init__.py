@@ -13,7 +13,7 @@ import sys
 from types import ModuleType
 
 from ralbook.cli import (demo, evaluate, extract, figures, index, inspect, make_demo, robustness, search, sigma_report,
-                         train)
+                         train, uncertainty)
 from ralbook.errors import RalbookError
 from ralbook.runtime import threads as runtime
 
@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[ModuleType, str]] = {
     "evaluate": (evaluate, "evaluate a checkpoint"),
     "index": (index, "encode a split's videos once into an index folder (two-stage retrieval)"),
     "sigma-report": (sigma_report, "AUC of a model's sigma for ambiguity labels, with baselines"),
+    "uncertainty": (uncertainty, "the uncertainty benchmark: failure prediction, ambiguity and calibration of "
+                                 "every method, with intervals"),
     "robustness": (robustness, "the robustness study: models x ambiguity x noise, cached runs"),
     "demo": (demo, "the main job: train on the demo data and run all notebooks"),
     "extract": (extract, "video files (+ captions) -> a collection of CLIP features"),
