@@ -136,7 +136,7 @@ def out_dir(tmp_path_factory) -> Path:
 
 # Notebooks whose saved outputs are checked for stray values (the others belong to other branches for now).
 CLEAN_OUTPUTS = {"00_quickstart", "01_data_inspection", "02_train", "03_evaluate", "04_uncertainty",
-                 "05_word_confidence", "07_robustness"}
+                 "05_word_confidence", "07_robustness", "08_uncertainty_methods"}
 STRAY = ("<Figure size", "PosixPath(", "0%|")
 
 
@@ -318,6 +318,33 @@ def content_hit_rate_lift(run: Path, seed: int, n: int = 40) -> float:
     rate = [analysis.moment_hit_rates(m, coll, caps, truth, fillers, cfg.data.max_frames)["content_hit_rate"]
             for m in (trained_model, untrained)]
     return rate[0] - rate[1]
+
+
+@pytest.mark.slow
+def test_08_uncertainty_methods(trained, demo_root, out_dir):
+    """The benchmark table of every method, both figures, sentences from ralbook.stats, and the cache.
+
+    No verdict is asserted (the numbers are what the notebook reports); the test checks that the table holds
+    the ensemble and MC-dropout methods, that the conclusion is the study function's, that a second execution
+    reads the cached result and gives the same table, and that the ensemble run is reused, not retrained.
+    """
+    from ralbook.studies import uncertainty_methods as methods
+
+    run, _ = trained
+    params = dict(run_dir=str(run), data_root=str(demo_root), ensemble_seeds=[1], ensemble_dir=str(out_dir / "unc"),
+                  ensemble_epochs=1, ensemble_hidden_size=TINY["hidden_size"], mc_dropout=2, n_boot=50,
+                  cache_dir=str(out_dir / "unc"))
+    s = execute("08_uncertainty_methods", out_dir, **params)
+    assert not s["cached"] and len(s["ensemble"]) == 1
+    methods_seen = set(s["table"]["failure@1"]["methods"])
+    assert {"ensemble_disagreement", "mc_score_var", "evidential_u", "sigma", "entropy"} <= methods_seen
+    assert s["what_this_shows"] == methods.what_this_shows(s["table"])
+    assert s["table"]["ambiguity"]["n"] > 0 and s["table"]["n_boot"] == 50
+    assert_figures(s, "risk_coverage", "reliability")
+    member = Path(s["ensemble"][0]) / "best.pt"
+    stamp = member.stat().st_mtime_ns
+    again = execute("08_uncertainty_methods", out_dir, **params)
+    assert again["cached"] and again["table"] == s["table"] and member.stat().st_mtime_ns == stamp
 
 
 @pytest.mark.slow

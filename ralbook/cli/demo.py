@@ -21,6 +21,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ablation-epochs", type=int, default=3, help="epochs per ablation variant (default 3)")
     parser.add_argument("--robustness", action="store_true",
                         help="also run 07_robustness (the full study: about 45 minutes on 2 CPU cores; cached)")
+    parser.add_argument("--uncertainty", action="store_true",
+                        help="also run 08_uncertainty_methods (trains 2 more demo runs for the ensemble; cached)")
     parser.add_argument("--retrain", action="store_true",
                         help=f"delete OUT/{DEMO_RUN_NAME} and train again (default: reuse or resume the run there)")
 

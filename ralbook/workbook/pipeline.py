@@ -47,9 +47,11 @@ NOTEBOOKS: tuple[str, ...] = (
     "05_word_confidence.ipynb",
     "06_ablation_sweep.ipynb",
     "07_robustness.ipynb",
+    "08_uncertainty_methods.ipynb",
 )
 SWEEP_NOTEBOOK = "06_ablation_sweep.ipynb"
 ROBUSTNESS_NOTEBOOK = "07_robustness.ipynb"
+UNCERTAINTY_NOTEBOOK = "08_uncertainty_methods.ipynb"  # trains two more demo runs (the ensemble): opt-in, cached
 KERNEL_NAME = "python3"
 # The demo job's run folder inside OUT; its name tags the figures (``03_evaluate_ral_demo_recall.png``).
 DEMO_RUN_NAME = "ral_demo"
@@ -281,6 +283,9 @@ def demo_parameters(name: str, out: Path, run_dir: Path, data_root: Path, figure
         return {**common, **per_run, "preset": "demo", "epochs": epochs, "resume": True}
     if name.startswith("07"):
         return {**common, "device": device, "cache_dir": str(out / "robustness")}
+    if name.startswith("08"):  # the ensemble runs and the benchmark's cache live in OUT/uncertainty
+        return {**common, **per_run, "ensemble_dir": str(out / "uncertainty"), "cache_dir": str(out / "uncertainty"),
+                "ensemble_epochs": epochs}
     if name.startswith("06"):
         return {**common, "data_root": str(data_root), "device": device, "sweep_dir": str(out / "ablation"),
                 "epochs": ablation_epochs}
@@ -298,7 +303,8 @@ def run_demo(args: argparse.Namespace) -> int:
     run_dir = out / DEMO_RUN_NAME
     nb_dir = root / "notebooks"
     available = [n for n in NOTEBOOKS if (nb_dir / n).is_file()]
-    opt_in = {SWEEP_NOTEBOOK: getattr(args, "ablation", False), ROBUSTNESS_NOTEBOOK: getattr(args, "robustness", False)}
+    opt_in = {SWEEP_NOTEBOOK: getattr(args, "ablation", False), ROBUSTNESS_NOTEBOOK: getattr(args, "robustness", False),
+              UNCERTAINTY_NOTEBOOK: getattr(args, "uncertainty", False)}
     default = [n for n in available if opt_in.get(n, True)]
     names = _selected(args.notebooks, available) if args.notebooks else default
     if not (data_root / "demo").is_dir():
