@@ -535,6 +535,10 @@ def test_07_robustness_tiny_study(tiny_root, out_dir):
     assert sorted([g["sumr_mean"] for g in grid] + [swept["sumr_mean"]]) == pytest.approx(
         sorted(r["sumr"] for r in results))  # one seed: each mean is the run's own SumR
     assert s["findings"] and all(isinstance(line, str) for line in s["findings"])
+    # one seed: every paired comparison is undecided without an interval, and the text says so
+    assert s["plan"]["threads"] == 1 and len(s["comparisons"]["pairs"]) == 2  # RALBOOK_THREADS=1 (conftest)
+    assert all(p["comparison"]["verdict"] == "undecided" for p in s["comparisons"]["pairs"])
+    assert "no comparison has an interval" in s["what_this_shows"] and " leads " not in s["what_this_shows"]
     assert s["what_this_shows"].startswith("**What this shows**") and s["findings"][0] in s["what_this_shows"]
     assert_figures(s, "sumr_vs_ambiguity", "sigma_auc_vs_weight")
     again = execute("07_robustness", out_dir, **params)

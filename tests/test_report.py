@@ -148,8 +148,10 @@ def test_robustness_text_wraps_the_findings_with_the_plan():
             "ambiguity": (0.5,), "noise": ("low", "high")}
     one = report.robustness_text(plan, ["RAL leads."])
     assert one.startswith("**What this shows**") and "* RAL leads." in one
-    assert "1 seed(s) [0], 1 epochs, 12/4/10 videos, hidden size 16" in one and "no spread" in one
-    assert "no spread" not in report.robustness_text(dict(plan, seeds=(0, 1)), [])
+    assert "1 seed(s) [0], 1 epochs, 12/4/10 videos, hidden size 16" in one and "no comparison has an interval" in one
+    two = report.robustness_text(dict(plan, seeds=(0, 1), threads=2), [])
+    assert "no comparison has an interval" not in two and "pairs the runs of the same seed" in two
+    assert "2 CPU thread(s) per run" in two
     assert "took 36.5 minutes" in report.robustness_text(plan, [], train_minutes=36.46)
 
 
