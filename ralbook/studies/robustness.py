@@ -39,6 +39,7 @@ from ralbook.retrieval.metrics import chance_metrics, read_relevant_file
 from ralbook.runtime.threads import configure_threads
 from ralbook.stats import (Comparison, compare_seeds, describe, describe_detectable, single_mean,
                            summary_line)
+from ralbook.studies.ablation import PAPER_GAIN  # the paper's headline gain (SumR), defined once
 from ralbook.studies.uncertainty import labels_for_split, model_outputs, sigma_report
 from ralbook.training.rundir import open_run
 from ralbook.training.trainer import train
@@ -332,8 +333,6 @@ def summarise(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- comparisons (paired by seed)
 
 
-# The paper's headline: GMMFormer v2 + RAL (SumR 198.8) over GMMFormer v2 alone (189.1) on TVR's test split.
-PAPER_GAIN = 9.7
 PAPER_GAIN_LABEL = "the paper's headline gain of RAL over GMMFormer v2 (+9.7 SumR on TVR)"
 # (a, b, what the comparison tests): the pairs the paper's claims concern.
 PAIRS: tuple[tuple[str, str, str], ...] = (
