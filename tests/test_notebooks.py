@@ -136,7 +136,7 @@ def out_dir(tmp_path_factory) -> Path:
 
 # Notebooks whose saved outputs are checked for stray values (the others belong to other branches for now).
 CLEAN_OUTPUTS = {"00_quickstart", "01_data_inspection", "02_train", "03_evaluate", "04_uncertainty",
-                 "05_word_confidence", "07_robustness", "08_uncertainty_methods"}
+                 "05_word_confidence", "06_ablation_sweep", "07_robustness", "08_uncertainty_methods"}
 STRAY = ("<Figure size", "PosixPath(", "0%|")
 
 
@@ -444,30 +444,43 @@ def test_notebook_runs_alone_training_a_tiny_run_when_needed(alone):
 
 @pytest.mark.slow
 def test_06_ablation_sweep_runs_02_per_variant(tiny_root, out_dir):
+    """Two variants x 2 seeds and GMMFormer v2 alone / + RAL x 2 seeds: 6 trainings, because GMMFormer v2 + RAL
+    with a seed is `full` with that seed (one run, two rows); a re-run with other epochs is refused."""
     sweep = out_dir / "sweep"
-    variants = {"no_word_conf": {"model.word_confidence": False}}
-    s = execute("06_ablation_sweep", out_dir, data_root=str(tiny_root), sweep_dir=str(sweep), variants=variants,
-                epochs=1, hidden_size=16, backbones=["ms_sl"], backbone_seeds=[1, 2])
-    assert list(s["metrics"]) == list(variants)
-    # the backbone dimension: ms_sl alone and with RAL, two seeds each, and the table computed from them
-    assert sorted(s["backbone_metrics"]) == ["ms_sl+RAL@1", "ms_sl+RAL@2", "ms_sl@1", "ms_sl@2"]
-    assert json.loads((sweep / "backbones" / "ms_sl@2" / "config.json").read_text())["model"]["csa"] is False
-    (row,) = s["backbones"]
+    variants = {"full": {}, "no_word_conf": {"model.word_confidence": False}}
+    params = dict(data_root=str(tiny_root), sweep_dir=str(sweep), variants=variants, seeds=[1, 2], epochs=1,
+                  hidden_size=16, backbones=["gmmformer_v2"], backbone_seeds=[1, 2])
+    s = execute("06_ablation_sweep", out_dir, **params)
+    assert sorted(s["metrics"]) == ["full@1", "full@2", "no_word_conf@1", "no_word_conf@2"]
+    assert sorted(s["trained"]) == ["full@1", "full@2", "gmmformer_v2@1", "gmmformer_v2@2", "no_word_conf@1",
+                                    "no_word_conf@2"]
+    assert s["shared_runs"] == {"gmmformer_v2+RAL@1": "full@1", "gmmformer_v2+RAL@2": "full@2"}
+    assert not (sweep / "backbones" / "gmmformer_v2+RAL@1").exists()
+    assert json.loads((sweep / "backbones" / "gmmformer_v2@2" / "config.json").read_text())["model"]["csa"] is False
     sumr = {name: m["SumR"] for name, m in s["backbone_metrics"].items()}
-    assert row["SumR alone"] == pytest.approx((sumr["ms_sl@1"] + sumr["ms_sl@2"]) / 2, abs=0.06)
-    assert row["seed range"] == pytest.approx(max(abs(sumr["ms_sl@1"] - sumr["ms_sl@2"]),
-                                                  abs(sumr["ms_sl+RAL@1"] - sumr["ms_sl+RAL@2"])), abs=0.06)
-    shown = json.loads((out_dir / "06_ablation_sweep.ipynb").read_text())["cells"][-1]["outputs"]
-    assert "ms_sl" in json.dumps(shown) and "seed" in json.dumps(shown)
-    assert_figures(s, "backbones")
-    for name, settings in variants.items():
-        config = json.loads((sweep / name / "config.json").read_text())
-        key = next(iter(settings)).split(".")[1]
-        assert config["model"][key] is False and config["train"]["n_epoch"] == 1
-        assert (sweep / name / "02_train_executed.ipynb").is_file()
-        assert s["metrics"][name] == pytest.approx(
-            json.loads((sweep / name / "test_metrics.json").read_text())["metrics"]["fused"])
-    assert_figures(s, "comparison")
+    assert sumr["gmmformer_v2+RAL@1"] == s["metrics"]["full@1"]["SumR"]
+    (row,) = s["backbones"]
+    assert row["SumR alone"] == pytest.approx((sumr["gmmformer_v2@1"] + sumr["gmmformer_v2@2"]) / 2, abs=0.06)
+    gains = [sumr[f"gmmformer_v2+RAL@{k}"] - sumr[f"gmmformer_v2@{k}"] for k in (1, 2)]
+    assert row["difference"] == pytest.approx(sum(gains) / 2, abs=0.06) and row["seeds"] == 2
+    (comparison,) = s["comparisons"]
+    assert comparison["variant"] == "no_word_conf" and comparison["comparison"]["n"] == 2
+    assert s["seed_only"]["differences"]["2"] == pytest.approx(
+        s["metrics"]["full@2"]["SumR"] - s["metrics"]["full@1"]["SumR"])
+    shown = json.dumps(json.loads((out_dir / "06_ablation_sweep.ipynb").read_text())["cells"][-1]["outputs"])
+    assert "Seed only" in shown and "gmmformer_v2" in shown and "paper's headline gain" in shown
+    assert s["what_this_shows"].startswith("**What this shows**")
+    assert_figures(s, "backbones", "comparison")
+    config = json.loads((sweep / "no_word_conf@2" / "config.json").read_text())
+    assert config["model"]["word_confidence"] is False and config["train"]["n_epoch"] == 1
+    assert config["train"]["seed"] == 2 and (sweep / "no_word_conf@2" / "02_train_executed.ipynb").is_file()
+    assert s["metrics"]["no_word_conf@2"] == pytest.approx(
+        json.loads((sweep / "no_word_conf@2" / "test_metrics.json").read_text())["metrics"]["fused"])
+    # the same sweep_dir with other settings: refused, naming the difference (no "reusing" of old runs)
+    before = (sweep / "full@1" / "best.pt").read_bytes()
+    with pytest.raises(pipeline.RalbookError, match="train.n_epoch: run has 1, now 2"):
+        execute("06_ablation_sweep", out_dir / "again", **dict(params, epochs=2))
+    assert (sweep / "full@1" / "best.pt").read_bytes() == before
 
 
 @pytest.mark.slow
@@ -549,6 +562,10 @@ def test_07_robustness_tiny_study(tiny_root, out_dir):
     assert sorted([g["sumr_mean"] for g in grid] + [swept["sumr_mean"]]) == pytest.approx(
         sorted(r["sumr"] for r in results))  # one seed: each mean is the run's own SumR
     assert s["findings"] and all(isinstance(line, str) for line in s["findings"])
+    # one seed: every paired comparison is undecided without an interval, and the text says so
+    assert s["plan"]["threads"] == 1 and len(s["comparisons"]["pairs"]) == 2  # RALBOOK_THREADS=1 (conftest)
+    assert all(p["comparison"]["verdict"] == "undecided" for p in s["comparisons"]["pairs"])
+    assert "no comparison has an interval" in s["what_this_shows"] and " leads " not in s["what_this_shows"]
     assert s["what_this_shows"].startswith("**What this shows**") and s["findings"][0] in s["what_this_shows"]
     assert_figures(s, "sumr_vs_ambiguity", "sigma_auc_vs_weight")
     again = execute("07_robustness", out_dir, **params)

@@ -148,8 +148,10 @@ def test_robustness_text_wraps_the_findings_with_the_plan():
             "ambiguity": (0.5,), "noise": ("low", "high")}
     one = report.robustness_text(plan, ["RAL leads."])
     assert one.startswith("**What this shows**") and "* RAL leads." in one
-    assert "1 seed(s) [0], 1 epochs, 12/4/10 videos, hidden size 16" in one and "no spread" in one
-    assert "no spread" not in report.robustness_text(dict(plan, seeds=(0, 1)), [])
+    assert "1 seed(s) [0], 1 epochs, 12/4/10 videos, hidden size 16" in one and "no comparison has an interval" in one
+    two = report.robustness_text(dict(plan, seeds=(0, 1), threads=2), [])
+    assert "no comparison has an interval" not in two and "pairs the runs of the same seed" in two
+    assert "2 CPU thread(s) per run" in two
     assert "took 36.5 minutes" in report.robustness_text(plan, [], train_minutes=36.46)
 
 
@@ -300,3 +302,24 @@ def test_stored_notebooks_end_with_a_generated_conclusion():
         nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
         assert nb.cells[-2].cell_type == "markdown" and "What this shows" in nb.cells[-2].source, name
         assert "report." in nb.cells[-1].source and "what_this_shows" in nb.cells[-1].source, name
+
+
+def test_results_say_how_far_their_numbers_travel():
+    """The expected spread of a fresh run: t(4) x sqrt(2) x 11.56 = 45.4 SumR; the studies' own seed spreads."""
+    from scipy.stats import t
+
+    results = {"settings": {"epochs": 10}, "notebooks": {
+        "07_robustness": {"summary": [
+            {"group": "grid", "seeds": [0, 1, 2], "sumr_std": 4.25},
+            {"group": "grid", "seeds": [0, 1, 2], "sumr_std": 21.0},
+            {"group": "sweep", "seeds": [0, 1, 2], "sumr_std": 99.0},   # not a grid setting: left out
+            {"group": "grid", "seeds": [0], "sumr_std": 0.0}]},          # one seed: no spread
+        "06_ablation_sweep": {"seed_only": {"differences": {"1": -6.0}, "values": {"9527": 200.0, "1": 194.0},
+                                            "sd": 4.24}}}}
+    lines = results_file.travel_lines(results)
+    reach = t.ppf(0.975, 4) * 2 ** 0.5 * 11.56
+    assert f"within ±{reach:.1f} SumR" in lines[0] and "±45.4" in lines[0] and "(10 epochs)" in lines[0]
+    assert "SDs over its 3 seeds from 4.2 to 21.0 SumR" in lines[2]
+    assert "moved the full model's SumR by -6.0 (SD over its 2 seeds 4.2)" in lines[3]
+    assert len(results_file.travel_lines({"notebooks": {}})) == 2
+    assert "## How far these numbers travel" in results_file.results_markdown(results)

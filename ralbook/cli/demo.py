@@ -16,8 +16,9 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--notebooks", nargs="*", default=None, metavar="NAME",
                         help="run only these notebooks (e.g. 01 04); default: 00-05")
     parser.add_argument("--ablation", action="store_true",
-                        help="also run 06_ablation_sweep (trains 16 more models: 4 switch variants and 3 "
-                             "backbones x with / without RAL x 2 seeds; tens of minutes on a CPU)")
+                        help="also run 06_ablation_sweep (trains 18 more models: 4 switch variants x 2 seeds and "
+                             "3 backbones x with / without RAL x 2 seeds, the full model's runs shared by both "
+                             "parts; tens of minutes on a CPU)")
     parser.add_argument("--ablation-epochs", type=int, default=3, help="epochs per ablation variant (default 3)")
     parser.add_argument("--robustness", action="store_true",
                         help="also run 07_robustness (the full study: about 45 minutes on 2 CPU cores; cached)")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ralbook.errors import RalbookError
 from ralbook.files import json_ready, resolve_path
-from ralbook.studies.robustness import StudyPlan, _fmt, findings, run_minutes, run_study, summarise
+from ralbook.studies.robustness import (StudyPlan, _fmt, comparison_records, findings, run_minutes, run_study,
+                                       summarise)
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -38,6 +39,9 @@ def add_robustness_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden-size", type=int, default=d.hidden_size, help="model width (default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="videos per batch (default %(default)s)")
     parser.add_argument("--n-boot", type=int, default=d.n_boot, help="bootstrap resamples (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=d.threads,
+                        help="CPU threads per run, part of each run's cache key; 0: chosen once from the load "
+                             "(default %(default)s)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
     parser.add_argument("--json", help="write the rows, summary and findings to this JSON file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -49,7 +53,7 @@ def plan_from_args(args: argparse.Namespace) -> StudyPlan:
                          seeds=tuple(int(s) for s in _words(args.seeds)), loss_scales=_floats(args.loss_scales),
                          sweep_terms=_words(args.sweep_terms), epochs=args.epochs, n_train=args.n_train,
                          n_val=args.n_val, n_test=args.n_test, hidden_size=args.hidden_size,
-                         batch_size=args.batch_size, n_boot=args.n_boot)
+                         batch_size=args.batch_size, n_boot=args.n_boot, threads=args.threads)
     except ValueError as err:
         raise RalbookError(f"robustness: a list option holds a non-number ({err})") from err
     plan.validate()
@@ -69,11 +73,12 @@ def run_robustness(args: argparse.Namespace) -> int:
                                                                     if s["term"] else ""))
         print(f"{setting:<34}{s['label']:<18}{_fmt(s['sumr_mean'], s['sumr_std']):>16}"
               f"{'n/a' if s['chance_sumr'] is None else format(s['chance_sumr'], '.1f'):>8}{_fmt(s['caption_auc_mean'], s['caption_auc_std'], 3):>18}")
-    lines = findings(summary)
+    lines = findings(result.rows)
     print("\n".join(lines))
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(json_ready({"plan": dataclasses.asdict(plan), "rows": result.rows,
-                                              "summary": summary, "findings": lines}), indent=1) + "\n")
+                                              "summary": summary,
+                                              "comparisons": comparison_records(result.rows), "findings": lines}), indent=1) + "\n")
     return 0

@@ -200,19 +200,23 @@ def uncertainty_text(reports: Mapping[str, Mapping[str, Any]], probe: Optional[f
 
 
 def robustness_text(plan: Mapping[str, Any], findings: Sequence[str], train_minutes: Optional[float] = None) -> str:
-    """07: the plan's size, the study's findings, and how much a gap means with this many seeds.
+    """07: the plan's size, the study's findings, and what its comparisons can and cannot say.
 
     ``train_minutes``: the summed time of the distinct runs (training and evaluation) when they were made.
     """
     seeds = list(plan["seeds"])
+    threads = plan.get("threads")
     sizes = (f"Plan: {len(seeds)} seed(s) {seeds}, {plan['epochs']} epochs, {plan['n_train']}/{plan['n_val']}/"
              f"{plan['n_test']} videos, hidden size {plan['hidden_size']}; ambiguity {list(plan['ambiguity'])}, "
-             f"noise {list(plan['noise'])}.")
+             f"noise {list(plan['noise'])}"
+             + (f"; {threads} CPU thread(s) per run" if threads else "") + ".")
     if train_minutes is not None:
         sizes += (f" Its distinct runs took {train_minutes:.1f} minutes to train and evaluate when they were made "
                   f"(on the machine that made the cache, under its load then).")
-    caveat = ("With a single seed there is no spread: differences are not yet evidence." if len(seeds) < 2
-              else "Spreads are standard deviations over seeds; a gap inside the spread is not a difference.")
+    caveat = ("With a single seed no comparison has an interval: no difference here is evidence, whichever way it "
+              "points." if len(seeds) < 2 else
+              "Every comparison pairs the runs of the same seed and takes a Student-t interval over seeds; "
+              "\"cannot be told apart\" means the interval includes 0, not that the models are equal.")
     return _bullets([sizes, *findings, caveat])
 
 
