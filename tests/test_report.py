@@ -107,6 +107,18 @@ def test_training_text_measures_the_hard_negative_jump_and_the_learning_rate():
     assert "outside the epochs" in report.training_text(recs, 3, hard_start=20)
 
 
+def test_training_text_draws_chance_and_says_why_validation_and_test_differ():
+    recs = records([0.4, 0.3, 0.9, 0.8], [2.9e-4, 1.9e-4, 9.8e-5, 1e-6], [100, 150, 160, 170])
+    text = report.training_text(recs, 3, hard_start=2, n_val=100, n_test=200, msra_lines=["MSRA line."])
+    # chance SumR by hand: 100 videos 1 + 5 + 10 + 100; 200 videos 0.5 + 2.5 + 5 + 50
+    assert "a random ranking of the 100 validation videos: 116.0" in text
+    assert "among 100 videos and test SumR among 200" in text and "not comparable" in text
+    assert "(116.0 and 58.0)" in text and "R@100 is 100" in text and text.endswith("* MSRA line.")
+    big = report.training_text(recs, 3, hard_start=2, n_val=500, n_test=1000)
+    assert "R@100 is 100" not in big and "not comparable" in big
+    assert "not comparable" not in report.training_text(recs, 3, hard_start=2)
+
+
 def test_word_confidence_text_verdicts():
     assert "content words get more confidence" in report.word_confidence_text(0.9, 0.8, None)
     assert "hardly separates" in report.word_confidence_text(0.52, 0.5, None)
