@@ -86,5 +86,9 @@ def test_msra_text_states_the_numbers():
     assert "L_PM is 20.000 at epoch 2 (epoch 1: 100.000) against 200.000" in lines[1] and "90.0% below" in lines[1]
     assert "L_DA is 80.000" in lines[2] and "against 5.000" in lines[2]
     assert "||sigma|| / ||mu||" in lines[3] and "95% CI" in lines[3] and "3 captions" in lines[3]
+    worse = msra.msra_text(shares, {"proxy_matching": [5.0, 5.5]}, {"proxy_matching": 5.0}, [1, 2])
+    assert "10.0% above it" in worse[1] and "below it" not in worse[1]
+    # (2 sqrt(0.0005) + sqrt(0.0002)) / 3 = 0.0196
+    assert "0.0196 times the mean's length" in lines[3]
     off = msra.msra_text(msra.loss_shares([{"epoch": 1, "loss": {"total": 1.0, "clip_nce": 1.0}}]), {}, {}, [1])
     assert "model.msra off" in off[0]

@@ -128,14 +128,15 @@ def msra_text(shares: Mapping[str, Sequence[float]], raw: Mapping[str, Sequence[
         first = float(values[0])
         if n == "proxy_matching":
             lines.append(f"Unweighted L_PM is {last:.3f} at epoch {epochs[-1]} (epoch {epochs[0]}: {first:.3f}) "
-                         f"against {ref:.3f} for a uniform guess log(B·K), {100 * (ref - last) / ref:.1f}% below it "
-                         "(0% = the proxies tell nothing about which captions go with which video; 100% = a loss of 0).")
+                         f"against {ref:.3f} for a uniform guess log(B·K), {100 * abs(ref - last) / ref:.1f}% "
+                         f"{'below' if last < ref else 'above'} it (0% = the proxies tell no more than a guess about "
+                         "which captions go with which video; 100% below = a loss of 0; above = worse than the guess).")
         else:
             lines.append(f"Unweighted L_DA is {last:.3f} at epoch {epochs[-1]} (epoch {epochs[0]}: {first:.3f}) "
                          f"against {ref:.3f}, its expected value with sigma = 1 and identical means.")
     for name, e in (scales or {}).items():
         lines.append(f"For {name}, ||sigma|| / ||mu|| is {e.value:.3g} (95% CI {e.low:.3g} to {e.high:.3g}, "
-                     f"{e.n} {name}): a sampled proxy lies about {100 * e.value:.2g}% of the mean's length from it.")
+                     f"{e.n} {name}): a sampled proxy lies about {e.value:.3g} times the mean's length from its mean.")
     return lines
 
 
