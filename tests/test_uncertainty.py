@@ -105,7 +105,7 @@ def test_report_keys_and_values_against_brute_force():
     items = item_scalars("caption", dist, scores, dist.cap_ids, [f"v{j}" for j in range(7)])
     labels = Labels("caption", dist.cap_ids[::-1], (np.arange(n) % 3 == 0).astype(int)[::-1], "x.tsv")
     out = report(items, labels, n_boot=100, seed=0)
-    assert set(out) == {"auc", "auc_ci", "n_pos", "n_neg", "baselines", "level"}
+    assert set(out) == {"auc", "auc_ci", "n_pos", "n_neg", "baselines", "level", "comparisons"}
     assert out["level"] == "caption" and (out["n_pos"], out["n_neg"]) == (20, 40)
     lab = dict(zip(labels.ids, labels.values))
     is_pos = np.array([lab[c] == 1 for c in dist.cap_ids])
@@ -115,6 +115,11 @@ def test_report_keys_and_values_against_brute_force():
     length = dist.query_length.astype(float)
     assert out["baselines"]["length"] == pytest.approx(pairwise_auc(length[is_pos], length[~is_pos]))
     assert set(out["baselines"]) == {"length", "neg_margin", "entropy"}
+    # the paired comparison: sigma's AUC minus the baseline's in its informative direction
+    for name, c in out["comparisons"].items():
+        base = out["baselines"][name]
+        assert c["value_b"] == pytest.approx(max(base, 1 - base)) and c["flipped_b"] == (base < 0.5)
+        assert c["estimate"] == pytest.approx(out["auc"] - c["value_b"]) and c["n"] == n and c["unit"] == "captions"
     json.dumps(out)
     with pytest.raises(DataError, match="needs video labels"):
         report(item_scalars("support_set", dist, scores, dist.cap_ids, [f"v{j}" for j in range(7)]), labels)
@@ -210,7 +215,9 @@ def test_cli_sigma_report_matches_a_direct_computation(trained, tmp_path, capsys
     printed = capsys.readouterr().out
     assert "sigma" in printed and "entropy" in printed
     got = json.loads(out.read_text())
-    assert set(got) == {"auc", "auc_ci", "n_pos", "n_neg", "baselines", "level"} and got["level"] == "caption"
+    assert set(got) == {"auc", "auc_ci", "n_pos", "n_neg", "baselines", "level", "comparisons"}
+    assert got["level"] == "caption" and set(got["comparisons"]) == set(got["baselines"])
+    assert "sigma - score" in printed and "95% interval (paired)" in printed
     # independently: the sigma heads on the test split, brute-force AUC
     cfg, model, _ = model_from_checkpoint(ckpt)
     coll = Collection.from_config(cfg.data)
