@@ -64,6 +64,20 @@ def test_parameters_cell_is_first_and_documented(path):
         assert params["interactive"]["default"] == "False"
 
 
+@pytest.mark.parametrize("name", ["02_train", "04_uncertainty"])
+def test_parameters_are_typed_and_default_to_the_demo_run(name):
+    """papermill --help-notebook names each type (no "None"), and run_dir is the run `make demo` trains."""
+    import papermill as pm
+
+    params = pm.inspect_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"))
+    untyped = [k for k, v in params.items() if v["inferred_type_name"] in ("None", "", None)]
+    assert not untyped, f"{name}: parameters without a type annotation: {untyped}"
+    makefile = (NOTEBOOK_DIR.parent / "Makefile").read_text()
+    assert "demo --out outputs/demo" in makefile
+    assert params["run_dir"]["default"] == f'"outputs/demo/{pipeline.DEMO_RUN_NAME}"'
+    assert params["progress"]["default"] == "False"
+
+
 def test_strip_notebook_removes_outputs(tmp_path):
     src = NOTEBOOKS[0]
     nb = nbformat.read(src, as_version=4)
@@ -216,8 +230,18 @@ def test_02_train_leaves_a_run_directory(trained):
     assert s["test"] == json.loads((run / "test_metrics.json").read_text())["metrics"]
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["hidden_size"] == TINY["hidden_size"] and config["train"]["lr"] == TINY_OVERRIDES["train.lr"]
-    assert_figures(s, "curves")
+    assert_figures(s, "curves", "msra_terms")
     assert f"from epoch {records[0]['epoch']}" not in s["what_this_shows"]  # generated, not a template
+    # MSRA diagnostics from the run's own metrics: shares by hand, unweighted terms, the uniform-guess L_PM
+    last = records[-1]["loss"]
+    assert s["loss_shares"]["proxy_matching"][-1] == pytest.approx(last["proxy_matching"] / last["total"])
+    assert s["msra_unweighted"]["proxy_matching"][-1] == pytest.approx(last["proxy_matching"] / config["loss"]["pm_weight"])
+    b, k, n_train = config["train"]["batch_size"], config["model"]["n_proxies"], s["n_train_videos"]
+    sizes = [b] * (n_train // b) + ([n_train % b] if n_train % b else [])
+    assert s["msra_references"]["proxy_matching"] == pytest.approx(np.mean(np.log(np.array(sizes) * k)))
+    nv = s["n_val_videos"]
+    assert s["val_chance_sumr"] == pytest.approx(sum(100 * min(kk, nv) / nv for kk in (1, 5, 10, 100)))
+    assert "not comparable" in s["what_this_shows"] and "uniform guess log(B·K)" in s["what_this_shows"]
     assert f"{records[-1]['lr']:.2e}" in s["what_this_shows"] and s["seconds_per_epoch"] > 0
 
 
@@ -296,8 +320,18 @@ def test_04_uncertainty(trained, out_dir):
     assert set(report["baselines"]) == {"length", "neg_margin", "entropy"}
     assert {r["level"] for r in s["sigma_report"].values()} <= {"caption", "support_set", "video"}
     assert 0.0 <= s["probe_auc"] <= 1.0
+    assert set(report["comparisons"]) == set(report["baselines"])
+    for name, c in report["comparisons"].items():
+        flipped = report["baselines"][name] < 0.5
+        assert c["flipped_b"] == flipped and c["value_b"] == pytest.approx(1 - report["baselines"][name] if flipped
+                                                                           else report["baselines"][name])
+        assert c["estimate"] == pytest.approx(report["auc"] - c["value_b"]) and c["low"] <= c["estimate"] <= c["high"]
+    # sigma's scale against the mean's: one value per caption, with its interval
+    scale = s["sigma_to_mean"]["captions"]
+    assert scale["n"] == len(caps) and scale["low"] <= scale["value"] <= scale["high"]
     shows = s["what_this_shows"]
     assert shows.startswith("**What this shows**") and f"{report['auc']:.3f}" in shows and "07_robustness" in shows
+    assert "strongest sigma-free baseline" in shows and "clearly beats" not in shows and "||sigma|| / ||mu||" in shows
 
 
 def content_hit_rate_lift(run: Path, seed: int, n: int = 40) -> float:

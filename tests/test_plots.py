@@ -189,3 +189,49 @@ def test_legends_cover_no_data():
         assert _legend_outside(fig.axes[0]), fig.axes[0].get_title()
     # the chance level is drawn per bin
     assert [list(seg[:, 1]) for seg in ranks.axes[0].collections[-1].get_segments()] == [[50.0, 50.0]] * 2
+
+
+def test_training_curves_draw_the_total_and_the_validation_chance_level():
+    fig = P.training_curves([1, 2], {"total": [2.0, 1.0], "nce": [1.5, 0.8]}, val_sumr=[60.0, 70.0],
+                            val_chance=58.0)
+    total = [ln for ln in fig.axes[0].lines if ln.get_label() == "total"]
+    assert len(total) == 1 and list(total[0].get_ydata()) == [2.0, 1.0] and total[0].get_color() == "black"
+    chance = [ln for ln in fig.axes[1].lines if ln.get_label().startswith("random ranking")]
+    assert len(chance) == 1 and list(chance[0].get_ydata()) == [58.0, 58.0]
+
+
+def test_terms_against_references_draws_each_reference():
+    fig = P.terms_against_references([1, 2, 3], {"L_PM": [5.0, 4.9, 4.8], "L_DA": [30.0, 20.0, 10.0]},
+                                     {"L_PM": (5.26, "uniform guess")})
+    assert len(fig.axes) == 2
+    ref = [ln for ln in fig.axes[0].lines if ln.get_label().startswith("uniform guess")]
+    assert list(ref[0].get_ydata()) == [5.26, 5.26] and len(fig.axes[1].lines) == 1
+
+
+def _lab(rgb: np.ndarray) -> np.ndarray:
+    """sRGB (0-1) -> CIELAB (D65), the closed-form conversion."""
+    c = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    m = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
+    xyz = c @ m.T / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+
+
+def test_distinct_colors_are_far_apart():
+    """seaborn's colorblind entries 1 and 3 (orange, vermillion) are 26 apart in CIELAB; the reordered
+    palette keeps the first seven at least 35 apart, and the projection uses it."""
+    import itertools
+
+    import seaborn as sns
+
+    base = _lab(np.array(sns.color_palette("colorblind", 10)))
+    assert np.linalg.norm(base[1] - base[3]) < 30
+    for n in range(2, 8):
+        lab = _lab(np.array(P.distinct_colors(n)))
+        assert min(np.linalg.norm(a - b) for a, b in itertools.combinations(lab, 2)) >= 35
+    assert len(P.distinct_colors(12)) == 12
+    means = np.zeros((4, 2))
+    fig = P.projection_plot(means, [0, 1, 2, 3], ["video"] * 4, means, [0, 1, 2, 3], ["video"] * 4,
+                            ["a", "b", "c", "d"])
+    faces = [tuple(np.round(c.get_facecolor()[0][:3], 3)) for c in fig.axes[0].collections[4:]]
+    assert faces == [tuple(np.round(c, 3)) for c in P.distinct_colors(4)]

@@ -107,6 +107,18 @@ def test_training_text_measures_the_hard_negative_jump_and_the_learning_rate():
     assert "outside the epochs" in report.training_text(recs, 3, hard_start=20)
 
 
+def test_training_text_draws_chance_and_says_why_validation_and_test_differ():
+    recs = records([0.4, 0.3, 0.9, 0.8], [2.9e-4, 1.9e-4, 9.8e-5, 1e-6], [100, 150, 160, 170])
+    text = report.training_text(recs, 3, hard_start=2, n_val=100, n_test=200, msra_lines=["MSRA line."])
+    # chance SumR by hand: 100 videos 1 + 5 + 10 + 100; 200 videos 0.5 + 2.5 + 5 + 50
+    assert "a random ranking of the 100 validation videos: 116.0" in text
+    assert "among 100 videos and test SumR among 200" in text and "not comparable" in text
+    assert "(116.0 and 58.0)" in text and "R@100 is 100" in text and text.endswith("* MSRA line.")
+    big = report.training_text(recs, 3, hard_start=2, n_val=500, n_test=1000)
+    assert "R@100 is 100" not in big and "not comparable" in big
+    assert "not comparable" not in report.training_text(recs, 3, hard_start=2)
+
+
 def test_word_confidence_text_verdicts():
     assert "content words get more confidence" in report.word_confidence_text(0.9, 0.8, None)
     assert "hardly separates" in report.word_confidence_text(0.52, 0.5, None)
@@ -122,23 +134,29 @@ def test_data_text():
     assert "none is cut" in text and "35%" in text and "R@1 64.0" in text and "on the test split" in text
 
 
-def sigma_report(auc: float, ci: tuple[float, float], **baselines: float) -> dict:
-    return {"level": "caption", "auc": auc, "auc_ci": list(ci), "n_pos": 30, "n_neg": 70, "baselines": baselines}
+def sigma_report(auc: float, ci: tuple[float, float], **baselines: tuple[float, float, float, float]) -> dict:
+    """A report with constructed paired comparisons: name -> (estimate, low, high, baseline AUC)."""
+    from ralbook import stats
+
+    comparisons = {name: stats.Comparison("sigma", name, "AUC", "captions", 100, e, lo, hi, 0.95, "constructed",
+                                          (hi - lo) / 3.92, 2.8 * (hi - lo) / 3.92, auc, b).to_dict()
+                   for name, (e, lo, hi, b) in baselines.items()}
+    return {"level": "caption", "auc": auc, "auc_ci": list(ci), "n_pos": 30, "n_neg": 70,
+            "baselines": {k: v[3] for k, v in baselines.items()}, "comparisons": comparisons}
 
 
-def test_uncertainty_text_says_whether_sigma_beats_each_baseline():
-    # sigma 0.70 [0.62, 0.78]: 0.20 from 0.5, half interval 0.08; length 0.55 (0.05 from 0.5), entropy 0.80 (0.30)
-    strong = report.uncertainty_text({"caption_ambiguous": sigma_report(0.70, (0.62, 0.78), length=0.55,
-                                                                        entropy=0.80)}, probe=0.9, length_rho=0.25)
+def test_uncertainty_text_compares_sigma_with_the_strongest_baseline():
+    strong = report.uncertainty_text({"caption_ambiguous": sigma_report(0.70, (0.62, 0.78), length=(0.15, 0.05, 0.25, 0.55),
+                                                                        entropy=(-0.10, -0.18, -0.02, 0.80))},
+                                     probe=0.9, length_rho=0.25)
     assert strong.startswith("**What this shows**") and "sigma AUC 0.700 [0.620, 0.780]" in strong
     assert "interval excludes 0.5" in strong and "AUC 0.900" in strong and "Spearman 0.250" in strong
-    assert "length 0.550: sigma separates better than it (by 0.150)" in strong
-    assert "entropy 0.800: sigma does not beat it (by 0.100)" in strong and "beats 1 of 2 baselines" in strong
-    # other numbers, other sentences: sigma near 0.5 with a wide interval beats neither baseline clearly
-    weak = report.uncertainty_text({"caption_ambiguous": sigma_report(0.53, (0.40, 0.66), length=0.55,
-                                                                      entropy=0.80)})
-    assert "interval includes 0.5" in weak and "beats 0 of 2 baselines" in weak
-    assert "length 0.550: sigma does not beat it, by 0.020, less than half its interval width" in weak
+    assert "strongest sigma-free baseline is entropy (AUC 0.800): sigma is worse than entropy on AUC by 0.10" in strong
+    assert "Against length (AUC 0.550): sigma is better than length on AUC by 0.15" in strong
+    assert "clearly beats" not in strong
+    weak = report.uncertainty_text({"caption_ambiguous": sigma_report(0.53, (0.40, 0.66),
+                                                                      length=(-0.02, -0.12, 0.08, 0.55))})
+    assert "interval includes 0.5" in weak and "cannot be told apart" in weak
     assert "Spearman" not in weak and "07_robustness" in weak
     assert "sigma report (sigma against its baselines) was not run" in report.uncertainty_text({})
 

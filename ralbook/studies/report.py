@@ -101,15 +101,28 @@ def data_text(n_videos: Mapping[str, int], n_captions: Mapping[str, int], share_
     return _bullets(lines)
 
 
-def training_text(records: Sequence[Mapping[str, Any]], best_epoch: Optional[int], hard_start: int) -> str:
-    """02: how validation SumR evolved, the triplet jump at the hard-negative epoch, the learning rate."""
+def split_sizes_text(n_val: int, n_test: int) -> str:
+    """Why validation and test SumR cannot be compared: each ranks among its own split's videos."""
+    always = " (R@100 is 100 for every caption when a split has at most 100 videos)" if min(n_val, n_test) <= 100 else ""
+    return (f"Validation SumR ranks each caption among {n_val} videos and test SumR among {n_test}: recall at a fixed "
+            f"K is easier among fewer videos{always}, so the two numbers are not comparable with each other, only "
+            f"each with its own chance level ({_f(chance_sumr(n_val))} and {_f(chance_sumr(n_test))}).")
+
+
+def training_text(records: Sequence[Mapping[str, Any]], best_epoch: Optional[int], hard_start: int,
+                  n_val: Optional[int] = None, n_test: Optional[int] = None,
+                  msra_lines: Sequence[str] = ()) -> str:
+    """02: how validation SumR evolved (against its chance level), the triplet jump at the hard-negative
+    epoch, the learning rate, why validation and test SumR differ, and the MSRA diagnostics
+    (``msra_lines``, from :func:`ralbook.studies.msra.msra_text`)."""
     if not records:
         return _bullets(["No epoch was recorded."])
     sumr = [float(r["val"]["fused"]["SumR"]) for r in records]
     lrs = [float(r["lr"]) for r in records]
+    chance = f" (a random ranking of the {n_val} validation videos: {_f(chance_sumr(n_val))})" if n_val else ""
     lines = [f"Validation SumR (fused) went from {_f(sumr[0])} after epoch {records[0]['epoch']} to "
              f"{_f(max(sumr))} (epoch {best_epoch if best_epoch is not None else records[sumr.index(max(sumr))]['epoch']},"
-             f" kept as best.pt) over {len(records)} epochs."]
+             f" kept as best.pt) over {len(records)} epochs{chance}."]
 
     def triplet(r: Mapping[str, Any]) -> float:
         loss = r.get("loss", {})
@@ -136,6 +149,9 @@ def training_text(records: Sequence[Mapping[str, Any]], best_epoch: Optional[int
     lines.append(f"The learning rate at the end of each epoch went from {lrs[0]:.2e} (epoch {records[0]['epoch']}, "
                  f"after the short warm-up) to {lrs[-1]:.2e}: it decays linearly to 0 at the last step, so late "
                  "epochs change the model less and less.")
+    if n_val and n_test:
+        lines.append(split_sizes_text(n_val, n_test))
+    lines.extend(msra_lines)
     return _bullets(lines)
 
 
@@ -185,8 +201,9 @@ def word_confidence_text(filler_auc: Optional[float], per_caption_auc: Optional[
 
 
 def uncertainty_text(reports: Mapping[str, Mapping[str, Any]], probe: Optional[float] = None,
-                     length_rho: Optional[float] = None) -> str:
-    """04: per label file, whether sigma's AUC interval excludes 0.5 and whether sigma beats each baseline."""
+                     length_rho: Optional[float] = None, msra_lines: Sequence[str] = ()) -> str:
+    """04: per label file, whether sigma's AUC interval excludes 0.5 and how sigma compares with the strongest
+    sigma-free baseline and the others (paired intervals); then the MSRA diagnostics (``msra_lines``)."""
 
     lines = interpret(dict(reports), probe)
     if not reports:
@@ -194,6 +211,7 @@ def uncertainty_text(reports: Mapping[str, Mapping[str, Any]], probe: Optional[f
                      "was not run; `python -m ralbook sigma-report` takes a label file of your own.")
     if length_rho is not None:
         lines.append(f"Caption sigma and caption length: Spearman {length_rho:.3f} (0 = unrelated).")
+    lines.extend(msra_lines)
     lines.append("For how this changes with the share of ambiguous captions, visual noise and the L_PM / L_DA "
                  "weights, see 07_robustness.ipynb.")
     return _bullets(lines)

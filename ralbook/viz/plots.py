@@ -67,6 +67,19 @@ def _colors(n: int) -> list:
     return sns.color_palette(PALETTE, n_colors=max(n, 1))
 
 
+# The colorblind palette reordered so that its first entries are far apart: in seaborn's order, entries 1
+# (orange) and 3 (vermillion) are nearly the same colour, so four items drawn in the first four looked like three.
+DISTINCT_ORDER: tuple[int, ...] = (0, 1, 2, 4, 7, 8, 5, 9, 3, 6)
+
+
+def distinct_colors(n: int) -> list:
+    """``n`` colours for items that must be told apart (videos in a projection): the colorblind palette in
+    :data:`DISTINCT_ORDER` (its first 7 are at least 37 apart in CIELAB, against 26 between seaborn's entries
+    1 and 3); beyond 10 the palette repeats."""
+    base = sns.color_palette(PALETTE, n_colors=len(DISTINCT_ORDER))
+    return [base[DISTINCT_ORDER[i % len(DISTINCT_ORDER)]] for i in range(max(n, 1))]
+
+
 # ----------------------------------------------------------------------------- 01 data inspection
 
 
@@ -142,19 +155,25 @@ def moment_timelines(videos: Sequence[tuple[str, int, Sequence[tuple[int, int, s
 
 def training_curves(epochs: Sequence[int], losses: Mapping[str, Sequence[float]],
                     val_sumr: Optional[Sequence[float]] = None, best_epoch: Optional[int] = None,
-                    lr: Optional[Sequence[float]] = None, hard_start: Optional[int] = None) -> Figure:
+                    lr: Optional[Sequence[float]] = None, hard_start: Optional[int] = None,
+                    val_chance: Optional[float] = None) -> Figure:
     """Loss parts per epoch (log scale when all positive), validation SumR, and the learning rate.
 
     The legend sits below the loss panel so that it covers no curve; ``hard_start`` draws a dotted line
     where hard negatives start (the triplet terms jump there); the learning rate gets its own panel
     with a scientific-notation axis (its values are around 1e-4, which a table rounds to 0.0).
+    A ``total`` entry of ``losses`` is drawn as a thick black line; ``val_chance`` (the SumR of a random
+    ranking of the validation videos) as a horizontal line in the SumR panel.
     """
     ncols = 1 + (val_sumr is not None) + (lr is not None)
     fig, axes = plt.subplots(1, ncols, figsize=(4.6 * ncols + 0.6, 4.2), squeeze=False, layout="constrained")
     axes = list(axes[0])
     ax = axes[0]
-    for (name, values), color in zip(losses.items(), _colors(len(losses))):
+    parts = {k: v for k, v in losses.items() if k != "total"}
+    for (name, values), color in zip(parts.items(), _colors(len(parts))):
         ax.plot(epochs, values, marker="o", ms=3, label=name, color=color)
+    if "total" in losses:
+        ax.plot(epochs, losses["total"], marker="o", ms=3, lw=2.5, color="black", label="total")
     all_vals = np.concatenate([np.asarray(v, dtype=float) for v in losses.values()]) if losses else np.array([])
     if all_vals.size and np.all(all_vals > 0):
         ax.set_yscale("log")
@@ -167,6 +186,9 @@ def training_curves(epochs: Sequence[int], losses: Mapping[str, Sequence[float]]
         ax.plot(epochs[: len(val_sumr)], val_sumr, marker="o", ms=3, color="C2")
         if best_epoch is not None:
             ax.axvline(best_epoch, color="0.4", ls="--", lw=1, label=f"best (epoch {best_epoch})")
+        if val_chance is not None:
+            ax.axhline(val_chance, color="C3", ls="-.", lw=1.2, label=f"random ranking ({val_chance:.1f})")
+            ax.set_ylim(bottom=0)
         ax.set_ylabel("SumR")
         ax.set_title("Validation SumR (fused)")
         panels.append(ax)
@@ -185,6 +207,28 @@ def training_curves(epochs: Sequence[int], losses: Mapping[str, Sequence[float]]
     for ax in panels[1:]:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
+    return fig
+
+
+def terms_against_references(epochs: Sequence[int], values: Mapping[str, Sequence[float]],
+                              references: Mapping[str, tuple[float, str]], title: str = "") -> Figure:
+    """One panel per term: its per-epoch values and a dashed horizontal line at its reference value
+    (``references``: name -> (value, label), e.g. L_PM's uniform guess log(B K))."""
+    names = list(values)
+    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(5.0 * max(len(names), 1), 3.8), squeeze=False,
+                             layout="constrained")
+    for ax, name in zip(axes[0], names):
+        ax.plot(epochs[: len(values[name])], values[name], marker="o", ms=3, color="C0", label=name)
+        if name in references:
+            ref, label = references[name]
+            ax.axhline(ref, color="C3", ls="--", lw=1.2, label=f"{label} ({ref:.3g})")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("unweighted epoch mean")
+        ax.set_title(name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=9, loc="best")
+    if title:
+        fig.suptitle(title)
     return fig
 
 
@@ -294,7 +338,7 @@ def projection_plot(means: np.ndarray, mean_owner: Sequence[int], mean_kind: Seq
                     owner_names: Sequence[str], explained: Optional[Sequence[float]] = None) -> Figure:
     """2-D projection: colour = owner (video), marker = kind ('video' / 'query'); large = mean, small = proxy."""
     markers = {"video": "s", "query": "o", "support set": "D"}
-    colors = _colors(len(owner_names))
+    colors = distinct_colors(len(owner_names))
     fig, ax = plt.subplots(figsize=(6.5, 5.2))
     proxies = np.asarray(proxies)
     means = np.asarray(means)
