@@ -1,6 +1,7 @@
 """The sigma report: AUC and bootstrap interval against brute force, baselines, label files, the command."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -215,9 +216,14 @@ def test_cli_sigma_report_matches_a_direct_computation(trained, tmp_path, capsys
     printed = capsys.readouterr().out
     assert "sigma" in printed and "entropy" in printed
     got = json.loads(out.read_text())
-    assert set(got) == {"auc", "auc_ci", "n_pos", "n_neg", "baselines", "level", "comparisons"}
+    assert set(got) == {"auc", "auc_ci", "n_pos", "n_neg", "baselines", "level", "comparisons", "provenance"}
     assert got["level"] == "caption" and set(got["comparisons"]) == set(got["baselines"])
     assert "sigma - score" in printed and "95% interval (paired)" in printed
+    # what made the report: the checkpoint and label file with their hashes, split, bootstrap size and seed
+    prov = got["provenance"]
+    assert prov["checkpoint"]["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert prov["labels"]["sha256"] == hashlib.sha256((tmp_path / "amb.tsv").read_bytes()).hexdigest()
+    assert (prov["split"], prov["n_boot"], prov["seed"]) == ("test", 50, 0)
     # independently: the sigma heads on the test split, brute-force AUC
     cfg, model, _ = model_from_checkpoint(ckpt)
     coll = Collection.from_config(cfg.data)

@@ -12,8 +12,8 @@ import os
 import sys
 from types import ModuleType
 
-from ralbook.cli import (demo, evaluate, extract, figures, index, inspect, make_demo, robustness, search, sigma_report,
-                         train, uncertainty)
+from ralbook.cli import (compare, demo, evaluate, extract, figures, index, inspect, make_demo, robustness, search,
+                         sigma_report, train, uncertainty)
 from ralbook.errors import RalbookError
 from ralbook.runtime import threads as runtime
 
@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[ModuleType, str]] = {
     "extract": (extract, "video files (+ captions) -> a collection of CLIP features"),
     "search": (search, "rank a collection's videos for a free-text query"),
     "figures": (figures, "run the main job, then rewrite the curated figures/ and figures/RESULTS.md"),
+    "compare": (compare, "runs side by side: paired differences with intervals, seeds grouped; CSV/LaTeX"),
 }
 THREADED = ("train", "evaluate", "demo")  # sub-commands that take --threads (see ralbook.runtime.threads)
 
@@ -63,6 +64,7 @@ def apply_threads(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded with results (ralbook.runtime.provenance)
     module = COMMANDS[args.command][0]
     try:
         apply_threads(args)

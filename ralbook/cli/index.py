@@ -10,6 +10,7 @@ from ralbook.config import require_data_root
 from ralbook.data.collection import Collection, check_dims
 from ralbook.retrieval.index import DTYPES, build_index
 from ralbook.runtime.device import resolve_device
+from ralbook.runtime.provenance import result_provenance
 
 
 def add_index_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,8 +33,10 @@ def run_index(args: argparse.Namespace) -> int:
     check_dims(cfg, collection)
     device = resolve_device(cfg.train.device)
     started = time.perf_counter()
+    record = result_provenance(checkpoint=args.checkpoint, split=args.split, precision=cfg.train.amp,
+                               device=str(device), argv=getattr(args, "argv", None))
     out = build_index(model.to(device), collection, args.split, cfg, args.out, device, args.batch_size, args.dtype,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, provenance=record)
     size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
     print(f"index {out}: {len(collection.videos(args.split))} videos of {cfg.data.collection} {args.split}, "
           f"{size:.1f} MiB, {time.perf_counter() - started:.1f} s")

@@ -12,6 +12,7 @@ from ralbook.config import require_data_root
 from ralbook.data.collection import Collection, check_dims
 from ralbook.errors import RalbookError
 from ralbook.runtime.device import resolve_device
+from ralbook.runtime.provenance import PROVENANCE_KEY, result_provenance
 from ralbook.studies.uncertainty import (DEFAULT_BOOTSTRAP, DEFAULT_TEMPERATURE, LEVELS, format_report,
                                          labels_for_split, model_outputs, sigma_report)
 
@@ -49,6 +50,10 @@ def run_sigma_report(args: argparse.Namespace) -> int:
     print(format_report(result, title=f"sigma report: {cfg.data.collection} {args.split}, {args.checkpoint}, "
                                       f"labels {args.labels}"))
     if args.json:
+        result[PROVENANCE_KEY] = result_provenance(
+            checkpoint=args.checkpoint, split=args.split, labels=args.labels, n_boot=args.n_boot, seed=args.seed,
+            precision=cfg.train.amp, device=str(resolve_device(cfg.train.device)), argv=getattr(args, "argv", None),
+            extra={"level": result.get("level", args.level), "temperature": args.temperature})
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")

@@ -3,14 +3,20 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any, Optional, Sequence
 
 from ralbook.cli.common import add_data_arguments, apply_data_arguments
 from ralbook.config import Config, PRESETS, preset
 from ralbook.errors import RalbookError
 from ralbook.runtime import process_group as distributed
+from ralbook.files import write_json
 from ralbook.runtime.device import resolve_device
-from ralbook.training.rundir import read_run_config
+from ralbook.runtime.provenance import PROVENANCE_KEY, command_line, result_provenance
+from ralbook.studies.compare import compare_runs, seed_summary, to_json
+from ralbook.training.rundir import CONFIG_FILE, read_run_config
 from ralbook.training.trainer import train
+
+SEEDS_FILE = "seeds.json"  # OUT/seeds.json: the summary of `train --seeds`
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,6 +26,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="videos per batch (train.batch_size)")
     parser.add_argument("--out", help="run directory (default runs/PRESET)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    parser.add_argument("--seeds", nargs="+", metavar="SEED",
+                        help="one run per seed under OUT/seed_<n> (1,2,3 or 1 2 3), then their mean and spread "
+                             "over seeds (written to OUT/seeds.json)")
     parser.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
                         help="also write last.pt every STEPS training steps (default: at epoch ends only)")
     parser.add_argument("--dist-timeout", type=float, default=300.0, metavar="SECONDS",
@@ -49,14 +58,76 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, Path]:
     return cfg, out
 
 
-def run_train(args: argparse.Namespace) -> int:
-
-    cfg, out = config_from_args(args)
-    # under torchrun: join the other ranks (a no-op for a single process)
-    world = distributed.init_from_env(resolve_device(cfg.train.device), args.dist_timeout)
+def parse_seeds(values: Optional[Sequence[str]]) -> list[int]:
+    """--seeds "1,2,3" or 1 2 3 (or both mixed) -> [1, 2, 3]; RalbookError for anything else."""
+    words = [w for v in (values or []) for w in str(v).replace(",", " ").split()]
     try:
-        result = train(cfg, out, resume=args.resume, progress=not args.no_progress,
-                       checkpoint_every=args.checkpoint_every)
+        seeds = [int(w) for w in words]
+    except ValueError:
+        raise RalbookError(f"--seeds takes whole numbers such as 1,2,3 or 1 2 3, got {' '.join(values or [])!r}") \
+            from None
+    if values and not seeds:
+        raise RalbookError("--seeds is empty; give seeds such as 1,2,3")
+    if any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
+        raise RalbookError(f"--seeds must be distinct numbers >= 0, got {seeds}")
+    return seeds
+
+
+def seed_jobs(args: argparse.Namespace, seeds: Sequence[int]) -> list[tuple[Config, Path, bool]]:
+    """(config, run directory OUT/seed_<n>, resume?) for each seed; with --resume a seed's run that exists is
+    continued and one that does not is started from the settings of one that does."""
+    if any(o.strip().startswith("train.seed") for o in args.overrides):
+        raise RalbookError("--seeds sets train.seed for each run; drop --set train.seed=...")
+    base = Path(args.out) if args.out else Path("runs") / (args.preset or "demo")
+    dirs = {seed: base / f"seed_{seed}" for seed in seeds}
+    existing = [d for d in dirs.values() if (d / CONFIG_FILE).is_file()]
+    if args.resume and not existing:
+        raise RalbookError(f"nothing to resume in {base}: none of {', '.join(d.name for d in dirs.values())} "
+                           f"holds a {CONFIG_FILE}")
+    jobs = []
+    for seed, run_dir in dirs.items():
+        resume = args.resume and run_dir in existing
+        source = run_dir if resume or not args.resume else existing[0]
+        cfg, _ = config_from_args(argparse.Namespace(**{**vars(args), "out": str(source)}))
+        jobs.append((cfg if resume else cfg.override(f"train.seed={seed}"), run_dir, resume))
+    return jobs
+
+
+def run_train(args: argparse.Namespace) -> int:
+    seeds = parse_seeds(getattr(args, "seeds", None))
+    if seeds:
+        jobs = seed_jobs(args, seeds)
+    else:
+        cfg, out = config_from_args(args)
+        jobs = [(cfg, out, args.resume)]
+    results = _train_jobs(args, jobs)
+    if results is None or not seeds:  # not the main rank, or a single run
+        return 0
+    base = jobs[0][1].parent
+    comp = compare_runs([run_dir for _, run_dir, _ in jobs], "test")
+    print(seed_summary(comp))
+    summary = to_json(comp)
+    summary[PROVENANCE_KEY] = result_provenance(split="test", n_boot=comp.n_boot, seed=comp.seed,
+                                                argv=getattr(args, "argv", None))
+    write_json(base / SEEDS_FILE, summary, indent=1)
+    print(f"seed summary written to {base / SEEDS_FILE}")
+    return 0
+
+
+def _train_jobs(args: argparse.Namespace, jobs: Sequence[tuple[Config, Path, bool]]) -> Optional[list[Any]]:
+    """Train each (config, run directory, resume?) in turn; the results on the main rank, None on the others."""
+    # under torchrun: join the other ranks (a no-op for a single process)
+    world = distributed.init_from_env(resolve_device(jobs[0][0].train.device), args.dist_timeout)
+    command = command_line(getattr(args, "argv", None))
+    results = []
+    try:
+        for i, (cfg, out, resume) in enumerate(jobs):
+            if len(jobs) > 1 and world.is_main:
+                print(f"seed {cfg.train.seed} ({i + 1} of {len(jobs)}): {out}", flush=True)
+            results.append(train(cfg, out, resume=resume, progress=not args.no_progress,
+                                 checkpoint_every=args.checkpoint_every, command=command, overrides=args.overrides))
+            if world.is_main:
+                _print_result(results[-1])
     except RuntimeError as err:  # gloo reports a vanished peer as a plain RuntimeError
         if not (world.distributed and distributed.is_communication_error(err)):
             raise
@@ -65,10 +136,11 @@ def run_train(args: argparse.Namespace) -> int:
                            f"{' '.join(str(err).split())[:80]}") from err
     finally:
         distributed.shutdown()
-    if not world.is_main:
-        return 0
+    return results if world.is_main else None
+
+
+def _print_result(result: Any) -> None:
     nan = float("nan")
     val_sumr = result.best_val.get("fused", {}).get("SumR", nan)
     test_sumr = (result.test or {}).get("fused", {}).get("SumR", nan)
     print(f"run {result.run_dir}: best epoch {result.best_epoch} (val SumR {val_sumr:.1f}); test SumR {test_sumr:.1f}")
-    return 0

@@ -86,8 +86,11 @@ def _open_npy(path: Path, shape: tuple[int, ...], dtype: Any) -> Any:
 
 def build_index(model: Any, collection: Any, split: str, cfg: Any, out_dir: PathLike,
                 device: Optional[torch.device] = None, batch_size: int = 64, dtype: str = "float32",
-                video_ids: Optional[list[str]] = None, progress: bool = True) -> Path:
-    """Encode the videos of ``split`` into ``out_dir``; the manifest is written last (it marks a complete index)."""
+                video_ids: Optional[list[str]] = None, progress: bool = True,
+                provenance: Optional[dict[str, Any]] = None) -> Path:
+    """Encode the videos of ``split`` into ``out_dir``; the manifest is written last (it marks a complete index).
+
+    ``provenance``: what made the index (ralbook.runtime.provenance.result_provenance), kept in the manifest."""
     from torch.utils.data import DataLoader
 
     if dtype not in DTYPES:
@@ -134,6 +137,8 @@ def build_index(model: Any, collection: Any, split: str, cfg: Any, out_dir: Path
                 "config": cfg.to_dict(), "collection": cfg.data.collection, "split": split, "dtype": dtype,
                 "n_videos": len(ids), "video_ids": ids, "shapes": {k: list(v) for k, v in shapes.items()},
                 "encoder": encoder_settings(Path(cfg.data.data_root) / cfg.data.collection)}  # search's text tower
+    if provenance is not None:
+        manifest["provenance"] = provenance
     write_json(out / MANIFEST, manifest)
     return out
 

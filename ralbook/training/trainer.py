@@ -9,7 +9,7 @@ A run directory holds
 * ``last.pt``         the whole training state: model, optimizer (with its schedule position),
   gradient scaler, epoch, step within the epoch, early-stopping state, loss sums of the current
   epoch and the random states of Python, NumPy and torch (CUDA/MPS when present);
-* ``test_metrics.json`` the test split evaluated with ``best.pt``, written at the end.
+* ``test_metrics.json`` the test split evaluated with ``best.pt`` (metrics and per-query ranks), written at the end.
 
 Everything is written atomically, so a run killed at any moment resumes (``resume=True`` /
 ``--resume``) from its last checkpoint and ends with the same numbers as an uninterrupted run:
@@ -29,7 +29,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -45,7 +45,8 @@ from ralbook.model import build_model
 from ralbook.retrieval.evaluate import EvalResult, evaluate, format_metrics
 from ralbook.files import save_atomic, write_json
 from ralbook.runtime.device import resolve_device, to_device
-from ralbook.runtime.environment import ENVIRONMENT_KEY, environment_record
+from ralbook.runtime.environment import ENVIRONMENT_KEY
+from ralbook.runtime.provenance import finish_record, now, run_record
 from ralbook.runtime.precision import OVERRIDE_VARIABLE, _host_lacks_bf16, autocast, cpu_probe, describe_amp, resolve_amp
 from ralbook.runtime.process_group import (barrier, check_batches, current_world, describe, gather_objects,
                                            rank_device, share)
@@ -422,8 +423,10 @@ class Trainer:
         load_model_state(self.model, best["model"], self.run_dir / BEST_FILE)
         result = self._evaluate()(self.model, self.collection, "test", self.cfg, self.device, progress=self.bars,
                                   source=f"checkpoint {self.run_dir / BEST_FILE}")
+        # per-query ranks too: `ralbook compare` pairs runs query by query without evaluating them again
         out = {"split": "test", "epoch": best["epoch"], "n_queries": len(result.cap_ids),
-               "n_videos": len(result.video_ids), "metrics": result.metrics}
+               "n_videos": len(result.video_ids), "metrics": result.metrics, "cap_ids": list(result.cap_ids),
+               "ranks": {kind: [int(r) for r in ranks] for kind, ranks in result.ranks.items()}}
         if self.world.is_main:
             write_json(self.run_dir / TEST_FILE, out, indent=1)
         if self.progress:
@@ -434,15 +437,18 @@ class Trainer:
 
 def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool = True,
           callbacks: Optional[Iterable[Callback]] = None, checkpoint_every: int = 0,
-          threads: Requested = None) -> RunResult:
+          threads: Requested = None, command: Optional[str] = None, overrides: Sequence[str] = ()) -> RunResult:
     """Train ``cfg`` into ``run_dir`` (or continue it with ``resume=True``); evaluate best.pt on test.
 
     ``callbacks``: functions ``f(event, info)`` called after every step (``"step"``) and epoch
     (``"epoch"``, after the checkpoint is written); an exception raised there stops the run as a
     kill would. ``checkpoint_every``: also write last.pt every that many steps (0: at epoch ends).
     ``threads``: CPU threads (None/0: chosen from the machine's load, see ralbook.runtime).
+    ``command``/``overrides``: the command line and its ``--set`` assignments, recorded with the machine,
+    the git commit and the start and end time in config.json's ``environment`` (ralbook.runtime.provenance).
     """
 
+    started = now()
     world = current_world()
     configure_threads(threads, announce=print if progress and world.is_main else None)
     run_dir = Path(run_dir)
@@ -466,8 +472,9 @@ def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool =
         print(describe(world, cfg.train.batch_size), flush=True)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / CONFIG_FILE, {**_run_config(trainer.cfg, world, resume, run_dir),
-                                           ENVIRONMENT_KEY: _environment(trainer, requested_amp)}, indent=1)
+        record = _environment(trainer, requested_amp, command, overrides, started)
+        run_config = {**_run_config(trainer.cfg, world, resume, run_dir), ENVIRONMENT_KEY: record}
+        write_json(run_dir / CONFIG_FILE, run_config, indent=1)
     if can_resume:
         trainer.restore(run_dir / LAST_FILE)
     elif resume and progress:
@@ -478,19 +485,23 @@ def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool =
         test = json.loads(test_file.read_text())
     else:
         test = trainer.test()
+    if world.is_main:  # the end time: a run's record says how long it took, an interrupted one has none
+        write_json(run_dir / CONFIG_FILE, {**run_config, ENVIRONMENT_KEY: finish_record(record)}, indent=1)
     s = trainer.state
     return RunResult(run_dir, s.best_epoch, s.best_val, test["metrics"], s.epoch, s.stopped_early)
 
 
-def _environment(trainer: "Trainer", requested_amp: str) -> dict[str, Any]:
-    """config.json's record of the machine of this (re)start; with the bf16 measurement when train.amp=auto
-    was decided by one (ralbook.runtime.amp_probe)."""
+def _environment(trainer: "Trainer", requested_amp: str, command: Optional[str] = None,
+                 overrides: Sequence[str] = (), started: Optional[str] = None) -> dict[str, Any]:
+    """config.json's record of the machine and the command of this (re)start; with the bf16 measurement when
+    train.amp=auto was decided by one (ralbook.runtime.amp_probe)."""
     probe = None
     if requested_amp == "auto" and trainer.device.type == "cpu" and not _host_lacks_bf16() \
             and os.environ.get(OVERRIDE_VARIABLE, "").strip() not in ("0", "1"):
         probe = cpu_probe(trainer.cfg.model.hidden_size)
         probe = {k: probe[k] for k in ("ratio", "fp32_s", "bf16_s", "shape", "rule", "cached") if k in probe}
-    return environment_record(trainer.amp, str(trainer.device), trainer.num_workers, probe)
+    return run_record(trainer.amp, str(trainer.device), trainer.num_workers, probe, command=command,
+                      overrides=overrides, started=started)
 
 
 def _settle_amp(cfg: Config, device: torch.device, announce: bool, recorded: Optional[str] = None) -> Config:
