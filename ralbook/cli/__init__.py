@@ -13,7 +13,7 @@ import sys
 from types import ModuleType
 
 from ralbook.cli import (demo, evaluate, extract, figures, index, inspect, make_demo, robustness, search, sigma_report,
-                         train)
+                         slides, train)
 from ralbook.errors import RalbookError
 from ralbook.runtime import threads as runtime
 
@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[ModuleType, str]] = {
     "demo": (demo, "the main job: train on the demo data and run all notebooks"),
     "extract": (extract, "video files (+ captions) -> a collection of CLIP features"),
     "search": (search, "rank a collection's videos for a free-text query"),
+    "slides": (slides, "the executed notebooks as self-contained HTML pages for a lecture (no Jupyter needed)"),
     "figures": (figures, "run the main job, then rewrite the curated figures/ and figures/RESULTS.md"),
 }
 THREADED = ("train", "evaluate", "demo")  # sub-commands that take --threads (see ralbook.runtime.threads)
