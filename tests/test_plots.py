@@ -200,7 +200,8 @@ def _every_figure() -> dict[str, Figure]:
     words = ["a", "person", "then", "runs", "with", "the", "ball", "in", "the", "park"] * 3
     families = ["locomotion", "manipulation", "consumption"]
     videos = [(f"v{i:04d}", n, [(5, 35, "runs ball", families[0]), (45, 57, "opens door", families[1]),
-                                (70, 110, "eats apple", families[2])][: 1 + i % 3]) for i, n in enumerate([120, 90, 140])]
+                                (70, 110, "eats apple", families[2])][: 1 + i % 3])
+              for i, n in enumerate([120, 90, 140])]
     return {
         "split_counts": P.split_counts({s: {"videos": 100, "captions": 400} for s in ("train", "val", "test")}),
         "histogram_grid": P.histogram_grid({f"q{i}": {"train": rng.normal(size=50), "test": rng.normal(size=20)}

@@ -282,7 +282,8 @@ def grouped_bars(table: Mapping[str, Mapping[str, float]], title: str, ylabel: s
     """
     rows = list(table)
     metrics = list(dict.fromkeys(k for r in rows for k in table[r]))
-    fig, ax = plt.subplots(figsize=(min(DISPLAY_WIDTH_IN - 2.0, max(5.0, 1.5 + 0.4 * len(metrics) * max(1, len(rows)))), 3.8),
+    width = min(DISPLAY_WIDTH_IN - 2.0, max(5.0, 1.5 + 0.4 * len(metrics) * max(1, len(rows))))
+    fig, ax = plt.subplots(figsize=(width, 3.8),
                            layout="constrained")
     width = 0.8 / max(len(rows), 1)
     x = np.arange(len(metrics))

@@ -3,7 +3,8 @@
 Why HTML and not reveal.js: nbconvert's reveal slides load reveal.js from a CDN when viewed, and a lecture
 room may have no network; the HTML export with ``embed_images`` inlines every figure and needs nothing at
 view time (the few scripts the template would still fetch from a CDN, for MathJax and mermaid, are removed:
-:func:`offline`; markdown math then shows as its TeX source). Code cells are left out (``exclude_input``): a teacher shows what each notebook found; the
+:func:`offline`; markdown math then shows as its TeX source). Code cells are left out (``exclude_input``):
+a teacher shows what each notebook found; the
 notebooks themselves hold the code. A notebook with an error output is refused (named), never exported.
 """
 from __future__ import annotations
