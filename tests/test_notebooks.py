@@ -212,7 +212,7 @@ def test_01_data_inspection(demo_root, out_dir):
         assert s["splits"][split]["captions"] == len(coll.captions(split))
     assert s["has_ground_truth"] is True
     assert (s["visual_dim"], s["text_dim"]) == (coll.visual_dim, coll.text_dim)
-    assert_figures(s, "counts", "distributions", "moments")
+    assert_figures(s, "counts", "distributions", "frame_generation", "moments")
     assert s["what_this_shows"].startswith("**What this shows**") and s["ideal_r1"] <= 1.0
 
 
@@ -573,7 +573,7 @@ def test_figures_command_rewrites_the_curated_folder(alone, tiny_root, out_dir, 
     assert code == 0, capsys.readouterr().err[-2000:]
     pngs = sorted(p.name for p in curated.glob("*.png"))
     assert pngs == ["01_data_inspection_counts.png", "01_data_inspection_distributions.png",
-                    "01_data_inspection_moments.png"]
+                    "01_data_inspection_frame_generation.png", "01_data_inspection_moments.png"]
     results = json.loads((curated / results_file.RESULTS_FILE).read_text())
     assert results == json.loads((out / results_file.RESULTS_FILE).read_text())
     assert (curated / results_file.RESULTS_MD).read_text() == results_file.results_markdown(results, pngs)

@@ -13,7 +13,7 @@ import sys
 from types import ModuleType
 
 from ralbook.cli import (compare, demo, evaluate, extract, figures, index, inspect, make_demo, robustness, search,
-                         sigma_report, train, uncertainty)
+                         sigma_report, slides, train, uncertainty)
 from ralbook.errors import RalbookError
 from ralbook.runtime import threads as runtime
 
@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[ModuleType, str]] = {
     "demo": (demo, "the main job: train on the demo data and run all notebooks"),
     "extract": (extract, "video files (+ captions) -> a collection of CLIP features"),
     "search": (search, "rank a collection's videos for a free-text query"),
+    "slides": (slides, "the executed notebooks as self-contained HTML pages for a lecture (no Jupyter needed)"),
     "figures": (figures, "run the main job, then rewrite the curated figures/ and figures/RESULTS.md"),
     "compare": (compare, "runs side by side: paired differences with intervals, seeds grouped; CSV/LaTeX"),
 }

@@ -51,6 +51,7 @@ from ralbook.runtime.precision import OVERRIDE_VARIABLE, _host_lacks_bf16, autoc
 from ralbook.runtime.process_group import (barrier, check_batches, current_world, describe, gather_objects,
                                            rank_device, share)
 from ralbook.runtime.progress import use_bars
+from ralbook.runtime.machine_log import machine_note
 from ralbook.runtime.threads import Requested, configure_threads, recheck_threads, recheck_threads_now_and_then
 from ralbook.runtime.workers import workers_for
 from ralbook.training.data_parallel import dropout_seed, evaluate_shared, wrap_for_training
@@ -450,7 +451,7 @@ def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool =
 
     started = now()
     world = current_world()
-    configure_threads(threads, announce=print if progress and world.is_main else None)
+    configure_threads(threads, announce=machine_note if progress and world.is_main else None)
     run_dir = Path(run_dir)
     cfg.sync()
     cfg.check()
@@ -519,7 +520,7 @@ def _settle_amp(cfg: Config, device: torch.device, announce: bool, recorded: Opt
         chosen = cfg.override(f"train.amp={resolve_amp('auto', device, hidden)}")
         line = describe_amp("auto", device, hidden=hidden)
     if announce:
-        print(line, flush=True)
+        machine_note(line)
     return chosen
 
 
