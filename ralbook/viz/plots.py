@@ -286,8 +286,8 @@ def terms_against_references(epochs: Sequence[int], values: Mapping[str, Sequenc
     """One panel per term: its per-epoch values and a dashed horizontal line at its reference value
     (``references``: name -> (value, label), e.g. L_PM's uniform guess log(B K))."""
     names = list(values)
-    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(5.0 * max(len(names), 1), 3.8), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(min(DISPLAY_WIDTH_IN, 4.4 * max(len(names), 1)), 3.8),
+                             squeeze=False, layout="constrained")
     for ax, name in zip(axes[0], names):
         ax.plot(epochs[: len(values[name])], values[name], marker="o", ms=3, color="C0", label=name)
         if name in references:
@@ -297,7 +297,7 @@ def terms_against_references(epochs: Sequence[int], values: Mapping[str, Sequenc
         ax.set_ylabel("unweighted epoch mean")
         ax.set_title(name)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=9, loc="best")
+        ax.legend(fontsize=MIN_FONT, loc="best")
     if title:
         fig.suptitle(title)
     return fig
