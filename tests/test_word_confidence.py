@@ -181,3 +181,31 @@ def test_demo_query_names_unknown_words_and_describes_the_top_videos(micro, one_
         assert "*" not in row["moments (CAPITALS = named by the query)"]
     with pytest.raises(DataError, match="none of its words"):
         W.demo_query(model, coll, encoder, truth, "zorp blib", vids)
+
+
+def test_query_figures_and_strips_are_readable(micro, one_thread):
+    """Every text >= 10 pt, at most 9.5 in wide (shown unscaled), white exactly at relative confidence 1,
+    titles wrapped between words only."""
+    import matplotlib.pyplot as plt
+
+    from ralbook.data.demo_text import DemoTextEncoder
+    from ralbook.viz import word_confidence as V
+
+    root, coll, model, truth = micro
+    encoder = DemoTextEncoder.from_collection(root / "demo")
+    result = W.demo_query(model, coll, encoder, truth, "then a person opens the red door", coll.videos("test"))
+    figs = W.query_figures(result, FILLERS)
+    assert set(figs) == {"confidence", "word_frame"}
+    long_title = "v0001#enc#0: " + " ".join(["somebody", "quickly", "throws", "the", "purple", "frisbee"] * 4)
+    strips = V.relative_confidence_strips([(long_title, ["a", "b", "c"], np.array([0.2, 1.0, 2.5]))])
+    for fig in (figs["confidence"], strips):
+        assert fig.get_size_inches()[0] <= V.MAX_WIDTH
+        fig.canvas.draw()
+        sizes = [t.get_fontsize() for t in fig.findobj(plt.Text) if t.get_text().strip() and t.get_visible()]
+        assert sizes and min(sizes) >= V.MIN_FONT
+        image = fig.axes[0].images[0]
+        assert image.norm(1.0) == pytest.approx(0.5) and image.norm.vmin == 0.0
+    title = strips.axes[0].get_title(loc="left")
+    assert "\n" in title and title.replace("\n", " ") == long_title
+    for fig in (*figs.values(), strips):
+        plt.close(fig)

@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
+from matplotlib.figure import Figure
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -33,6 +35,8 @@ from ralbook.retrieval.metrics import ranks_from_scores
 from ralbook.retrieval.search import Hit, search
 from ralbook.runtime.device import to_device
 from ralbook.studies.analysis import frame_span_to_rows
+from ralbook.viz.diagrams import word_frame_timeline
+from ralbook.viz.word_confidence import relative_confidence_strips
 
 WEIGHTINGS: tuple[str, ...] = ("learned", "uniform", "content only")
 WEIGHTING_NAMES = {"learned": "learned word confidence", "uniform": "uniform word weights",
@@ -228,3 +232,26 @@ def hits_table(result: QueryResult, truth: Any) -> list[dict[str, Any]]:
                      "concepts named by the query": sum(len(s) for s in shared),
                      "moments (CAPITALS = named by the query)": "; ".join(parts) or "(no ground truth)"})
     return rows
+
+
+def query_figures(result: QueryResult, fillers: set[str] | frozenset[str] = frozenset()) -> dict[str, Figure]:
+    """The typed query's relative word confidences, and the word-by-frame map of its top video with that video's
+    whole timeline of moments. The outlined moment is the one sharing most concepts with the query, or, when
+    none shares any, the moment the model reads off its frame profile (the title says which)."""
+    words = result.query.words
+    relative = result.confidence * len(words)
+    figures = {"confidence": relative_confidence_strips([(f"query: {result.query.text}", words, relative)], fillers)}
+    if not result.hits or result.hits[0].similarity is None:
+        return figures
+    hit, moments, best = result.hits[0], result.moments[0], result.best_moment[0]
+    n = hit.similarity.shape[0]
+    if best is not None:
+        span = moments[best][:2]
+        how = f"outlined: M{best + 1}, the moment sharing most concepts with the query"
+    else:
+        span = (hit.moment.first_row, hit.moment.last_row + 1)
+        how = "no moment shares a concept with the query; outlined: the model's own best moment"
+    title = f"rank 1: {hit.video} (fused score {hit.score:.3f}); {how}"
+    figures["word_frame"] = word_frame_timeline(hit.similarity, words[:n], moments, span, result.confidence[:n],
+                                                title=title, fillers=sorted(fillers))
+    return figures
