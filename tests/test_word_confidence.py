@@ -204,8 +204,21 @@ def test_query_figures_and_strips_are_readable(micro, one_thread):
         sizes = [t.get_fontsize() for t in fig.findobj(plt.Text) if t.get_text().strip() and t.get_visible()]
         assert sizes and min(sizes) >= V.MIN_FONT
         image = fig.axes[0].images[0]
-        assert image.norm(1.0) == pytest.approx(0.5) and image.norm.vmin == 0.0
+        assert image.norm(1.0) == pytest.approx(0.5)
+        assert image.norm.vmin + image.norm.vmax == pytest.approx(2.0)  # symmetric around the uniform share
     title = strips.axes[0].get_title(loc="left")
     assert "\n" in title and title.replace("\n", " ") == long_title
     for fig in (*figs.values(), strips):
         plt.close(fig)
+
+
+def test_centred_norm_half_range():
+    from ralbook.viz.word_confidence import centred_norm
+
+    near = centred_norm([np.array([0.96, 1.04]), np.array([1.0])])
+    assert (near.vmin, near.vmax) == pytest.approx((0.9, 1.1))  # at least +-0.1
+    wide = centred_norm([np.array([0.87, 1.02])])
+    assert (wide.vmin, wide.vmax) == pytest.approx((0.85, 1.15))  # 0.13 rounded up to 0.15
+    assert wide(1.0) == pytest.approx(0.5) and wide(0.85) == pytest.approx(0.0) and wide(1.15) == pytest.approx(1.0)
+    with pytest.raises(DataError, match="half_range"):
+        centred_norm([np.array([1.0])], half_range=0.0)

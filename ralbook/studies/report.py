@@ -166,8 +166,10 @@ def evaluation_text(metrics: Mapping[str, Mapping[str, float]], n_videos: int, m
 
 def _filler_share_sentence(c: stats.Comparison) -> str:
     """(a) the fillers' share of the confidence mass against their uniform share, from the paired interval."""
-    numbers = (f"{c.value_a:.2f} of a caption's word confidence against {c.value_b:.2f} under uniform weights; "
-               f"difference {c.estimate:+.3f}, {100 * c.level:g}% CI {c.low:+.3f} to {c.high:+.3f}, "
+    half = (c.high - c.low) / 2.0
+    d = min(5, max(3, 1 - math.floor(math.log10(half)))) if half > 0 else 3  # two significant digits of the CI
+    numbers = (f"{c.value_a:.{d}f} of a caption's word confidence against {c.value_b:.{d}f} under uniform weights; "
+               f"difference {c.estimate:+.{d}f}, {100 * c.level:g}% CI {c.low:+.{d}f} to {c.high:+.{d}f}, "
                f"paired over {c.n:,} captions with both kinds of words")
     kept = f"{c.value_a / c.value_b:.0%}" if c.value_b > 0 else "n/a"
     verdict = c.verdict
@@ -214,7 +216,8 @@ def word_confidence_text(shares: Optional[stats.Comparison], filler_auc: Optiona
                          "weight fillers keep is the share above.")
         lines.append(text)
     for comparison in (weightings or {}).values():
-        lines.append(stats.describe(comparison, what=metric_what))
+        sentence = stats.describe(comparison, what=metric_what)
+        lines.append(sentence[:1].upper() + sentence[1:])
     if localisation:
         content, filler, chance = (localisation.get(k) for k in ("content_hit_rate", "filler_hit_rate", "chance"))
         lines.append(f"Content words find their best frame inside the described moment {_f(100 * content, 0)}% of "

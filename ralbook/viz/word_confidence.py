@@ -30,13 +30,29 @@ def wrap_title(text: str, width_in: float, fontsize: float = MIN_FONT + 1) -> st
     return "\n".join(textwrap.wrap(text, chars, break_long_words=False, break_on_hyphens=False))
 
 
+def centred_norm(values: Sequence[np.ndarray], half_range: Optional[float] = None) -> TwoSlopeNorm:
+    """A colour scale with white at relative confidence 1, symmetric: 1 +- ``half_range``.
+
+    Default half-range: the largest distance of a value from 1, rounded up to 0.05 and at least 0.1, so
+    that weights close to uniform (0.95 to 1.05) still show as light colours instead of all white, and
+    the same colour means the same distance from uniform above and below 1.
+    """
+    if half_range is None:
+        far = max((float(np.max(np.abs(v - 1.0))) for v in values if np.size(v)), default=0.0)
+        half_range = max(0.1, float(np.ceil(far / 0.05 - 1e-9)) * 0.05)
+    if not half_range > 0:
+        raise DataError(f"centred_norm: half_range must be > 0, got {half_range}")
+    return TwoSlopeNorm(vmin=1.0 - half_range, vcenter=1.0, vmax=1.0 + half_range)
+
+
 def relative_confidence_strips(queries: Sequence[tuple[str, Sequence[str], np.ndarray]],
                                fillers: frozenset[str] | set[str] = frozenset(),
-                               vmax: Optional[float] = None) -> Figure:
+                               half_range: Optional[float] = None) -> Figure:
     """One strip per query (title, words, relative confidences ``g * n_words``), centred at 1 = uniform share.
 
-    Filler words (``fillers``) are written in grey italics on the axis. Colour limits: 0 to ``vmax``
-    (default: the largest value, at least 2), with white exactly at 1.
+    Filler words (``fillers``) are written in grey italics on the axis. Colours run from ``1 - half_range``
+    (blue) through white at exactly 1 to ``1 + half_range`` (red); see :func:`centred_norm`. Each cell
+    also prints its value, so the colour only guides the eye.
     """
     if not queries:
         raise DataError("relative_confidence_strips: no queries to draw")
@@ -46,11 +62,10 @@ def relative_confidence_strips(queries: Sequence[tuple[str, Sequence[str], np.nd
                             f"{len(np.asarray(rel))} confidences")
     longest = max(len(w) for _, w, _ in queries)
     width = min(MAX_WIDTH, max(6.0, 0.68 * longest + 1.6))
-    top = vmax if vmax is not None else max(2.0, max(float(np.max(np.asarray(r)[: len(w)])) for _, w, r in queries))
-    norm = TwoSlopeNorm(vmin=0.0, vcenter=1.0, vmax=top)
+    norm = centred_norm([np.asarray(r, dtype=float)[: len(w)] for _, w, r in queries], half_range)
     titles = [wrap_title(t, width - 0.3) for t, _, _ in queries]
     heights = [1.15 + 0.2 * t.count("\n") for t in titles]
-    fig, axes = plt.subplots(len(queries), 1, figsize=(width, sum(heights) + 0.9), squeeze=False,
+    fig, axes = plt.subplots(len(queries), 1, figsize=(width, max(2.6, sum(heights) + 0.9)), squeeze=False,
                              layout="constrained", gridspec_kw={"height_ratios": heights})
     image = None
     for ax, title, (_, words, rel) in zip(axes[:, 0], titles, queries):
