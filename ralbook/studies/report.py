@@ -168,14 +168,15 @@ def _filler_share_sentence(c: stats.Comparison) -> str:
     """(a) the fillers' share of the confidence mass against their uniform share, from the paired interval."""
     half = (c.high - c.low) / 2.0
     d = min(5, max(3, 1 - math.floor(math.log10(half)))) if half > 0 else 3  # two significant digits of the CI
-    numbers = (f"{c.value_a:.{d}f} of a caption's word confidence against {c.value_b:.{d}f} under uniform weights; "
+    numbers = (f"{c.value_a:.3f} of a caption's word confidence against {c.value_b:.3f} under uniform weights; "
                f"difference {c.estimate:+.{d}f}, {100 * c.level:g}% CI {c.low:+.{d}f} to {c.high:+.{d}f}, "
                f"paired over {c.n:,} captions with both kinds of words")
-    kept = f"{c.value_a / c.value_b:.0%}" if c.value_b > 0 else "n/a"
+    ratio = c.value_a / c.value_b if c.value_b > 0 else math.nan
     verdict = c.verdict
     if verdict == "better":  # higher_is_better=False: a lower filler share reads "better"
-        return (f"Fillers get less weight than their share of the words ({numbers}). They keep about {kept} of "
-                f"their uniform share: word confidence down-weights fillers by that much; it does not ignore them.")
+        return (f"Fillers get less weight than their share of the words ({numbers}). They keep about {ratio:.0%} of "
+                f"their uniform share: word confidence takes about {1 - ratio:.0%} of it away; it does not ignore "
+                f"them.")
     if verdict == "worse":
         return (f"Fillers get more weight than their share of the words ({numbers}): word confidence does not "
                 f"down-weight them on this run.")
