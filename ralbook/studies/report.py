@@ -189,7 +189,8 @@ def word_confidence_text(shares: Optional[stats.Comparison], filler_auc: Optiona
                          per_caption_auc: Optional[stats.Estimate],
                          weightings: Optional[Mapping[str, stats.Comparison]] = None,
                          localisation: Optional[Mapping[str, float]] = None,
-                         type_means: Optional[Mapping[str, float]] = None, metric_what: str = "frame-branch SumR") -> str:
+                         type_means: Optional[Mapping[str, float]] = None,
+                         metric_what: str = "frame-branch SumR") -> str:
     """05: what word confidence does to fillers, measured three ways, each sentence from its interval.
 
     ``shares``: the fillers' confidence mass vs their uniform share (``FillerShares.comparison``);
