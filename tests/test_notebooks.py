@@ -383,7 +383,11 @@ def test_08_uncertainty_methods(trained, demo_root, out_dir):
 
 @pytest.mark.slow
 def test_05_word_confidence(trained, out_dir):
-    """Word confidence learns to ignore filler words, and words find their moment's frames.
+    """Word confidence learns to rank content words above fillers, and words find their moment's frames.
+
+    Also checked exactly (no learned quality involved): the frame-branch SumR the notebook computes with the
+    learned weights equals the frame SumR of ``evaluate`` on the same run; the fillers' share is reported with
+    its paired interval; the static query box ranks 5 videos for ``example_query`` and names unknown words.
 
     Values measured with ``benchmarks/seed_spread.py --only notebooks`` (this file's notebook 02 run, seeds
     9527 = this test's, 1, 2, 3, 4) on a 2-core AMD EPYC (avx512_bf16, no AMX), torch 2.13 CPU, one thread:
@@ -415,8 +419,22 @@ def test_05_word_confidence(trained, out_dir):
     assert loc["content_hit_rate"] > loc["chance"]
     lift = content_hit_rate_lift(run, seed=9527)
     assert lift > 0.08, lift
-    assert_figures(s, "heatmaps", "word_frame_0", "word_frame_1", "filler_vs_content")
+    assert_figures(s, "heatmaps", "word_frame_0", "word_frame_1", "filler_vs_content", "query_confidence",
+                   "query_word_frame")
     assert f"{s['filler_auc']:.3f}" in s["what_this_shows"]
+    shares = s["filler_share"]
+    assert shares["estimate"] == pytest.approx(shares["value_a"] - shares["value_b"], abs=1e-9)
+    assert shares["low"] <= shares["estimate"] <= shares["high"] and 0.0 < shares["value_b"] < 1.0
+    assert set(s["weightings"]) == {"uniform", "content only"}
+    from ralbook.retrieval.evaluate import evaluate
+
+    cfg, model, coll = pipeline.open_run(run, "cpu")
+    ref = evaluate(model, coll, "test", cfg, progress=False)
+    assert s["weighting_sumr"]["learned"] == pytest.approx(ref.metrics["frame"]["SumR"], abs=1e-6)
+    assert "frame-branch SumR" in s["what_this_shows"] and "ignore" not in s["what_this_shows"].replace(
+        "does not ignore", "")
+    q = s["query"]
+    assert q["unknown"] == [] and len(q["top"]) == 5 and set(q["top"]) <= set(coll.videos("test"))
 
 
 @pytest.mark.slow

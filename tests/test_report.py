@@ -119,15 +119,6 @@ def test_training_text_draws_chance_and_says_why_validation_and_test_differ():
     assert "not comparable" not in report.training_text(recs, 3, hard_start=2)
 
 
-def test_word_confidence_text_verdicts():
-    assert "content words get more confidence" in report.word_confidence_text(0.9, 0.8, None)
-    assert "hardly separates" in report.word_confidence_text(0.52, 0.5, None)
-    assert "fillers get more" in report.word_confidence_text(0.2, 0.3, None)
-    loc = {"content_hit_rate": 0.7, "filler_hit_rate": 0.4, "chance": 0.2}
-    assert "70%" in report.word_confidence_text(0.9, 0.9, loc) and "localise" in report.word_confidence_text(0.9, 0.9, loc)
-    assert "no word types" in report.word_confidence_text(None, None, None)
-
-
 def test_data_text():
     text = report.data_text({"train": 10, "test": 5}, {"train": 30, "test": 16}, 0.05, 0.11, 0.0, 0.35, 0.64)
     assert "train 10 videos / 30 captions" in text and "5.0%" in text and "11.0%" in text

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Optional, Sequence
 
+from ralbook import stats
 from ralbook.retrieval.metrics import chance_metrics
 from ralbook.studies.uncertainty import interpret
 
@@ -179,24 +180,68 @@ def evaluation_text(metrics: Mapping[str, Mapping[str, float]], n_videos: int, m
     return _bullets(lines)
 
 
-def word_confidence_text(filler_auc: Optional[float], per_caption_auc: Optional[float],
-                         localisation: Optional[Mapping[str, float]]) -> str:
-    """05: whether word confidence prefers content words, and whether words find their moment."""
+def _filler_share_sentence(c: stats.Comparison) -> str:
+    """(a) the fillers' share of the confidence mass against their uniform share, from the paired interval."""
+    half = (c.high - c.low) / 2.0
+    d = min(5, max(3, 1 - math.floor(math.log10(half)))) if half > 0 else 3  # two significant digits of the CI
+    numbers = (f"{c.value_a:.3f} of a caption's word confidence against {c.value_b:.3f} under uniform weights; "
+               f"difference {c.estimate:+.{d}f}, {100 * c.level:g}% CI {c.low:+.{d}f} to {c.high:+.{d}f}, "
+               f"paired over {c.n:,} captions with both kinds of words")
+    ratio = c.value_a / c.value_b if c.value_b > 0 else math.nan
+    verdict = c.verdict
+    if verdict == "better":  # higher_is_better=False: a lower filler share reads "better"
+        return (f"Fillers get less weight than their share of the words ({numbers}). They keep about {ratio:.0%} of "
+                f"their uniform share: word confidence takes about {1 - ratio:.0%} of it away; it does not ignore "
+                f"them.")
+    if verdict == "worse":
+        return (f"Fillers get more weight than their share of the words ({numbers}): word confidence does not "
+                f"down-weight them on this run.")
+    needed = c.needed_n()
+    more = f"; about {needed:,} captions would resolve a difference of this size" if needed else ""
+    return f"The fillers' weight cannot be told from their uniform share at this size ({numbers}){more}."
+
+
+def word_confidence_text(shares: Optional[stats.Comparison], filler_auc: Optional[float],
+                         per_caption_auc: Optional[stats.Estimate],
+                         weightings: Optional[Mapping[str, stats.Comparison]] = None,
+                         localisation: Optional[Mapping[str, float]] = None,
+                         type_means: Optional[Mapping[str, float]] = None,
+                         metric_what: str = "frame-branch SumR") -> str:
+    """05: what word confidence does to fillers, measured three ways, each sentence from its interval.
+
+    ``shares``: the fillers' confidence mass vs their uniform share (``FillerShares.comparison``);
+    ``filler_auc``: pooled AUC content vs filler (a ranking statement, no interval: worded as a number);
+    ``per_caption_auc``: the mean per-caption AUC with its bootstrap interval, worded against 0.5;
+    ``weightings``: frame-branch SumR with learned weights vs each other weighting (``compare_weightings``);
+    ``type_means``: mean relative confidence per word type (1 = uniform share), descriptive.
+    """
     lines = []
-    if filler_auc is None:
+    if shares is None and filler_auc is None:
         lines.append("This collection records no word types, so the filler analysis could not be run.")
-    else:
-        verdict = ("content words get more confidence than fillers" if filler_auc >= 0.6 else
-                   "fillers get more confidence than content words" if filler_auc <= 0.4 else
-                   "word confidence hardly separates content words from fillers")
-        lines.append(f"AUC content vs filler words {filler_auc:.3f} (0.5 = no preference; per caption "
-                     f"{_f(per_caption_auc, 3)}): {verdict}.")
+    if shares is not None:
+        lines.append(_filler_share_sentence(shares))
+    if type_means:
+        lines.append("Mean relative confidence (1 = the uniform share): "
+                     + ", ".join(f"{k} words {v:.2f}" for k, v in type_means.items()) + ".")
+    if filler_auc is not None:
+        text = (f"Pooled over the split, a content word is ranked above a filler word with probability "
+                f"{filler_auc:.3f} (AUC; 0.5 = no preference).")
+        if per_caption_auc is not None:
+            text += " " + stats.describe_vs_chance(per_caption_auc, chance=0.5,
+                                                   what="Within captions, the mean per-caption AUC")
+            if per_caption_auc.low > 0.5:
+                text += (" Content words are ranked above fillers; that is an ordering, not a weight: how much "
+                         "weight fillers keep is the share above.")
+        lines.append(text)
+    for comparison in (weightings or {}).values():
+        sentence = stats.describe(comparison, what=metric_what)
+        lines.append(sentence[:1].upper() + sentence[1:])
     if localisation:
         content, filler, chance = (localisation.get(k) for k in ("content_hit_rate", "filler_hit_rate", "chance"))
         lines.append(f"Content words find their best frame inside the described moment {_f(100 * content, 0)}% of "
-                     f"the time, filler words {_f(100 * filler, 0)}%, a random frame {_f(100 * chance, 0)}%"
-                     + (": content words localise the moment." if content > chance + 0.1 else
-                        ": no clear localisation by content words on this run."))
+                     f"the time, filler words {_f(100 * filler, 0)}%, a random frame {_f(100 * chance, 0)}% "
+                     f"({localisation.get('n_captions', 'n/a')} captions; shares of words with no interval here, so "
+                     f"they describe this sample and decide nothing).")
     return _bullets(lines)
 
 
