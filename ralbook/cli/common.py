@@ -183,3 +183,10 @@ def preset_argument(parser: argparse.ArgumentParser, default: Optional[str] = No
                     ) -> None:
     """--preset with the same choices in every command."""
     parser.add_argument("--preset", choices=sorted(PRESETS), default=default, help=help_text)
+
+
+def flatten_list(values: Optional[list[str]]) -> Optional[list[str]]:
+    """Items of a multi-value option, each of which may itself hold commas: ["a,b", "c"] -> ["a", "b", "c"]."""
+    if values is None:
+        return None
+    return [item for value in values for item in parse_list(value)]
