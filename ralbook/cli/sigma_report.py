@@ -44,7 +44,5 @@ def run_sigma_report(args: argparse.Namespace) -> int:
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
-        record = {**result, "provenance": {**loaded.provenance(), "split": args.split, "labels": str(args.labels),
-                                           "n_boot": args.n_boot, "seed": args.seed}}
-        out.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return 0
