@@ -6,25 +6,27 @@ import dataclasses
 import json
 from pathlib import Path
 
+from ralbook.cli.common import DEVICE_HELP, parse_list
 from ralbook.errors import RalbookError
+from ralbook.runtime.device import resolve_device
 from ralbook.files import json_ready, resolve_path
 from ralbook.studies.robustness import (StudyPlan, _fmt, comparison_records, findings, run_minutes, run_study,
                                        summarise)
 
 
 def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(x) for x in text.split(",") if x.strip())
+    return tuple(parse_list(text, float))
 
 
 def _words(text: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in text.split(",") if x.strip())
+    return tuple(parse_list(text))
 
 
 def add_robustness_arguments(parser: argparse.ArgumentParser) -> None:
     d = StudyPlan()
     parser.add_argument("--cache-dir", default="outputs/robustness", help="runs and collections are cached here")
     parser.add_argument("--ambiguity", default=",".join(f"{a:g}" for a in d.ambiguity),
-                        help="comma-separated shares of ambiguous captions (default %(default)s)")
+                        help="shares of ambiguous captions, comma- or space-separated (default %(default)s)")
     parser.add_argument("--noise", default=",".join(d.noise), help="visual noise levels (default %(default)s)")
     parser.add_argument("--models", default=",".join(d.models), help="models (default %(default)s)")
     parser.add_argument("--seeds", default=",".join(map(str, d.seeds)), help="training seeds (default %(default)s)")
@@ -42,7 +44,7 @@ def add_robustness_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=d.threads,
                         help="CPU threads per run, part of each run's cache key; 0: chosen once from the load "
                              "(default %(default)s)")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--json", help="write the rows, summary and findings to this JSON file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -63,7 +65,7 @@ def plan_from_args(args: argparse.Namespace) -> StudyPlan:
 def run_robustness(args: argparse.Namespace) -> int:
 
     plan = plan_from_args(args)
-    result = run_study(plan, resolve_path(args.cache_dir), args.device, progress=not args.no_progress)
+    result = run_study(plan, resolve_path(args.cache_dir), str(resolve_device(args.device)), progress=not args.no_progress)
     summary = summarise(result.rows)
     print(f"{len(result.rows)} runs: {result.trained} trained, {result.cached} read from the cache; the distinct runs "
           f"took {run_minutes(result.rows):.1f} minutes when they were made")

@@ -62,6 +62,7 @@ from ralbook.training.rundir import (BEST_FILE, CONFIG_FILE, LAST_FILE, PathLike
                                      _config_differences, _prepare_run_dir, _recorded_amp, _run_config,
                                      _write_metrics, read_metrics, train_state_from)
 from ralbook.training.splits import plan_splits
+from ralbook.training.steplog import StepLog
 
 
 Callback = Callable[[str, dict[str, Any]], None]
@@ -130,10 +131,13 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: PathLike, progress: bool = True,
                  callbacks: Optional[Iterable[Callback]] = None, checkpoint_every: int = 0,
-                 infer_sizes: bool = True):
+                 infer_sizes: bool = True, bars: Optional[bool] = None):
 
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
-        self.bars = progress and use_bars()  # else (a log file): one line per epoch, no bars
+        # bars only where they render; ``bars=False`` keeps the per-epoch lines and the test table (a cluster log)
+        self.bars = progress and use_bars() and bars is not False
+        self.step_log: Optional[StepLog] = None  # per-step losses and lr (train() opens it for rank 0)
+        self.last_parts: dict[str, Tensor] = {}
         self.callbacks = list(callbacks or [])
         self.checkpoint_every = max(0, int(checkpoint_every))
 
@@ -289,6 +293,7 @@ class Trainer:
             self.optimizer.step()
         self._non_finite("weights after the step", {"loss": total.detach(), **dict(self.model.named_parameters())})
         self._accumulate(total, parts)
+        self.last_parts = parts
         return total
 
     def _forward(self, batch: dict[str, Any]) -> Any:
@@ -323,6 +328,9 @@ class Trainer:
             total = self.train_step(batch, hard)
             self.state.step_in_epoch = index
             self.state.global_step += 1
+            if self.step_log is not None:
+                self.step_log.write(self.state.global_step, epoch, index, self.optimizer.current_lr(), total.item(),
+                                    {k: float(v.detach()) for k, v in self.last_parts.items()})
             bar.update(1)
             if index % 10 == 0 or index == len(batches):
                 bar.set_postfix(loss=f"{total.item():.4f}")
@@ -438,7 +446,8 @@ class Trainer:
 
 def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool = True,
           callbacks: Optional[Iterable[Callback]] = None, checkpoint_every: int = 0,
-          threads: Requested = None, command: Optional[str] = None, overrides: Sequence[str] = ()) -> RunResult:
+          threads: Requested = None, command: Optional[str] = None, overrides: Sequence[str] = (),
+          bars: Optional[bool] = None) -> RunResult:
     """Train ``cfg`` into ``run_dir`` (or continue it with ``resume=True``); evaluate best.pt on test.
 
     ``callbacks``: functions ``f(event, info)`` called after every step (``"step"``) and epoch
@@ -447,6 +456,8 @@ def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool =
     ``threads``: CPU threads (None/0: chosen from the machine's load, see ralbook.runtime).
     ``command``/``overrides``: the command line and its ``--set`` assignments, recorded with the machine,
     the git commit and the start and end time in config.json's ``environment`` (ralbook.runtime.provenance).
+    ``bars=False``: no progress bars, but the per-epoch lines and the test table stay (``progress``).
+    Per-step losses and lr go to RUN_DIR/steps.csv (and TensorBoard when installed).
     """
 
     started = now()
@@ -459,7 +470,6 @@ def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool =
     cfg = _settle_amp(cfg, rank_device(resolve_device(cfg.train.device), world), progress and world.is_main,
                       _recorded_amp(run_dir) if resume else None)
     if world.distributed:  # every rank decided alone: machines of different kinds may disagree
-
         chosen = gather_objects(cfg.train.amp)
         if len(set(chosen)) > 1:
             raise RalbookError(f"the ranks chose different precisions for train.amp=auto (by rank: {chosen}); "
@@ -468,7 +478,7 @@ def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool =
     # checks data and settings first (a new run takes its feature sizes from the collection); only rank 0
     # prints and writes
     trainer = Trainer(cfg, run_dir, progress and world.is_main, callbacks, checkpoint_every,
-                      infer_sizes=not resume)
+                      infer_sizes=not resume, bars=bars)
     if world.distributed and world.is_main:
         print(describe(world, cfg.train.batch_size), flush=True)
     if world.is_main:
@@ -478,9 +488,17 @@ def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool =
         write_json(run_dir / CONFIG_FILE, run_config, indent=1)
     if can_resume:
         trainer.restore(run_dir / LAST_FILE)
+        if progress and world.is_main:
+            print(resume_position(trainer), flush=True)
     elif resume and progress:
         print(f"{run_dir}: no checkpoint written yet; starting from the beginning")
-    epochs_run = trainer.fit()
+    if world.is_main:
+        trainer.step_log = StepLog(run_dir, trainer.state.global_step if can_resume else None)
+    try:
+        epochs_run = trainer.fit()
+    finally:
+        if trainer.step_log is not None:
+            trainer.step_log.close()
     test_file = run_dir / TEST_FILE
     if epochs_run == 0 and test_file.is_file():  # resuming a run that had already finished
         test = json.loads(test_file.read_text())
@@ -490,6 +508,17 @@ def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool =
         write_json(run_dir / CONFIG_FILE, {**run_config, ENVIRONMENT_KEY: finish_record(record)}, indent=1)
     s = trainer.state
     return RunResult(run_dir, s.best_epoch, s.best_val, test["metrics"], s.epoch, s.stopped_early)
+
+
+def resume_position(trainer: "Trainer") -> str:
+    """Where a resumed run continues, in words."""
+    s, n_epochs = trainer.state, trainer.cfg.train.n_epoch
+    if s.finished:
+        return f"resuming {trainer.run_dir}: the run had finished ({s.epoch} epochs); only the test remains"
+    where = (f"epoch {s.epoch}/{n_epochs} (counting from 0), after step {s.step_in_epoch} of "
+             f"{trainer.steps_per_epoch}" if s.step_in_epoch else
+             f"the start of epoch {s.epoch}/{n_epochs} (counting from 0; {s.epoch} completed)")
+    return f"resuming {trainer.run_dir} at {where} (global step {s.global_step})"
 
 
 def _environment(trainer: "Trainer", requested_amp: str, command: Optional[str] = None,
