@@ -110,8 +110,8 @@ def test_evaluate_states_its_ground_truth_and_prints_the_matching_chance_row(run
     assert saved["chance"]["SumR"] == pytest.approx(want)
     assert saved["ground_truth"]["captions_with_lists"] == saved["n_queries"]
     prov = saved["provenance"]
-    assert prov["split"] == "test" and prov["relevant_file"].endswith("relevant_test.json")
-    assert len(prov["checkpoint_sha256"]) == 64 and prov["checkpoint"].endswith(BEST_FILE)
+    assert prov["split"] == "test" and prov["relevant"]["path"].endswith("relevant_test.json")
+    assert len(prov["checkpoint"]["sha256"]) == 64 and prov["checkpoint"]["path"].endswith(BEST_FILE)
     assert {"torch", "ralbook", "precision", "threads"} <= set(prov["environment"])
     # without the file: one truth per caption, and a lower chance level
     assert cli.main(["evaluate", "--checkpoint", str(out), "--json", str(report)] + data_args(root)) == 0
@@ -147,7 +147,7 @@ def test_rerank_needs_an_index_and_the_mixed_frame_row_is_labelled(run, tmp_path
     assert "--index" in capsys.readouterr().err
     idx = tmp_path / "idx"
     assert cli.main(["index", "--checkpoint", str(out), "--out", str(idx)] + data_args(root)) == 0
-    assert json.loads((idx / MANIFEST).read_text())["provenance"]["checkpoint"].endswith(BEST_FILE)
+    assert json.loads((idx / MANIFEST).read_text())["provenance"]["checkpoint"]["path"].endswith(BEST_FILE)
     assert cli.main(["evaluate", "--checkpoint", str(out), "--index", str(idx), "--rerank", "4", "--json",
                      str(tmp_path / "two.json")] + data_args(root)) == 0
     printed = capsys.readouterr().out
@@ -173,7 +173,7 @@ def test_index_refuses_a_run_directory_and_another_checkpoints_index(run, tmp_pa
     err = capsys.readouterr().err
     assert "other weights" in err and "--force" in err
     assert cli.main(["index", "--checkpoint", str(other), "--out", str(idx), "--force"] + data_args(root)) == 0
-    assert json.loads((idx / MANIFEST).read_text())["provenance"]["checkpoint"] == str(other.resolve())
+    assert json.loads((idx / MANIFEST).read_text())["provenance"]["checkpoint"]["path"] == str(other.resolve())
 
 
 # ----------------------------------------------------------------------------- 6. search

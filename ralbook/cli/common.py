@@ -7,7 +7,6 @@ every command resolves a data root, applies ``--set`` and reports a size mismatc
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ from ralbook.data.collection import Collection, check_dims
 from ralbook.errors import CheckpointError, ConfigError, RalbookError
 from ralbook.files import repo_root
 from ralbook.runtime.device import resolve_device
+from ralbook.runtime.precision import resolve_amp
+from ralbook.runtime.provenance import result_provenance
 from ralbook.training.rundir import BEST_FILE
 
 DEFAULT_RERANK = 100  # evaluate --index and search --index: candidates of the first stage given the fused score
@@ -109,14 +110,6 @@ def checkpoint_file(path: str | os.PathLike) -> Path:
     return p
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass
 class Loaded:
     """What a command works on: the resolved configuration, the model on ``device`` (eval mode), the
@@ -129,10 +122,13 @@ class Loaded:
     checkpoint: Path
     kind: str
 
-    def provenance(self) -> dict[str, Any]:
-        """Checkpoint path and sha256, for result files."""
-        return {"checkpoint": str(self.checkpoint.resolve()), "checkpoint_sha256": file_sha256(self.checkpoint),
-                "checkpoint_kind": self.kind}
+    def provenance(self, args: Optional[argparse.Namespace] = None, **fields: Any) -> dict[str, Any]:
+        """What a result file records about its making (ralbook.runtime.provenance.result_provenance): this
+        checkpoint (path, sha256), the precision and device used, the command line, plus ``fields``."""
+        extra = fields.pop("extra", None) or {}
+        return result_provenance(checkpoint=self.checkpoint, precision=resolve_amp(self.cfg.train.amp, self.device),
+                                 device=str(self.device), argv=getattr(args, "argv", None),
+                                 extra={"checkpoint_kind": self.kind, **extra}, **fields)
 
 
 def _shape_changes(before: Config, after: Config) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ralbook.cli.common import DEVICE_HELP
 from ralbook.files import write_atomic, write_json
 from ralbook.runtime.progress import use_bars
 from ralbook.runtime.provenance import PROVENANCE_KEY, file_record, result_provenance
@@ -25,7 +26,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                         help="evaluate every best.pt even when the run stores its per-query ranks")
     parser.add_argument("--n-boot", type=int, default=N_BOOT, help=f"bootstrap resamples (default {N_BOOT})")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    parser.add_argument("--device", default="cpu", help="device for evaluations (default cpu)")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--data-root", default="", help="folder holding the collection, for evaluations")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 

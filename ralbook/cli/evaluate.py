@@ -15,8 +15,7 @@ from ralbook.files import json_ready, write_json
 from ralbook.retrieval.evaluate import evaluate, format_metrics
 from ralbook.retrieval.index import Index, IndexFolderError, evaluate_index
 from ralbook.retrieval.metrics import GroundTruth, chance_metrics, check_relevance, read_relevant_file, relevant_indices
-from ralbook.runtime.environment import environment_record
-from ralbook.runtime.precision import describe_amp, resolve_amp
+from ralbook.runtime.precision import describe_amp
 from ralbook.runtime.progress import use_bars
 
 
@@ -55,12 +54,10 @@ def chance_row(collection: Any, split: str, cap_ids: list[str], video_ids: list[
 
 def provenance(loaded: Loaded, args: argparse.Namespace) -> dict[str, Any]:
     """What produced the numbers: checkpoint and its hash, split, relevance file, precision, versions."""
-    precision = resolve_amp(loaded.cfg.train.amp, loaded.device)
-    return {**loaded.provenance(), "split": args.split, "relevant_file": args.relevant, "index": args.index,
-            "rerank": args.rerank if args.index else None, "data_root": loaded.cfg.data.data_root,
-            "collection": loaded.cfg.data.collection, "feature": loaded.cfg.data.feature,
-            "overrides": list(args.overrides or []),
-            "environment": environment_record(precision, str(loaded.device))}
+    return loaded.provenance(args, split=args.split, relevant=args.relevant, extra={
+        "index": args.index, "rerank": args.rerank if args.index else None, "data_root": loaded.cfg.data.data_root,
+        "collection": loaded.cfg.data.collection, "feature": loaded.cfg.data.feature,
+        "overrides": list(args.overrides or [])})
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -6,7 +6,6 @@ import time
 
 from ralbook.cli.common import add_data_arguments, load_for_command, preset_argument
 from ralbook.retrieval.index import DTYPES, build_index
-from ralbook.runtime.provenance import result_provenance
 
 
 def add_index_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,8 +25,7 @@ def run_index(args: argparse.Namespace) -> int:
     loaded = load_for_command(args)
     cfg, collection = loaded.cfg, loaded.collection
     started = time.perf_counter()
-    record = result_provenance(checkpoint=loaded.checkpoint, split=args.split, precision=cfg.train.amp,
-                               device=str(loaded.device), argv=getattr(args, "argv", None))
+    record = loaded.provenance(args, split=args.split)
     out = build_index(loaded.model, collection, args.split, cfg, args.out, loaded.device, args.batch_size,
                       args.dtype, progress=not args.no_progress, force=args.force, provenance=record)
     size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
