@@ -47,15 +47,15 @@ def test_ranks_against_matches_a_sort(scores):
 
 def test_alpha_sweep_against_brute_force(scores):
     clip, frame, relevant = scores
-    points = fusion.alpha_sweep(clip, frame, relevant, trained_alpha=0.7, alphas=(0.0, 0.3, 0.7, 1.0), n_boot=200)
+    points = fusion.alpha_sweep(clip, frame, relevant, model_alpha=0.7, alphas=(0.0, 0.3, 0.7, 1.0), n_boot=200)
     for p in points:
         fused = p.alpha * clip + (1 - p.alpha) * frame
         ranks = [brute_rank(fused[i], rel_list(relevant, i)) for i in range(40)]
         assert p.value == pytest.approx(brute_sumr(ranks))
         ref = [brute_rank(0.7 * clip[i] + 0.3 * frame[i], rel_list(relevant, i)) for i in range(40)]
-        assert p.vs_trained.estimate == pytest.approx(brute_sumr(ranks) - brute_sumr(ref))
+        assert p.vs_model.estimate == pytest.approx(brute_sumr(ranks) - brute_sumr(ref))
     at_trained = points[2]
-    assert at_trained.vs_trained.estimate == 0.0 and at_trained.vs_trained.verdict == "undecided"
+    assert at_trained.vs_model.estimate == 0.0 and at_trained.vs_model.verdict == "undecided"
     # the ends of the grid are the branches alone
     assert points[-1].value == pytest.approx(brute_sumr([brute_rank(clip[i], rel_list(relevant, i)) for i in range(40)]))
     assert points[0].value == pytest.approx(brute_sumr([brute_rank(frame[i], rel_list(relevant, i)) for i in range(40)]))
@@ -217,12 +217,12 @@ def test_sweep_and_multi_ground_truth_sentences():
     frame = rng.normal(size=(300, 30))
     relevant = np.arange(300)[:, None] % 30
     clip[np.arange(300), relevant[:, 0]] += 1.5  # the clip branch knows the answer, the frame branch is noise
-    points = fusion.alpha_sweep(clip, frame, relevant, trained_alpha=0.5, n_boot=300)
+    points = fusion.alpha_sweep(clip, frame, relevant, model_alpha=0.5, n_boot=300)
     best = fusion.best_sweep_point(points)
     assert best.alpha >= 0.7  # pure noise in frame: more clip weight ranks better
     text = report.evaluation_text(metrics(100, 50, 90), 30, 4, 0.5, sweep=points)
-    assert f"highest at alpha {best.alpha:g}" in text and "the trained alpha 0.5" in text
-    assert "is better than the trained alpha 0.5 on SumR" in text
+    assert f"highest at alpha {best.alpha:g}" in text and "the configured alpha 0.5" in text
+    assert "is better than the configured alpha 0.5 on SumR" in text
     multi = {"standard": {"R@1": 20.0, "SumR": 100.0}, "truthful": {"R@1": 30.0, "SumR": 120.0},
              "ideal": {"R@1": 80.0, "SumR": 350.0}, "n_queries": 711, "n_truthful_not_annotated": 42,
              "n_not_truthful": 500}
@@ -251,3 +251,26 @@ def test_quickstart_says_above_chance_only_from_the_interval():
     assert "is above chance" in report.quickstart_text(metrics(1, 1, 90), 200, 700, 3, "q", 5, "x", None, above)
     text = report.quickstart_text(metrics(1, 1, 60), 200, 700, 3, "q", 5, "x", None, close)
     assert "cannot be told from chance" in text and f"chance {chance:.0f}" in text
+
+
+def test_read_truthful_reads_the_generated_file(tmp_path):
+    folder = tmp_path / "demo" / "GroundTruth"
+    folder.mkdir(parents=True)
+    (folder / "relevant_test.json").write_text('{"c0": ["v0", "v3"]}')
+    assert multigt.read_truthful(tmp_path, "demo", "test") == {"c0": ["v0", "v3"]}
+    assert multigt.read_truthful(tmp_path, "demo", "val") is None
+
+
+def test_fusion_sweep_bars_cross_the_reference_line_exactly_when_undecided():
+    import matplotlib.pyplot as plt
+
+    from ralbook.viz import plots
+
+    fig = plots.fusion_sweep([0.0, 0.5, 1.0], [100.0, 120.0, 118.0], [-30.0, 0.0, -5.0], [-10.0, 0.0, 1.0], 0.5)
+    ax = fig.axes[0]
+    bars = [c for c in ax.collections if c.get_segments()]
+    segments = [s for s in bars[0].get_segments()]  # one vertical segment per alpha
+    spans = sorted((float(s[0][0]), float(min(s[:, 1])), float(max(s[:, 1]))) for s in segments)
+    # alpha 0: 120 + [-30, -10] = [90, 110] (below the line at 120); alpha 1: 120 + [-5, 1] = [115, 121] (crosses)
+    assert spans[0] == pytest.approx((0.0, 90.0, 110.0)) and spans[2] == pytest.approx((1.0, 115.0, 121.0))
+    plt.close(fig)

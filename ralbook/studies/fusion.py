@@ -7,7 +7,7 @@ look. Both are measured here from per-query ranks and score matrices, each numbe
 
 * :func:`branch_comparisons` - fused against each branch, paired over the same queries (SumR, R@1).
 * :func:`branch_shares` - share of queries each branch ranks better (clip / frame / tie), with intervals.
-* :func:`alpha_sweep` - the fused score re-ranked for a grid of fusion weights, each against the trained one.
+* :func:`alpha_sweep` - the fused score re-ranked for a grid of fusion weights, each against the configured one.
 * :func:`peak_place` / :func:`word_peak_places` - where each content word's best frame falls: its own
   moment, another moment sharing a concept with it, another moment, or background.
 * :func:`gap_by_bins` - the clip-minus-frame per-query gap in terciles of a covariate (video length, the
@@ -94,27 +94,27 @@ def branch_shares(ranks_clip: np.ndarray, ranks_frame: np.ndarray, n_boot: int =
 
 @dataclass(frozen=True)
 class SweepPoint:
-    """One fusion weight: its metric value and the paired comparison with the trained weight."""
+    """One fusion weight: its metric value and the paired comparison with the configured weight."""
 
     alpha: float
     value: float
-    vs_trained: stats.Comparison
+    vs_model: stats.Comparison
 
 
-def alpha_sweep(clip: np.ndarray, frame: np.ndarray, relevant: np.ndarray, trained_alpha: float,
+def alpha_sweep(clip: np.ndarray, frame: np.ndarray, relevant: np.ndarray, model_alpha: float,
                 alphas: Sequence[float] = ALPHA_GRID, metric: str = "SumR", n_boot: int = stats.N_BOOT,
                 seed: int = 0) -> list[SweepPoint]:
-    """Re-rank with ``alpha * clip + (1 - alpha) * frame`` for each alpha; each against the trained alpha.
+    """Re-rank with ``alpha * clip + (1 - alpha) * frame`` for each alpha; each against the configured alpha.
 
     alpha = 1 is the clip branch alone and 0 the frame branch alone, so the curve says whether any mixture
-    beats either branch, and whether the trained weight is where the curve peaks, with paired intervals.
+    beats either branch, and whether the configured weight is where the curve peaks, with paired intervals.
     """
-    reference = ranks_against(fuse(clip, frame, trained_alpha), relevant)
+    reference = ranks_against(fuse(clip, frame, model_alpha), relevant)
     out = []
     for alpha in alphas:
         ranks = ranks_against(fuse(clip, frame, float(alpha)), relevant)
         comparison = stats.compare_rankings(ranks, reference, metric, name_a=f"alpha {alpha:g}",
-                                            name_b=f"the trained alpha {trained_alpha:g}", n_boot=n_boot, seed=seed)
+                                            name_b=f"the configured alpha {model_alpha:g}", n_boot=n_boot, seed=seed)
         out.append(SweepPoint(float(alpha), comparison.value_a, comparison))
     return out
 

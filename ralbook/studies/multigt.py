@@ -9,16 +9,28 @@ top-1 retrievals into annotated / truthful but not annotated / not truthful.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import os
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from ralbook.data.demo import relevant_file
 from ralbook.errors import DataError
-from ralbook.retrieval.metrics import RECALL_AT, relevant_indices
+from ralbook.retrieval.metrics import RECALL_AT, read_relevant_file, relevant_indices
 
-__all__ = ["truthful_relevant", "ideal_recall", "top1_kinds", "TOP1_KINDS"]
+__all__ = ["read_truthful", "truthful_relevant", "ideal_recall", "top1_kinds", "TOP1_KINDS"]
 
 TOP1_KINDS: tuple[str, ...] = ("annotated", "truthful, not annotated", "not truthful")
+
+
+def read_truthful(data_root: str | os.PathLike, collection: str, split: str) -> Optional[dict[str, list[str]]]:
+    """Caption id -> every truthful video, from ``<collection>/GroundTruth/relevant_<split>.json``; None without one.
+
+    Generated collections write the file for their evaluation splits; real releases have none.
+    """
+    path = Path(data_root) / collection / "GroundTruth" / relevant_file(split)
+    return read_relevant_file(path) if path.is_file() else None
 
 
 def truthful_relevant(cap_ids: Sequence[str], own_videos: Sequence[str], video_ids: Sequence[str],

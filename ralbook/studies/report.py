@@ -172,7 +172,7 @@ def evaluation_text(metrics: Mapping[str, Mapping[str, float]], n_videos: int, m
     branch's words measure.
 
     Every comparative sentence comes from a :class:`ralbook.stats.Comparison` (``branches``: fused vs each
-    branch, paired over queries; ``sweep``: points with ``alpha``, ``value`` and ``vs_trained``); ``shares``:
+    branch, paired over queries; ``sweep``: points with ``alpha``, ``value`` and ``vs_model``); ``shares``:
     percent of queries the clip / frame branch ranks better (:func:`ralbook.studies.fusion.branch_shares`);
     ``multi``: ``standard``, ``truthful`` and ``ideal`` metric dicts plus ``n_queries``,
     ``n_truthful_not_annotated`` and ``n_not_truthful``; ``frame``: ``places`` (place -> Estimate),
@@ -196,7 +196,7 @@ def evaluation_text(metrics: Mapping[str, Mapping[str, float]], n_videos: int, m
         lines.append(text)
     if sweep:
         best = max(sweep, key=lambda p: p.value)
-        trained = f"the trained alpha {alpha:g}" if alpha is not None else "the trained alpha"
+        trained = f"the configured alpha {alpha:g}" if alpha is not None else "the configured alpha"
         grid = f"{min(p.alpha for p in sweep):g} to {max(p.alpha for p in sweep):g}"
         if alpha is not None and abs(best.alpha - alpha) < 1e-9:
             lines.append(f"Sweeping the fusion weight over {grid} (1 = clip only, 0 = frame only), SumR is highest "
@@ -204,7 +204,7 @@ def evaluation_text(metrics: Mapping[str, Mapping[str, float]], n_videos: int, m
         else:
             lines.append(f"Sweeping the fusion weight over {grid} (1 = clip only, 0 = frame only), SumR is highest at "
                          f"alpha {best.alpha:g} ({_f(best.value)}) against {trained}: "
-                         + describe(best.vs_trained, what="SumR"))
+                         + describe(best.vs_model, what="SumR"))
     if multi:
         std, tru, ideal = multi["standard"], multi["truthful"], multi["ideal"]
         n = multi["n_queries"]
