@@ -195,10 +195,10 @@ def test_swapping_the_inputs_swaps_the_words():
     a, b = constructed(shift=120)
     c = stats.compare_rankings(a, b, "SumR", name_a="the fused score", name_b="the clip branch", n_boot=500)
     text = report.evaluation_text(metrics(100, 50, 130), 200, 40, 0.7, branches=[c])
-    assert "the fused score is better than the clip branch on SumR" in text
+    assert "The fused score is better than the clip branch on SumR" in text
     c2 = stats.compare_rankings(b, a, "SumR", name_a="the clip branch", name_b="the fused score", n_boot=500)
     text2 = report.evaluation_text(metrics(100, 50, 130), 200, 40, 0.7, branches=[c2])
-    assert "the clip branch is worse than the fused score on SumR" in text2
+    assert "The clip branch is worse than the fused score on SumR" in text2
 
 
 def test_branch_shares_wording_needs_both_shares_above_zero():
@@ -274,3 +274,29 @@ def test_fusion_sweep_bars_cross_the_reference_line_exactly_when_undecided():
     # alpha 0: 120 + [-30, -10] = [90, 110] (below the line at 120); alpha 1: 120 + [-5, 1] = [115, 121] (crosses)
     assert spans[0] == pytest.approx((0.0, 90.0, 110.0)) and spans[2] == pytest.approx((1.0, 115.0, 121.0))
     plt.close(fig)
+
+
+def test_places_vs_chance_is_paired_over_captions():
+    words = np.array([[1.0, 0, 0, 0], [0.5, 0.5, 0, 0], [0, 0.5, 0.5, 0]])
+    frames = np.array([[0.5, 0.2, 0.2, 0.1], [0.3, 0.3, 0.3, 0.1], [0.2, 0.2, 0.2, 0.4]])
+    out = fusion.places_vs_chance(words, frames, n_boot=200)
+    for k, place in enumerate(fusion.PEAK_PLACES):
+        assert out[place].estimate == pytest.approx(100 * (words[:, k] - frames[:, k]).mean())
+        assert out[place].paired and out[place].unit == "captions"
+    with pytest.raises(DataError):
+        fusion.places_vs_chance(words, frames[:2])
+
+
+def test_words_pulled_to_sharing_moments_are_said_only_from_the_interval():
+    rng = np.random.default_rng(2)
+    n = 300
+    frames = np.tile([0.4, 0.2, 0.3, 0.1], (n, 1))
+    pulled = frames + np.array([0.0, 0.15, -0.1, -0.05]) + rng.normal(0, 0.02, (n, 4))
+    noise = rng.normal(0, 0.02, (n // 2, 4))
+    same = frames + np.concatenate([noise, -noise])  # mean difference exactly 0
+    text = report.evaluation_text(metrics(100, 50, 90), 200, 4, 0.5,
+                                  frame={"vs_chance": fusion.places_vs_chance(pulled, frames, n_boot=300)})
+    assert "in another moment sharing a concept more often than a random frame lies there" in text
+    text = report.evaluation_text(metrics(100, 50, 90), 200, 4, 0.5,
+                                  frame={"vs_chance": fusion.places_vs_chance(same, frames, n_boot=300)})
+    assert "more often" not in text and "less often" not in text and "cannot tell whether" in text

@@ -29,7 +29,7 @@ from ralbook.retrieval.metrics import ranks_from_scores
 from ralbook.studies.analysis import frame_span_to_rows, query_video_similarity
 
 __all__ = ["ALPHA_GRID", "PEAK_PLACES", "fuse", "ranks_against", "branch_comparisons", "branch_shares",
-           "SweepPoint", "alpha_sweep", "best_sweep_point", "peak_place", "word_peak_places", "place_shares",
+           "SweepPoint", "alpha_sweep", "best_sweep_point", "peak_place", "word_peak_places", "place_shares", "places_vs_chance",
            "per_query_gap", "GapBin", "gap_by_bins"]
 
 ALPHA_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
@@ -152,13 +152,14 @@ def word_peak_places(model: Any, collection: Any, cap_ids: Sequence[str], truth:
                      max_frames: int = 128) -> dict[str, Any]:
     """Per caption: the share of its content words whose best frame (in its own video) lies in each place.
 
-    Returns ``shares`` (n_captions, len(PEAK_PLACES)) with rows summing to 1, ``cap_ids`` (those with a
-    known moment and at least one content word) and ``other_sharing`` (n_captions,), whether the video has
-    another moment sharing a concept with the caption's moment (only then can a word be lured there).
+    Returns ``shares`` (n_captions, len(PEAK_PLACES)) with rows summing to 1; ``chance`` (same shape), the
+    share of the video's frame rows in each place (where a word pointing at a random frame lands);
+    ``cap_ids`` (those with a known moment and at least one content word) and ``other_sharing``
+    (n_captions,), whether the video has another moment sharing a concept with the caption's moment.
     Content words are those the ground truth does not type as fillers (and not in ``fillers``).
     """
     filler_words = {w.lower() for w in fillers}
-    rows, kept, sharing = [], [], []
+    rows, chance, kept, sharing = [], [], [], []
     for cap in cap_ids:
         gt = truth.captions.get(cap)
         if gt is None:
@@ -178,9 +179,12 @@ def word_peak_places(model: Any, collection: Any, cap_ids: Sequence[str], truth:
         if counts.sum() == 0 or n_rows == 0:
             continue
         rows.append(counts / counts.sum())
+        places = [PEAK_PLACES.index(peak_place(r, spans, gt.moment, shares)) for r in range(n_rows)]
+        chance.append(np.bincount(places, minlength=len(PEAK_PLACES)) / n_rows)
         kept.append(cap)
         sharing.append(any(shares))
-    return {"shares": np.array(rows).reshape(-1, len(PEAK_PLACES)), "cap_ids": kept,
+    return {"shares": np.array(rows).reshape(-1, len(PEAK_PLACES)),
+            "chance": np.array(chance).reshape(-1, len(PEAK_PLACES)), "cap_ids": kept,
             "other_sharing": np.array(sharing, dtype=bool)}
 
 
@@ -191,6 +195,22 @@ def place_shares(shares: np.ndarray, n_boot: int = stats.N_BOOT, seed: int = 0) 
         raise DataError(f"place_shares: need (n_captions, {len(PEAK_PLACES)}) shares, got {shares.shape}")
     return {place: stats.bootstrap_mean(100.0 * shares[:, k], name=place, metric="% of content words",
                                         unit="captions", n_boot=n_boot, seed=seed)
+            for k, place in enumerate(PEAK_PLACES)}
+
+
+def places_vs_chance(shares: np.ndarray, chance: np.ndarray, n_boot: int = stats.N_BOOT,
+                     seed: int = 0) -> dict[str, stats.Comparison]:
+    """Per place: content words' share minus the share of frame rows there, paired over captions (points of %).
+
+    Why: a share of words in "another moment sharing a concept" means little alone; a video with long such
+    moments draws words there by chance. Above 0 (interval excluding it), words are pulled there.
+    """
+    shares, chance = np.asarray(shares, dtype=np.float64), np.asarray(chance, dtype=np.float64)
+    if shares.shape != chance.shape:
+        raise DataError(f"places_vs_chance: word shares {shares.shape} and frame shares {chance.shape} differ")
+    return {place: stats.paired_bootstrap(100.0 * shares[:, k], 100.0 * chance[:, k], name_a="content words",
+                                          name_b="random frames", metric=f"% in {place}", unit="captions",
+                                          n_boot=n_boot, seed=seed)
             for k, place in enumerate(PEAK_PLACES)}
 
 

@@ -159,6 +159,11 @@ def _trend(c: Comparison, rises: str, falls: str, what: str) -> str:
     return f"the data cannot tell whether {what} changes ({numbers}){more}."
 
 
+def _cap(sentence: str) -> str:
+    """The sentence with its first letter upper-case (generated sentences may start with a name)."""
+    return sentence[:1].upper() + sentence[1:]
+
+
 def _share(e: Estimate) -> str:
     return f"{e.value:.0f}% ({100 * e.level:g}% CI {e.low:.0f} to {e.high:.0f})"
 
@@ -175,14 +180,15 @@ def evaluation_text(metrics: Mapping[str, Mapping[str, float]], n_videos: int, m
     branch, paired over queries; ``sweep``: points with ``alpha``, ``value`` and ``vs_model``); ``shares``:
     percent of queries the clip / frame branch ranks better (:func:`ralbook.studies.fusion.branch_shares`);
     ``multi``: ``standard``, ``truthful`` and ``ideal`` metric dicts plus ``n_queries``,
-    ``n_truthful_not_annotated`` and ``n_not_truthful``; ``frame``: ``places`` (place -> Estimate),
-    ``length`` and ``filler`` (each a Comparison of the gap, or None).
+    ``n_truthful_not_annotated`` and ``n_not_truthful``; ``frame``: ``places`` (place -> Estimate), ``vs_chance``
+    (place -> Comparison of words' share against frames' share), ``length`` and ``filler`` (each a Comparison
+    of the gap between the highest and the lowest bin, or None).
     """
     clip, frame_sumr, fused = (metrics[k]["SumR"] for k in ("clip", "frame", "fused"))
     lines = [f"Fused SumR {_f(fused)}, clip {_f(clip)}, frame {_f(frame_sumr)}; a random ranking gives "
              f"{_f(chance_sumr(n_videos))}. The median query finds its video at rank {median_rank:.0f} of {n_videos}."]
     for c in branches:
-        lines.append(describe(c, what=c.metric))
+        lines.append(_cap(describe(c, what=c.metric)))
     if shares:
         clip_wins, frame_wins, tie = shares["clip better"], shares["frame better"], shares["tie"]
         text = (f"Per query, the clip branch ranks the annotated video higher for {_share(clip_wins)} of the "
@@ -224,17 +230,24 @@ def evaluation_text(metrics: Mapping[str, Mapping[str, float]], n_videos: int, m
                          f"find it inside their own moment, {_share(lured)} in another moment of the same video "
                          f"that shares a concept with it, {_share(other)} in another moment and {_share(back)} in "
                          "the background between moments.")
+        versus = frame.get("vs_chance") or {}
+        for place, c in versus.items():
+            if place in ("own moment", "other moment sharing a concept"):
+                where = "their own moment" if place == "own moment" else "another moment sharing a concept"
+                lines.append(_cap(_trend(
+                    c, f"Content words find their best frame in {where} more often than a random frame lies there",
+                    f"Content words find their best frame in {where} less often than a random frame lies there",
+                    f"the share of content words in {where} minus the share of frames there")))
         for key, what, rises, falls in (
-                ("length", "the clip-minus-frame SumR gap between the longest and the shortest third of videos",
+                ("length", "the clip-minus-frame SumR gap between the longest and the shortest videos (tercile bins)",
                  "The frame branch falls further behind the clip branch on long videos",
                  "The frame branch falls further behind the clip branch on short videos"),
-                ("filler", "the clip-minus-frame SumR gap between the captions with most and fewest fillers",
+                ("filler", "the clip-minus-frame SumR gap between the captions with most and fewest fillers (tercile bins)",
                  "The frame branch falls further behind on captions with more fillers",
                  "The frame branch falls further behind on captions with fewer fillers")):
             c = frame.get(key)
             if c is not None:
-                sentence = _trend(c, rises, falls, what)
-                lines.append(sentence[0].upper() + sentence[1:])
+                lines.append(_cap(_trend(c, rises, falls, what)))
         lines.append("These are associations across queries, not causes: in the demo generator video length, "
                      "filler share and shared concepts vary together with other properties of a query. A "
                      "collection regenerated with one factor held fixed (one video length, no fillers, no shared "
