@@ -147,16 +147,22 @@ def training_text(records: Sequence[Mapping[str, Any]], best_epoch: Optional[int
     return _bullets(lines)
 
 
-def _trend(c: Comparison, rises: str, falls: str, what: str) -> str:
-    """A trend sentence from a comparison's verdict (never from its point estimate): rises / falls / undecided."""
+def _trend(c: Comparison, rises: str, falls: str, what: str, undecided: str = "") -> str:
+    """A sentence from a comparison's verdict (never from its point estimate): rises / falls / undecided.
+
+    ``what`` names the difference whose numbers follow; ``undecided`` is the sentence's start when the
+    interval includes 0 (default: "the data cannot tell whether <what> differs from 0").
+    """
     numbers = f"{summary_line(c)}, {100 * c.level:g}% CI, {c.method}"
     if c.verdict == "better":
         return f"{rises} ({what} {numbers})."
     if c.verdict == "worse":
         return f"{falls} ({what} {numbers})."
     needed = c.needed_n()
-    more = f"; about {needed:,} {c.unit} per group would resolve a difference of this size" if needed else ""
-    return f"the data cannot tell whether {what} changes ({numbers}){more}."
+    per = "" if c.paired else " per group"
+    more = f"; about {needed:,} {c.unit}{per} would resolve a difference of this size" if needed else ""
+    start = undecided or f"the data cannot tell whether {what} differs from 0"
+    return f"{start} ({what} {numbers}){more}."
 
 
 def _cap(sentence: str) -> str:
@@ -181,7 +187,8 @@ def evaluation_text(metrics: Mapping[str, Mapping[str, float]], n_videos: int, m
     percent of queries the clip / frame branch ranks better (:func:`ralbook.studies.fusion.branch_shares`);
     ``multi``: ``standard``, ``truthful`` and ``ideal`` metric dicts plus ``n_queries``,
     ``n_truthful_not_annotated`` and ``n_not_truthful``; ``frame``: ``places`` (place -> Estimate), ``vs_chance``
-    (place -> Comparison of words' share against frames' share), ``length`` and ``filler`` (each a Comparison
+    (place -> Comparison of words' share against frames' share), ``lured`` (that comparison for "other
+    moment sharing a concept" on the captions whose video has one; replaces the all-caption one), ``length`` and ``filler`` (each a Comparison
     of the gap between the highest and the lowest bin, or None).
     """
     clip, frame_sumr, fused = (metrics[k]["SumR"] for k in ("clip", "frame", "fused"))
@@ -230,14 +237,18 @@ def evaluation_text(metrics: Mapping[str, Mapping[str, float]], n_videos: int, m
                          f"find it inside their own moment, {_share(lured)} in another moment of the same video "
                          f"that shares a concept with it, {_share(other)} in another moment and {_share(back)} in "
                          "the background between moments.")
-        versus = frame.get("vs_chance") or {}
-        for place, c in versus.items():
-            if place in ("own moment", "other moment sharing a concept"):
-                where = "their own moment" if place == "own moment" else "another moment sharing a concept"
+        versus = dict(frame.get("vs_chance") or {})
+        if frame.get("lured") is not None:  # the same comparison on the captions whose video has such a moment
+            versus["other moment sharing a concept"] = frame["lured"]
+        for place, where in (("own moment", "their own moment"),
+                             ("other moment sharing a concept", "another moment sharing a concept")):
+            c = versus.get(place)
+            if c is not None:
                 lines.append(_cap(_trend(
                     c, f"Content words find their best frame in {where} more often than a random frame lies there",
                     f"Content words find their best frame in {where} less often than a random frame lies there",
-                    f"the share of content words in {where} minus the share of frames there")))
+                    "content words' share minus frames' share, in points",
+                    f"the data cannot tell content words' best frames from random frames in {where}")))
         for key, what, rises, falls in (
                 ("length", "the clip-minus-frame SumR gap between the longest and the shortest videos (tercile bins)",
                  "The frame branch falls further behind the clip branch on long videos",
