@@ -86,7 +86,7 @@ def test_quickstart_text_says_how_the_query_was_chosen():
     assert "31.5%" in text and "692" in text and "10 epochs" in text and "ranked 3" in text
     assert "the median" in text and "80%" in text and "inside the ground-truth moment" in text
     worse = report.quickstart_text(metrics(1, 1, 100.0, r1=2.0), 200, 692, 1, "v1#enc#0", 1, "x", 0.2)
-    assert "only 20%" in worse and "2.0%" in worse and "hand-picked" not in worse
+    assert "Only 20%" in worse and "2.0%" in worse and "hand-picked" not in worse
 
 
 def records(triplets: list[float], lrs: list[float], sumr: list[float]) -> list[dict]:

@@ -83,7 +83,7 @@ def quickstart_text(metrics: Mapping[str, Mapping[str, float]], n_videos: int, n
         lines.append(f"{_f(100 * moment_hit, 0)}% of its words find their best frame inside the ground-truth "
                      "moment (green box): the frame score looks at the part of the video the caption describes."
                      if moment_hit >= 0.5 else
-                     f"only {_f(100 * moment_hit, 0)}% of its words find their best frame inside the ground-truth "
+                     f"Only {_f(100 * moment_hit, 0)}% of its words find their best frame inside the ground-truth "
                      "moment (green box): for this caption the words mostly match frames elsewhere in the video.")
     return _bullets(lines)
 
