@@ -19,7 +19,7 @@ PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.ralbook-installed
 TORCH_SPEC := $(VENV)/.ralbook-torch
 
-.PHONY: setup torch demo figures test clean-runs
+.PHONY: setup torch demo figures slides test clean-runs
 
 setup: torch $(STAMP)
 
@@ -47,6 +47,10 @@ demo: setup
 # Rewrites the committed figures/ (PNGs, results.json, RESULTS.md) from a fresh demo run under outputs/demo.
 figures: setup
 	$(PY) -m ralbook figures --out outputs/demo --retrain $(if $(ROBUSTNESS),--robustness)
+
+# The executed notebooks of `make demo` as self-contained HTML pages (code hidden, figures embedded).
+slides: setup
+	$(PY) -m ralbook slides --notebooks outputs/demo/notebooks --out outputs/slides
 
 test: setup
 	$(PY) -m pytest -q

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import json
 import math
 from dataclasses import dataclass, field
@@ -289,7 +290,10 @@ class Config:
                               f"{list(SECTIONS)}")
         fields_ = {f.name: f for f in dataclasses.fields(target)}
         if key not in fields_:
-            raise ConfigError(f"unknown key {shorten(key)} in config section {section!r}")
+            near = difflib.get_close_matches(key, list(fields_), n=1, cutoff=0.5)
+            hint = f"; did you mean {section}.{near[0]}?" if near else ""
+            raise ConfigError(f"unknown key {shorten(key)} in config section {section!r}{hint} ({section} has: "
+                              f"{', '.join(fields_)})")
         if section == "model" and key in SYNCED_FROM_DATA:
             raise ConfigError(f"model.{key} follows data.{key} (the collection's features): set data.{key} instead")
         value = parse_setting(f"{section}.{key}", str(fields_[key].type), raw)

@@ -189,3 +189,172 @@ def test_legends_cover_no_data():
         assert _legend_outside(fig.axes[0]), fig.axes[0].get_title()
     # the chance level is drawn per bin
     assert [list(seg[:, 1]) for seg in ranks.axes[0].collections[-1].get_segments()] == [[50.0, 50.0]] * 2
+
+
+def test_training_curves_draw_the_total_and_the_validation_chance_level():
+    fig = P.training_curves([1, 2], {"total": [2.0, 1.0], "nce": [1.5, 0.8]}, val_sumr=[60.0, 70.0],
+                            val_chance=58.0)
+    total = [ln for ln in fig.axes[0].lines if ln.get_label() == "total"]
+    assert len(total) == 1 and list(total[0].get_ydata()) == [2.0, 1.0] and total[0].get_color() == "black"
+    chance = [ln for ln in fig.axes[1].lines if ln.get_label().startswith("random ranking")]
+    assert len(chance) == 1 and list(chance[0].get_ydata()) == [58.0, 58.0]
+
+
+def test_terms_against_references_draws_each_reference():
+    fig = P.terms_against_references([1, 2, 3], {"L_PM": [5.0, 4.9, 4.8], "L_DA": [30.0, 20.0, 10.0]},
+                                     {"L_PM": (5.26, "uniform guess")})
+    assert len(fig.axes) == 2
+    ref = [ln for ln in fig.axes[0].lines if ln.get_label().startswith("uniform guess")]
+    assert list(ref[0].get_ydata()) == [5.26, 5.26] and len(fig.axes[1].lines) == 1
+
+
+# ----------------------------------------------------------------------------- readability (issue #25)
+
+
+def _every_figure() -> dict[str, Figure]:
+    """Each plotting function's output on inputs shaped like the notebooks' (long captions, many words)."""
+    rng = np.random.default_rng(0)
+    words = ["a", "person", "then", "runs", "with", "the", "ball", "in", "the", "park"] * 3
+    families = ["locomotion", "manipulation", "consumption"]
+    videos = [(f"v{i:04d}", n, [(5, 35, "runs ball", families[0]), (45, 57, "opens door", families[1]),
+                                (70, 110, "eats apple", families[2])][: 1 + i % 3])
+              for i, n in enumerate([120, 90, 140])]
+    return {
+        "split_counts": P.split_counts({s: {"videos": 100, "captions": 400} for s in ("train", "val", "test")}),
+        "histogram_grid": P.histogram_grid({f"q{i}": {"train": rng.normal(size=50), "test": rng.normal(size=20)}
+                                            for i in range(4)}),
+        "moment_timelines": P.moment_timelines(videos, group_title="action family"),
+        "training_curves": P.training_curves(list(range(1, 11)), {f"part{i}": list(rng.uniform(0.1, 2, 10))
+                                                                  for i in range(8)}, list(rng.uniform(50, 200, 10)),
+                                             best_epoch=4, lr=list(np.linspace(1e-4, 1e-5, 10)), hard_start=3),
+        "grouped_bars": P.grouped_bars({k: {m: 10.0 for m in ("R@1", "R@5", "R@10", "R@100", "SumR")}
+                                        for k in ("clip", "frame", "fused")}, "Recall"),
+        "rank_histogram": P.rank_histogram(["1", "2-5", ">5"], {"fused": np.array([2, 1, 1])},
+                                           chance=np.array([1.0, 4.0, 95.0])),
+        "sigma_histograms": P.sigma_histograms({"videos": rng.normal(1, 0.1, 50), "queries": rng.normal(1, 0.2, 50)}),
+        "values_by_group": P.values_by_group(rng.normal(size=30), np.array(["a"] * 15 + ["b"] * 15)),
+        "scatter_with_means": P.scatter_with_means(rng.integers(3, 8, 40), rng.normal(size=40), "length", "sigma"),
+        "projection_plot": P.projection_plot(rng.normal(size=(4, 2)), [0, 1, 2, 3], ["video"] * 4,
+                                             rng.normal(size=(8, 2)), [0, 1, 2, 3] * 2, ["query"] * 8,
+                                             ["v1", "v2", "v3", "v4"], explained=[0.5, 0.2]),
+        "word_confidence_heatmaps": P.word_confidence_heatmaps(
+            [("cap_0001: " + " ".join(words), words, rng.dirichlet(np.ones(len(words))))], fillers={"a", "the"}),
+        "word_frame_heatmap": P.word_frame_heatmap(rng.normal(0, 0.3, (len(words), 64)), words, (10, 30),
+                                                   rng.dirichlet(np.ones(len(words))), title=" ".join(words)),
+        "two_group_distributions": P.two_group_distributions({"filler": rng.normal(0.5, 0.2, 50),
+                                                              "content": rng.normal(1.5, 0.2, 50)}, "x", reference=1.0),
+        "terms_against_references": P.terms_against_references([1, 2, 3], {"L_PM": [5.0, 4.9, 4.8],
+                                                                           "L_DA": [30.0, 20.0, 10.0]},
+                                                               {"L_PM": (5.26, "uniform guess")}),
+    }
+
+
+def test_every_figure_text_is_at_least_10_points_where_the_notebook_shows_it():
+    """Jupyter shows a figure at its tight bounding box, scaled down to the output area (about 9 in at 100 dpi)
+    when wider: a text's displayed size is its size times that shrink; each must stay >= 10 pt."""
+    figures = _every_figure()
+    assert len(figures) == 14  # every plotting function of ralbook.viz.plots
+    for name, fig in figures.items():
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        width_in = fig.get_tightbbox(renderer).width  # inches
+        shrink = min(1.0, P.DISPLAY_WIDTH_IN / width_in)
+        texts = [t for t in fig.findobj(lambda a: hasattr(a, "get_fontsize") and hasattr(a, "get_text"))
+                 if t.get_visible() and t.get_text().strip()]
+        assert texts, name
+        small = [(t.get_text()[:30], t.get_fontsize() * shrink) for t in texts if t.get_fontsize() * shrink < 10.0]
+        assert not small, f"{name}: {width_in:.1f} in wide, texts below 10 pt as displayed: {small[:5]}"
+
+
+def test_wrap_label_breaks_at_spaces_only():
+    text = "cap_0001: a person then runs with the extraordinarily-long-hyphenated-word in the park"
+    for width in (5, 12, 30, 200):
+        lines = P.wrap_label(text, width).split("\n")
+        assert " ".join(lines) == text  # nothing lost, nothing cut: rejoining the lines gives the text back
+        assert all(len(line) <= width or " " not in line for line in lines)  # over-long lines are single words
+    assert P.wrap_label("abc", 1) == "abc"
+
+
+def test_figure_titles_are_wrapped_not_cut():
+    words = [f"word{i}" for i in range(40)]
+    title = " ".join(words)
+    fig = P.word_frame_heatmap(np.zeros((2, 5)), ["a", "b"], title=title)
+    shown = fig.axes[0].get_title(loc="left")
+    assert "\n" in shown and shown.replace("\n", " ") == title
+
+
+def _lab(rgb: np.ndarray) -> np.ndarray:
+    """sRGB (0-1) -> CIELAB (D65), the closed-form conversion."""
+    c = np.asarray(rgb, dtype=float)
+    c = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    m = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
+    xyz = c @ m.T / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+
+
+def _min_delta_e(colors) -> float:
+    lab = _lab(np.array(colors))
+    return min(np.linalg.norm(lab[i] - lab[j]) for i in range(len(lab)) for j in range(i + 1, len(lab)))
+
+
+def test_distinct_colors_stay_apart():
+    """CIE76 dE between every pair: > 40 up to 5 colours (4 videos in 04's projection), > 20 up to 10, all
+    different up to 30 (seaborn's own order gave orange and vermillion, dE 25.6, as colours 2 and 4)."""
+    for n in range(2, 6):
+        assert _min_delta_e(P.distinct_colors(n)) > 40, n
+    for n in range(6, 11):
+        assert _min_delta_e(P.distinct_colors(n)) > 20, n
+    for n in (15, 20, 30):
+        assert len(set(P.distinct_colors(n))) == n
+
+
+def test_shared_bin_edges_line_up_across_splits():
+    train, test = np.array([1, 2, 2, 3, 9]), np.array([4, 5])
+    edges = P.shared_bin_edges([train, test], discrete=True)
+    np.testing.assert_array_equal(edges, np.arange(0.5, 10.5, 1.0))
+    fig = P.histogram_grid({"frames": {"train": train.astype(float) * 1.7, "test": test.astype(float) * 0.3}})
+    ax = fig.axes[0]
+    # both splits' step outlines start at the same left edge and end at the same right edge
+    xs = [poly.get_paths()[0].vertices[:, 0] for poly in ax.collections]
+    assert len(xs) == 2 and xs[0].min() == pytest.approx(xs[1].min()) and xs[0].max() == pytest.approx(xs[1].max())
+
+
+def test_word_confidence_scale_is_centred_on_the_uniform_share():
+    fig = P.word_confidence_heatmaps([("q", ["a", "b", "c", "d"], np.array([0.25, 0.25, 0.1, 0.4]))])
+    image = fig.axes[0].images[0]
+    np.testing.assert_allclose(image.get_array()[0], [1.0, 1.0, 0.4, 1.6])  # g x 4 words
+    assert image.norm(1.0) == pytest.approx(0.5)  # uniform share = middle of the diverging map
+    assert image.get_cmap().name == "RdBu_r"
+
+
+def test_word_frame_heatmap_centres_signed_cosines_at_zero():
+    sim = np.array([[-0.2, 0.6], [0.1, 0.3]])
+    image = P.word_frame_heatmap(sim, ["a", "b"]).axes[0].images[0]
+    assert image.norm(0.0) == pytest.approx(0.5)
+    positive = P.word_frame_heatmap(np.abs(sim), ["a", "b"]).axes[0].images[0]
+    assert positive.get_cmap().name == "magma"
+
+
+def test_moment_labels_fit_their_bars_and_colours_mean_the_group():
+    videos = [("v1", 100, [(0, 40, "runs ball", "locomotion"), (50, 53, "opens door", "manipulation"),
+                           (60, 90, "jumps rope", "locomotion")])]
+    fig = P.moment_timelines(videos, group_title="action family")
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    written = {t.get_text().replace("\n", " "): t for t in ax.texts}
+    assert set(written) == {"runs ball", "jumps rope"}  # the 3-frame bar is too short for its label
+    bars = {c.get_paths()[0].vertices[:, 0].min(): c for c in ax.collections[1:]}
+    for text in written.values():
+        box = text.get_window_extent(renderer)
+        x = text.get_position()[0]
+        bar = [c for c in ax.collections[1:] if c.get_paths()[0].vertices[:, 0].min() < x
+               < c.get_paths()[0].vertices[:, 0].max()][0]
+        assert bar.get_window_extent(renderer).contains(box.x0 + 0.01, box.y0 + 0.01)
+        assert bar.get_window_extent(renderer).contains(box.x1 - 0.01, box.y1 - 0.01)
+    assert len(bars) == 3
+    colours = [tuple(c.get_facecolor()[0]) for c in ax.collections[1:]]
+    assert colours[0] == colours[2] != colours[1]  # same family, same colour
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["locomotion", "manipulation"]
+    assert ax.get_legend().get_title().get_text() == "action family"

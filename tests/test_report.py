@@ -106,13 +106,16 @@ def test_training_text_measures_the_hard_negative_jump_and_the_learning_rate():
     assert "outside the epochs" in report.training_text(recs, 3, hard_start=20)
 
 
-def test_word_confidence_text_verdicts():
-    assert "content words get more confidence" in report.word_confidence_text(0.9, 0.8, None)
-    assert "hardly separates" in report.word_confidence_text(0.52, 0.5, None)
-    assert "fillers get more" in report.word_confidence_text(0.2, 0.3, None)
-    loc = {"content_hit_rate": 0.7, "filler_hit_rate": 0.4, "chance": 0.2}
-    assert "70%" in report.word_confidence_text(0.9, 0.9, loc) and "localise" in report.word_confidence_text(0.9, 0.9, loc)
-    assert "no word types" in report.word_confidence_text(None, None, None)
+def test_training_text_draws_chance_and_says_why_validation_and_test_differ():
+    recs = records([0.4, 0.3, 0.9, 0.8], [2.9e-4, 1.9e-4, 9.8e-5, 1e-6], [100, 150, 160, 170])
+    text = report.training_text(recs, 3, hard_start=2, n_val=100, n_test=200, msra_lines=["MSRA line."])
+    # chance SumR by hand: 100 videos 1 + 5 + 10 + 100; 200 videos 0.5 + 2.5 + 5 + 50
+    assert "a random ranking of the 100 validation videos: 116.0" in text
+    assert "among 100 videos and test SumR among 200" in text and "not comparable" in text
+    assert "(116.0 and 58.0)" in text and "R@100 is 100" in text and text.endswith("* MSRA line.")
+    big = report.training_text(recs, 3, hard_start=2, n_val=500, n_test=1000)
+    assert "R@100 is 100" not in big and "not comparable" in big
+    assert "not comparable" not in report.training_text(recs, 3, hard_start=2)
 
 
 def test_data_text():
@@ -121,23 +124,29 @@ def test_data_text():
     assert "none is cut" in text and "35%" in text and "R@1 64.0" in text and "on the test split" in text
 
 
-def sigma_report(auc: float, ci: tuple[float, float], **baselines: float) -> dict:
-    return {"level": "caption", "auc": auc, "auc_ci": list(ci), "n_pos": 30, "n_neg": 70, "baselines": baselines}
+def sigma_report(auc: float, ci: tuple[float, float], **baselines: tuple[float, float, float, float]) -> dict:
+    """A report with constructed paired comparisons: name -> (estimate, low, high, baseline AUC)."""
+    from ralbook import stats
+
+    comparisons = {name: stats.Comparison("sigma", name, "AUC", "captions", 100, e, lo, hi, 0.95, "constructed",
+                                          (hi - lo) / 3.92, 2.8 * (hi - lo) / 3.92, auc, b).to_dict()
+                   for name, (e, lo, hi, b) in baselines.items()}
+    return {"level": "caption", "auc": auc, "auc_ci": list(ci), "n_pos": 30, "n_neg": 70,
+            "baselines": {k: v[3] for k, v in baselines.items()}, "comparisons": comparisons}
 
 
-def test_uncertainty_text_says_whether_sigma_beats_each_baseline():
-    # sigma 0.70 [0.62, 0.78]: 0.20 from 0.5, half interval 0.08; length 0.55 (0.05 from 0.5), entropy 0.80 (0.30)
-    strong = report.uncertainty_text({"caption_ambiguous": sigma_report(0.70, (0.62, 0.78), length=0.55,
-                                                                        entropy=0.80)}, probe=0.9, length_rho=0.25)
+def test_uncertainty_text_compares_sigma_with_the_strongest_baseline():
+    strong = report.uncertainty_text({"caption_ambiguous": sigma_report(0.70, (0.62, 0.78), length=(0.15, 0.05, 0.25, 0.55),
+                                                                        entropy=(-0.10, -0.18, -0.02, 0.80))},
+                                     probe=0.9, length_rho=0.25)
     assert strong.startswith("**What this shows**") and "sigma AUC 0.700 [0.620, 0.780]" in strong
     assert "interval excludes 0.5" in strong and "AUC 0.900" in strong and "Spearman 0.250" in strong
-    assert "length 0.550: sigma separates better than it (by 0.150)" in strong
-    assert "entropy 0.800: sigma does not beat it (by 0.100)" in strong and "beats 1 of 2 baselines" in strong
-    # other numbers, other sentences: sigma near 0.5 with a wide interval beats neither baseline clearly
-    weak = report.uncertainty_text({"caption_ambiguous": sigma_report(0.53, (0.40, 0.66), length=0.55,
-                                                                      entropy=0.80)})
-    assert "interval includes 0.5" in weak and "beats 0 of 2 baselines" in weak
-    assert "length 0.550: sigma does not beat it, by 0.020, less than half its interval width" in weak
+    assert "strongest sigma-free baseline is entropy (AUC 0.800): sigma is worse than entropy on AUC by 0.10" in strong
+    assert "Against length (AUC 0.550): sigma is better than length on AUC by 0.15" in strong
+    assert "clearly beats" not in strong
+    weak = report.uncertainty_text({"caption_ambiguous": sigma_report(0.53, (0.40, 0.66),
+                                                                      length=(-0.02, -0.12, 0.08, 0.55))})
+    assert "interval includes 0.5" in weak and "cannot be told apart" in weak
     assert "Spearman" not in weak and "07_robustness" in weak
     assert "sigma report (sigma against its baselines) was not run" in report.uncertainty_text({})
 
@@ -147,8 +156,10 @@ def test_robustness_text_wraps_the_findings_with_the_plan():
             "ambiguity": (0.5,), "noise": ("low", "high")}
     one = report.robustness_text(plan, ["RAL leads."])
     assert one.startswith("**What this shows**") and "* RAL leads." in one
-    assert "1 seed(s) [0], 1 epochs, 12/4/10 videos, hidden size 16" in one and "no spread" in one
-    assert "no spread" not in report.robustness_text(dict(plan, seeds=(0, 1)), [])
+    assert "1 seed(s) [0], 1 epochs, 12/4/10 videos, hidden size 16" in one and "no comparison has an interval" in one
+    two = report.robustness_text(dict(plan, seeds=(0, 1), threads=2), [])
+    assert "no comparison has an interval" not in two and "pairs the runs of the same seed" in two
+    assert "2 CPU thread(s) per run" in two
     assert "took 36.5 minutes" in report.robustness_text(plan, [], train_minutes=36.46)
 
 
@@ -299,3 +310,24 @@ def test_stored_notebooks_end_with_a_generated_conclusion():
         nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
         assert nb.cells[-2].cell_type == "markdown" and "What this shows" in nb.cells[-2].source, name
         assert "report." in nb.cells[-1].source and "what_this_shows" in nb.cells[-1].source, name
+
+
+def test_results_say_how_far_their_numbers_travel():
+    """The expected spread of a fresh run: t(4) x sqrt(2) x 11.56 = 45.4 SumR; the studies' own seed spreads."""
+    from scipy.stats import t
+
+    results = {"settings": {"epochs": 10}, "notebooks": {
+        "07_robustness": {"summary": [
+            {"group": "grid", "seeds": [0, 1, 2], "sumr_std": 4.25},
+            {"group": "grid", "seeds": [0, 1, 2], "sumr_std": 21.0},
+            {"group": "sweep", "seeds": [0, 1, 2], "sumr_std": 99.0},   # not a grid setting: left out
+            {"group": "grid", "seeds": [0], "sumr_std": 0.0}]},          # one seed: no spread
+        "06_ablation_sweep": {"seed_only": {"differences": {"1": -6.0}, "values": {"9527": 200.0, "1": 194.0},
+                                            "sd": 4.24}}}}
+    lines = results_file.travel_lines(results)
+    reach = t.ppf(0.975, 4) * 2 ** 0.5 * 11.56
+    assert f"within ±{reach:.1f} SumR" in lines[0] and "±45.4" in lines[0] and "(10 epochs)" in lines[0]
+    assert "SDs over its 3 seeds from 4.2 to 21.0 SumR" in lines[2]
+    assert "moved the full model's SumR by -6.0 (SD over its 2 seeds 4.2)" in lines[3]
+    assert len(results_file.travel_lines({"notebooks": {}})) == 2
+    assert "## How far these numbers travel" in results_file.results_markdown(results)

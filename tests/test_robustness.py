@@ -35,6 +35,7 @@ def test_plan_lists_the_grid_then_the_sweep():
     ({"ambiguity": (1.5,)}, "ambiguity 1.5 outside"),
     ({"loss_scales": (0.0,)}, "loss scale 0.0"),
     ({"seeds": ()}, "at least one seed"),
+    ({"threads": -1}, "threads must be a whole number"),
 ])
 def test_bad_plans_are_rejected(change, fragment):
     with pytest.raises(RalbookError, match=fragment):
@@ -52,13 +53,14 @@ def test_configs_and_cache_keys(tmp_path):
     base = robustness.run_config(plan, RunSpec("grid", 0.5, "low", "ral", 0), tmp_path / "a")
     assert swept.loss.da_weight == pytest.approx(100 * base.loss.da_weight)
     assert swept.loss.pm_weight == base.loss.pm_weight
-    key = robustness.run_key(params, base, plan)
-    # paths and the device do not change the key; anything that changes the run does
+    key = robustness.run_key(params, base, plan, 1)
+    # paths and the device do not change the key; anything that changes the run does, threads too
     moved = robustness.run_config(plan, RunSpec("grid", 0.5, "low", "ral", 0), tmp_path / "elsewhere", "cuda")
-    assert robustness.run_key(params, moved, plan) == key
-    assert robustness.run_key(params, swept, plan) != key
-    assert robustness.run_key(robustness.demo_params(plan, 0.5, "high"), base, plan) != key
-    assert robustness.run_key(params, base, dataclasses.replace(plan, n_boot=10)) != key
+    assert robustness.run_key(params, moved, plan, 1) == key
+    assert robustness.run_key(params, swept, plan, 1) != key
+    assert robustness.run_key(robustness.demo_params(plan, 0.5, "high"), base, plan, 1) != key
+    assert robustness.run_key(params, base, dataclasses.replace(plan, n_boot=10), 1) != key
+    assert robustness.run_key(params, base, plan, 2) != key
 
 
 @pytest.fixture(scope="module")
@@ -103,43 +105,128 @@ def test_an_interrupted_run_is_trained_again(tiny_study, tmp_path):
     assert again.trained == 1 and again.rows[1]["sumr"] == pytest.approx(first.rows[1]["sumr"], abs=1e-6)
 
 
-def fake_rows():
+def fake_rows(ral=(198.0, 202.0), gmm=(148.0, 152.0), chance=None, amb=0.5, noise="low"):
+    """Grid rows of one setting, one SumR per seed (seeds 0, 1, ...)."""
     rows = []
-    for model, base in (("ral", 200.0), ("gmmformer_v2", 150.0)):
-        for seed, wiggle in ((0, -2.0), (1, 2.0)):
+    for model, values in (("ral", ral), ("gmmformer_v2", gmm)):
+        for seed, sumr in enumerate(values):
             auc = 0.6 + 0.02 * seed if model == "ral" else None
-            rows.append({"group": "grid", "ambiguity": 0.5, "noise": "low", "model": model, "seed": seed, "term": "",
-                         "scale": 1.0, "sumr": base + wiggle,
+            rows.append({"group": "grid", "ambiguity": amb, "noise": noise, "model": model, "seed": seed, "term": "",
+                         "scale": 1.0, "sumr": sumr, "key": f"{amb}{noise}{model}{seed}", "seconds": 90.0,
+                         "threads": 2, "chance_sumr": chance,
                          "caption": {"auc": auc, "baselines": {"length": 0.3, "entropy": 0.55}},
                          "support_set": None})
     return rows
 
 
-def test_summary_and_findings_are_computed_from_the_rows():
+def _text(rows):
+    return " ".join(robustness.findings(rows))
+
+
+def test_summary_keeps_each_seed():
     summary = robustness.summarise(fake_rows())
     ral = next(s for s in summary if s["model"] == "ral")
     assert ral["sumr_mean"] == pytest.approx(200.0) and ral["sumr_std"] == pytest.approx(np.std([198, 202], ddof=1))
+    assert ral["sumr_by_seed"] == {0: 198.0, 1: 202.0} and ral["seeds"] == [0, 1]
     assert ral["caption_auc_mean"] == pytest.approx(0.61) and ral["caption_length_auc_mean"] == pytest.approx(0.3)
-    assert ral["support_set_auc_mean"] is None and ral["seeds"] == [0, 1]
-    text = " ".join(robustness.findings(summary))
-    assert "RAL leads with SumR 200.0 ± 2.8" in text and "gap of 50.0 is larger than" in text
-    assert "In 1 of 1 settings the leading model's gap exceeds the seed spread." in text
-    close = [dict(r, sumr=r["sumr"] - 49.0 if r["model"] == "ral" else r["sumr"]) for r in fake_rows()]
-    assert "In 0 of 1 settings" in " ".join(robustness.findings(robustness.summarise(close)))
-    # length (0.3) is further from 0.5 than sigma (0.61): sigma does not beat it
-    # sigma 0.61 (std 0.014) is 0.09 short of length's distance from 0.5 (0.2)
-    assert ("strongest baseline (length) 0.300 (read the other way round: 0.700): sigma does not beat that baseline "
-            "(short by 0.090), more than the seed spread of sigma's AUC (0.014)" in text)
-    assert "random ranking" not in text   # rows without a chance level: no chance sentence
+    assert ral["support_set_auc_mean"] is None
+
+
+def test_pairs_are_paired_by_seed_with_the_t_interval_by_hand():
+    """RAL - GMMFormer v2 per seed: 52, 49, 51 -> mean 50.67, SE sd/sqrt(3), t(2) interval and detectable."""
+    from scipy import stats as sps
+
+    rows = fake_rows(ral=(200.0, 199.0, 203.0), gmm=(148.0, 150.0, 152.0))
+    (pair,) = robustness.pair_comparisons(rows)
+    c = pair["comparison"]
+    d = np.array([52.0, 49.0, 51.0])
+    se = d.std(ddof=1) / np.sqrt(3)
+    assert c.estimate == pytest.approx(d.mean()) and c.n == 3 and pair["seeds"] == [0, 1, 2]
+    assert c.low == pytest.approx(d.mean() - sps.t.ppf(0.975, 2) * se)
+    assert c.detectable == pytest.approx((sps.t.ppf(0.975, 2) + sps.t.ppf(0.8, 2)) * se)
+    text = _text(rows)
+    assert "RAL against its backbone at noise low, ambiguity 0.5: RAL is better than GMMFormer v2 on test SumR" in text
+    assert "leads" not in text and "runner-up" not in text
+
+
+def test_swapping_the_models_swaps_the_words():
+    rows = fake_rows(ral=(148.0, 150.0, 152.0), gmm=(200.0, 199.0, 203.0))
+    assert "RAL is worse than GMMFormer v2 on test SumR by 50.7" in _text(rows)
+
+
+def test_a_tiny_gap_is_never_better():
+    """A gap of 0.01 SumR under seed noise (per-seed differences 3.01, -1.99, -0.99)."""
+    rows = fake_rows(ral=(203.01, 188.01, 209.01), gmm=(200.0, 190.0, 210.0))
+    (line,) = [x for x in robustness.findings(rows) if x.startswith("RAL against its backbone")]
+    assert "better" not in line and "worse" not in line
+    assert "RAL and GMMFormer v2 cannot be told apart on test SumR" in line and "+0.0," in line
+
+
+def test_two_seeds_are_undecided_and_say_what_they_could_detect():
+    """Gap 50 +- 0.5 over 2 seeds is larger than any spread, yet t with 1 degree of freedom leaves room."""
+    rows = fake_rows(ral=(200.0, 205.0), gmm=(150.0, 145.0))
+    text = _text(rows)
+    assert "cannot be told apart" in text and "better" not in text
+    assert "With 2 seeds the t interval has one degree of freedom" in text
+    assert "Smallest difference RAL vs GMMFormer v2 this study detects" in text
+
+
+def test_near_chance_settings_name_no_winner():
+    rows = fake_rows(ral=(104.0, 105.0, 106.0), gmm=(100.0, 101.0, 101.5), chance=100.5)
+    text = _text(rows)
+    assert "no comparison between them is meaningful here" in text and "better" not in text
+    assert "Every model is only a few SumR points above a random ranking in every setting" in text
+    far = fake_rows(ral=(204.0, 205.0, 206.0), gmm=(100.0, 101.0, 101.5), chance=100.5)
+    assert "meaningful" not in _text(far)
+
+
+def test_trend_is_the_paired_difference_of_differences():
+    """Gap RAL - GMMFormer v2 per seed: 10, 12, 11 at ambiguity 0; 30, 31, 35 at 0.5 -> +20, +19, +24."""
+    rows = fake_rows(ral=(110.0, 112.0, 111.0), gmm=(100.0, 100.0, 100.0), amb=0.0, chance=50.0)
+    rows += fake_rows(ral=(130.0, 131.0, 135.0), gmm=(100.0, 100.0, 100.0), amb=0.5, chance=60.0)
+    (trend,) = robustness.trend_comparisons(rows)
+    assert trend["axis"] == "ambiguity" and trend["comparison"].estimate == pytest.approx(21.0)
+    assert trend["comparison"].n == 3
+    text = _text(rows)
+    assert "The SumR gap RAL - GMMFormer v2 is larger at ambiguity 0.5 than at ambiguity 0 (noise low" in text
+    flat = fake_rows(ral=(110.0, 112.0, 111.0), gmm=(100.0, 100.0, 100.0), amb=0.0, chance=50.0)
+    flat += fake_rows(ral=(115.0, 107.0, 111.0), gmm=(100.0, 100.0, 100.0), amb=0.5, chance=60.0)
+    assert "at ambiguity 0.5 cannot be told from the gap at ambiguity 0" in _text(flat)
+
+
+def test_headline_gain_reach_and_the_plan_that_would_detect_it():
+    """Per-seed differences 20, 0, 10 (SE 5.77, detectable 31.0 with 3 seeds): +9.7 is out of reach; the
+    seeds needed come from Comparison.needed_n, the minutes from the recorded 90 s per run."""
+    rows = fake_rows(ral=(120.0, 100.0, 110.0), gmm=(100.0, 100.0, 100.0), chance=20.0)
+    (pair,) = robustness.pair_comparisons(rows)
+    c = pair["comparison"]
+    needed = c.needed_n(size=robustness.PAPER_GAIN)
+    assert c.detectable == pytest.approx(31.0, abs=0.05) and needed > 3 and not c.detects(robustness.PAPER_GAIN)
+    text = _text(rows)
+    assert "is within reach in 0 of them" in text
+    runs = 1 * 2 * (needed - 3)
+    assert f"about {needed} seeds per setting" in text and f"{runs} more runs" in text
+    assert f"about {runs * 1.5:.0f} minutes at the 1.5 minutes one run took" in text and "2 thread(s)" in text
+    easy = fake_rows(ral=(150.0, 151.0, 152.0), gmm=(100.0, 100.5, 101.0), chance=20.0)
+    assert "within reach in 1 of them" in _text(easy) and "seeds per setting" not in _text(easy)
+    one = fake_rows(ral=(150.0,), gmm=(100.0,), chance=20.0)
+    assert "at least 2 seeds per setting are needed" in _text(one)
+
+
+def test_sigma_is_compared_with_the_baseline_in_its_informative_direction():
+    rows = fake_rows(ral=(198.0, 202.0, 200.0), gmm=(148.0, 152.0, 150.0))
+    (s,) = robustness.sigma_comparisons(rows)
+    # length 0.3 reads as 0.7 (stronger than entropy 0.55): sigma 0.60, 0.62, 0.64 against 0.7
+    assert s["baseline"] == "length" and s["flipped"] and s["comparison"].estimate == pytest.approx(-0.08)
+    assert "sigma is worse than length (read as 1 - AUC) on caption AUC" in _text(rows)
 
 
 def test_findings_compare_with_a_random_ranking():
-    rows = [dict(r, chance_sumr=130.0) for r in fake_rows()]
-    rows += [dict(r, ambiguity=0.0, sumr=r["sumr"] - 40, chance_sumr=110.0) for r in fake_rows()]
+    rows = fake_rows(chance=130.0) + [dict(r, ambiguity=0.0, sumr=r["sumr"] - 40, chance_sumr=110.0,
+                                           key="a0" + r["key"]) for r in fake_rows()]
     summary = robustness.summarise(rows)
     assert {s["chance_sumr"] for s in summary} == {110.0, 130.0}
-    text = " ".join(robustness.findings(summary))
-    assert "ambiguity 0.5 (a random ranking: 130.0)" in text
+    text = _text(rows)
     # gains over chance: 200-130=70, 150-130=20, 160-110=50, 110-110=0
     assert "0.0 to 70.0 SumR points above a random ranking" in text
     assert "rises from 110.0 at ambiguity 0 to 130.0 at 0.5" in text
@@ -182,7 +269,8 @@ def test_cli_reads_back_the_cache(tiny_study, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "0 trained, 4 read from the cache" in printed
     saved = json.loads(out.read_text())
-    assert set(saved) == {"plan", "rows", "summary", "findings"} and len(saved["rows"]) == 4
+    assert set(saved) == {"plan", "rows", "summary", "comparisons", "findings"} and len(saved["rows"]) == 4
+    assert saved["plan"]["threads"] == 0 and {r["threads"] for r in saved["rows"]} == {1}  # RALBOOK_THREADS=1
     # the sweep's x1 run is the grid's RAL run: its time counts once (rows as read now: an earlier test retrains one)
     rows = saved["rows"]
     distinct = {r["key"]: r["seconds"] for r in rows}

@@ -1,6 +1,7 @@
 """The sigma report: AUC and bootstrap interval against brute force, baselines, label files, the command."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -105,7 +106,7 @@ def test_report_keys_and_values_against_brute_force():
     items = item_scalars("caption", dist, scores, dist.cap_ids, [f"v{j}" for j in range(7)])
     labels = Labels("caption", dist.cap_ids[::-1], (np.arange(n) % 3 == 0).astype(int)[::-1], "x.tsv")
     out = report(items, labels, n_boot=100, seed=0)
-    assert set(out) == {"auc", "auc_ci", "n_pos", "n_neg", "baselines", "level"}
+    assert set(out) == {"auc", "auc_ci", "n_pos", "n_neg", "baselines", "level", "comparisons"}
     assert out["level"] == "caption" and (out["n_pos"], out["n_neg"]) == (20, 40)
     lab = dict(zip(labels.ids, labels.values))
     is_pos = np.array([lab[c] == 1 for c in dist.cap_ids])
@@ -115,6 +116,11 @@ def test_report_keys_and_values_against_brute_force():
     length = dist.query_length.astype(float)
     assert out["baselines"]["length"] == pytest.approx(pairwise_auc(length[is_pos], length[~is_pos]))
     assert set(out["baselines"]) == {"length", "neg_margin", "entropy"}
+    # the paired comparison: sigma's AUC minus the baseline's in its informative direction
+    for name, c in out["comparisons"].items():
+        base = out["baselines"][name]
+        assert c["value_b"] == pytest.approx(max(base, 1 - base)) and c["flipped_b"] == (base < 0.5)
+        assert c["estimate"] == pytest.approx(out["auc"] - c["value_b"]) and c["n"] == n and c["unit"] == "captions"
     json.dumps(out)
     with pytest.raises(DataError, match="needs video labels"):
         report(item_scalars("support_set", dist, scores, dist.cap_ids, [f"v{j}" for j in range(7)]), labels)
@@ -210,7 +216,14 @@ def test_cli_sigma_report_matches_a_direct_computation(trained, tmp_path, capsys
     printed = capsys.readouterr().out
     assert "sigma" in printed and "entropy" in printed
     got = json.loads(out.read_text())
-    assert set(got) == {"auc", "auc_ci", "n_pos", "n_neg", "baselines", "level"} and got["level"] == "caption"
+    assert set(got) == {"auc", "auc_ci", "n_pos", "n_neg", "baselines", "level", "comparisons", "provenance"}
+    assert got["level"] == "caption" and set(got["comparisons"]) == set(got["baselines"])
+    assert "sigma - score" in printed and "95% interval (paired)" in printed
+    # what made the report: the checkpoint and label file with their hashes, split, bootstrap size and seed
+    prov = got["provenance"]
+    assert prov["checkpoint"]["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert prov["labels"]["sha256"] == hashlib.sha256((tmp_path / "amb.tsv").read_bytes()).hexdigest()
+    assert (prov["split"], prov["n_boot"], prov["seed"]) == ("test", 50, 0)
     # independently: the sigma heads on the test split, brute-force AUC
     cfg, model, _ = model_from_checkpoint(ckpt)
     coll = Collection.from_config(cfg.data)
@@ -236,23 +249,91 @@ def test_cli_sigma_report_errors_are_one_line(trained, tmp_path, capsys):
     assert "needs both labels" in capsys.readouterr().err
 
 
-def test_interpretation_follows_the_numbers():
+def comparison(estimate: float, low: float, high: float, value_b: float, name: str = "entropy",
+               flipped: bool = False, n: int = 400) -> dict:
+    """A constructed paired AUC comparison sigma - baseline (as report() stores it)."""
+    from ralbook import stats
+
+    se = (high - low) / (2 * 1.96)
+    return stats.Comparison("sigma", name, "AUC", "captions", n, estimate, low, high, 0.95, "constructed", se,
+                            stats.detectable_difference(se), value_b + estimate, value_b, flipped_b=flipped).to_dict()
+
+
+def constructed_report(auc: float, ci: tuple[float, float], **comparisons: dict) -> dict:
+    return {"level": "caption", "auc": auc, "auc_ci": list(ci), "n_pos": 3, "n_neg": 4,
+            "baselines": {k: (1 - c["value_b"] if c["flipped_b"] else c["value_b"]) for k, c in comparisons.items()},
+            "comparisons": comparisons}
+
+
+def test_interpretation_follows_the_paired_intervals():
     from ralbook.studies.uncertainty import interpret
 
-    above = {"level": "caption", "auc": 0.68, "auc_ci": [0.64, 0.72], "n_pos": 3, "n_neg": 4,
-             "baselines": {"length": 0.42, "entropy": 0.74}}
-    inside = dict(above, auc=0.52, auc_ci=[0.47, 0.57], baselines={"length": 0.51})
-    below = dict(above, auc=0.3, auc_ci=[0.25, 0.35], baselines={"length": 0.45})
-    lines = interpret({"a": above, "b": inside, "c": below}, probe=0.957)
-    assert "AUC 0.957" in lines[0]
-    assert "0.680 [0.640, 0.720]" in lines[1] and "interval excludes 0.5" in lines[1]
-    # each baseline judged by its distance from 0.5 against sigma's (0.18 here), half the interval width 0.04
-    assert "length 0.420: sigma separates better than it (by 0.100)" in lines[1]
-    assert "entropy 0.740: sigma does not beat it (by 0.060)" in lines[1] and "beats 1 of 2 baselines" in lines[1]
-    assert "interval includes 0.5" in lines[2] and "separates slightly better than it, by 0.010" in lines[2]
-    assert "beats 0 of 1 baselines" in lines[2]
-    assert "length 0.450: sigma separates better than it (by 0.150)" in lines[3]
-    assert "opposite of the claim" in lines[3]
+    # sigma 0.01 ahead of entropy with a wide paired interval: not distinguishable, never "better"
+    tiny = constructed_report(0.68, (0.64, 0.72), entropy=comparison(0.01, -0.08, 0.10, 0.67))
+    line = interpret({"a": tiny}, probe=0.957)[1]
+    assert "The strongest sigma-free baseline is entropy (AUC 0.670)" in line
+    assert "sigma and entropy cannot be told apart on AUC at this size" in line and "better" not in line
+    assert "captions would resolve a difference of this size" in line
+    # sigma behind the strongest baseline with an interval below 0: said so, with the paired interval
+    behind = constructed_report(0.68, (0.64, 0.72), entropy=comparison(-0.06, -0.10, -0.02, 0.74),
+                                length=comparison(0.10, 0.05, 0.15, 0.58, "length", flipped=True))
+    line = interpret({"a": behind})[0]
+    assert "strongest sigma-free baseline is entropy (AUC 0.740): sigma is worse than entropy on AUC by 0.060" in line
+    assert "95% CI 0.020 to 0.100, paired over 400 captions" in line
+    assert "Against length, read the other way round (AUC 0.580; as scored 0.420): sigma is better than length" in line
+    assert "beats" not in line and "of 2" not in line
+    # undecided but behind on the point estimate: the text says sigma's AUC is the lower one
+    lower = constructed_report(0.6, (0.55, 0.65), entropy=comparison(-0.02, -0.07, 0.03, 0.62))
+    assert "sigma's AUC is the lower of the two, by 0.020" in interpret({"a": lower})[0]
+    # the sigma interval against 0.5 still decides the first clause
+    below = constructed_report(0.3, (0.25, 0.35), length=comparison(-0.25, -0.3, -0.2, 0.55, "length"))
+    assert "opposite of the claim" in interpret({"c": below})[0]
+    # a report written without paired comparisons draws no verdict
+    old = {"level": "caption", "auc": 0.6, "auc_ci": [0.55, 0.65], "n_pos": 3, "n_neg": 4, "baselines": {"length": 0.4}}
+    assert "no verdict is drawn" in interpret({"x": old})[0]
+
+
+def scalar_items(sigma: np.ndarray, **baselines: np.ndarray):
+    from ralbook.studies.uncertainty import ItemScalars
+
+    return ItemScalars("caption", [f"c{i}" for i in range(sigma.size)], sigma, baselines)
+
+
+def test_report_compares_on_the_same_items_and_swapping_swaps_the_words():
+    from ralbook.studies.uncertainty import Labels, interpret
+
+    rng = np.random.default_rng(7)
+    y = np.repeat([1, 0], [150, 250])
+    strong, weak = rng.normal(0, 1, 400) + 1.2 * y, rng.normal(0, 1, 400) + 0.5 * y
+    labels = Labels("caption", [f"c{i}" for i in range(400)], y, "constructed.tsv")
+    ahead = report(scalar_items(strong, entropy=weak), labels, n_boot=400)
+    swapped = report(scalar_items(weak, entropy=strong), labels, n_boot=400)
+    a, b = ahead["comparisons"]["entropy"], swapped["comparisons"]["entropy"]
+    assert a["verdict"] == "better" and b["verdict"] == "worse"
+    assert a["estimate"] == pytest.approx(-b["estimate"])
+    assert a["estimate"] == pytest.approx(pairwise_auc(strong[y == 1], strong[y == 0])
+                                          - pairwise_auc(weak[y == 1], weak[y == 0]))
+    assert "sigma is better than entropy on AUC" in interpret({"x": ahead})[0]
+    assert "sigma is worse than entropy on AUC" in interpret({"x": swapped})[0]
+
+
+def test_a_baseline_below_half_is_compared_read_the_other_way_round():
+    from ralbook.studies.uncertainty import Labels, format_report, interpret
+
+    rng = np.random.default_rng(3)
+    y = np.repeat([1, 0], [120, 200])
+    sigma = rng.normal(0, 1, 320) + 0.8 * y
+    length = rng.normal(0, 1, 320) - 0.5 * y   # label-1 items are shorter: AUC below 0.5
+    labels = Labels("caption", [f"c{i}" for i in range(320)], y, "constructed.tsv")
+    r = report(scalar_items(sigma, length=length), labels, n_boot=300)
+    raw = pairwise_auc(length[y == 1], length[y == 0])
+    c = r["comparisons"]["length"]
+    assert raw < 0.5 and r["baselines"]["length"] == pytest.approx(raw)
+    assert c["flipped_b"] and c["value_b"] == pytest.approx(1 - raw)
+    assert c["estimate"] == pytest.approx(r["auc"] - (1 - raw))
+    assert f"length, read the other way round (AUC {1 - raw:.3f}; as scored {raw:.3f})" in interpret({"x": r})[0]
+    table = format_report(r)
+    assert f"{1 - raw:.3f}*" in table and "read the other way round" in table and f"{c['estimate']:+.3f}" in table
 
 
 def test_subset_labels_keeps_both_classes_or_gives_none():

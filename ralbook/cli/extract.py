@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ralbook.cli.common import DEVICE_HELP
+from ralbook.runtime.device import resolve_device
 from ralbook.video.clip import DEFAULT_MODEL, DEFAULT_REVISION, load_clip
 from ralbook.video.decode import Sampling, list_videos
 from ralbook.video.extract import DEFAULT_FEATURE, extract
@@ -26,7 +28,7 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--fps", type=float, default=None, help="frames sampled per second of video (default 1)")
     how.add_argument("--frames-per-video", type=int, default=None, help="evenly spaced frames per video instead")
     parser.add_argument("--feature", default=DEFAULT_FEATURE, help="FeatureData sub-folder (default %(default)s)")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--batch-size", type=int, default=64, help="frames (or captions) per forward pass")
     add_encoder_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -39,7 +41,7 @@ def run_extract(args: argparse.Namespace) -> int:
     else:
         sampling = Sampling(fps=1.0 if args.fps is None else args.fps)
     list_videos(args.videos)  # a wrong path fails before the model loads
-    encoder = load_clip(args.model, args.revision, args.device, args.cache_dir, args.offline)
+    encoder = load_clip(args.model, args.revision, str(resolve_device(args.device)), args.cache_dir, args.offline)
     summary = extract(args.videos, args.out, encoder, sampling, args.captions, args.feature, args.batch_size,
                       progress=not args.no_progress)
     print(summary.format())

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import warnings
 
+from ralbook.cli.common import flatten_list
 from ralbook.data.collection import Collection, DEFAULT_FEATURES, SPLITS
 
 
@@ -19,7 +20,7 @@ def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--feature", default=None,
                         help=f"FeatureData sub-folder (default per collection: {DEFAULT_FEATURES})")
     parser.add_argument("--splits", nargs="+", default=list(SPLITS),
-                        help="caption files to check (default: %(default)s)")
+                        help="caption files to check, space- or comma-separated (default: train val test)")
     parser.add_argument("--text-feature-file", default=None, help="text-feature HDF5 (default: the release name)")
     parser.add_argument("--video-feature-file", default=None, help="per-video HDF5 instead of feature.bin")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -29,6 +30,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     """Validate the collection, then print its summary; broken data raises DataError (exit 2 in the CLI)."""
     collection = Collection(args.data_root, args.collection, args.feature, args.text_feature_file,
                             video_feature_file=args.video_feature_file)
+    args.splits = flatten_list(args.splits)
     found = collection.validate(args.splits, progress=not args.no_progress)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the notes are printed with the table

@@ -6,19 +6,16 @@ import json
 import math
 from pathlib import Path
 
-from ralbook.checkpoint import model_from_checkpoint
-from ralbook.cli.common import add_data_arguments, apply_data_arguments
-from ralbook.config import require_data_root
-from ralbook.data.collection import Collection, check_dims
+from ralbook.cli.common import add_data_arguments, load_for_command
 from ralbook.errors import RalbookError
-from ralbook.runtime.device import resolve_device
+from ralbook.runtime.provenance import PROVENANCE_KEY, result_provenance
 from ralbook.studies.uncertainty import (DEFAULT_BOOTSTRAP, DEFAULT_TEMPERATURE, LEVELS, format_report,
                                          labels_for_split, model_outputs, sigma_report)
 
 
 def add_sigma_report_arguments(parser: argparse.ArgumentParser) -> None:
 
-    parser.add_argument("--checkpoint", required=True, help="best.pt/last.pt of a ralbook run")
+    parser.add_argument("--checkpoint", required=True, help="a ralbook run directory or its best.pt/last.pt")
     parser.add_argument("--split", default="test", help="caption file analysed (default test)")
     parser.add_argument("--labels", required=True,
                         help="TSV lines 'CAPTION_ID<TAB>LABEL' or 'VIDEO_ID<TAB>LABEL' (1 ambiguous, 0 specific)")
@@ -36,19 +33,20 @@ def run_sigma_report(args: argparse.Namespace) -> int:
 
     if args.n_boot < 1 or not (math.isfinite(args.temperature) and args.temperature > 0):
         raise RalbookError(f"need --n-boot >= 1 and --temperature > 0, got {args.n_boot} and {args.temperature}")
-    cfg, model, _ = model_from_checkpoint(args.checkpoint, adjust=lambda c: apply_data_arguments(c, args))
+    loaded = load_for_command(args)
+    cfg, model, collection = loaded.cfg, loaded.model, loaded.collection
     if not cfg.model.msra:
         raise RalbookError(f"{args.checkpoint} was trained without MSRA (model.msra=false): it has no sigma")
-    require_data_root(cfg)
-    collection = Collection.from_config(cfg.data)
-    check_dims(cfg, collection)
     labels = labels_for_split(args.labels, collection, args.split)
-    model.to(resolve_device(cfg.train.device))
     outputs = model_outputs(model, collection, args.split, cfg, progress=not args.no_progress)
     result = sigma_report(outputs, labels, args.level, args.n_boot, args.seed, args.temperature)
     print(format_report(result, title=f"sigma report: {cfg.data.collection} {args.split}, {args.checkpoint}, "
                                       f"labels {args.labels}"))
     if args.json:
+        result[PROVENANCE_KEY] = result_provenance(
+            checkpoint=args.checkpoint, split=args.split, labels=args.labels, n_boot=args.n_boot, seed=args.seed,
+            precision=cfg.train.amp, device=str(loaded.device), argv=getattr(args, "argv", None),
+            extra={"level": result.get("level", args.level), "temperature": args.temperature})
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")

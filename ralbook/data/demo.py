@@ -207,7 +207,7 @@ class DemoParams:
 # ----------------------------------------------------------------------------- ground truth types
 
 @dataclass
-class Moment:
+class MomentTruth:
     """A stretch of a video showing one concept tuple; frames ``start`` .. ``end - 1``."""
 
     start: int
@@ -221,7 +221,7 @@ class VideoTruth:
     split: str
     n_frames: int
     scene: int
-    moments: list[Moment]
+    moments: list[MomentTruth]
     n_events: int = 0                     # moments (events) in the video
     unrelated_share: float = 0.0          # share of frames inside no captioned moment
 
@@ -258,7 +258,7 @@ class GroundTruth:
 # ----------------------------------------------------------------------------- the latent world
 
 @dataclass
-class World:
+class ConceptWorld:
     """Concept vectors and the fixed maps into visual and text space (all float64)."""
 
     concept_kind: dict[str, str]
@@ -294,7 +294,7 @@ def _complement_vectors(rng: np.random.Generator, basis: np.ndarray, n: int) -> 
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def build_world(params: DemoParams) -> World:
+def build_world(params: DemoParams) -> ConceptWorld:
     """Draw the concept space, the visual and text maps and every word's base vector from the seed."""
     rng = np.random.default_rng([params.seed, 0])
     k = params.latent_dim
@@ -343,7 +343,7 @@ def build_world(params: DemoParams) -> World:
     members = {word: np.stack([word_vectors[w] for c in _members(ref, kind_of, family_of)
                                for w in CONCEPTS[kind_of[c]][family_of[c]][c]])
                for word, ref in GENERIC_WORDS.items() if ref != "person"}
-    return World(kind_of, family_of, latent, visual_map, scenes, text_map, word_vectors, word_type, word_ref,
+    return ConceptWorld(kind_of, family_of, latent, visual_map, scenes, text_map, word_vectors, word_type, word_ref,
                  positions, members)
 
 
@@ -395,7 +395,7 @@ def _layout_moments(rng: np.random.Generator, n_frames: int, p: DemoParams) -> l
     return spans
 
 
-def _fresh_concepts(rng: np.random.Generator, world: World, home_place: str) -> dict[str, str]:
+def _fresh_concepts(rng: np.random.Generator, world: ConceptWorld, home_place: str) -> dict[str, str]:
     actions = world.concepts_of("action")
     action = actions[rng.integers(len(actions))]
     allowed = COMPATIBLE_OBJECTS[world.concept_family[action]]
@@ -407,7 +407,7 @@ def _fresh_concepts(rng: np.random.Generator, world: World, home_place: str) -> 
             "attribute": colours[rng.integers(len(colours))], "place": place}
 
 
-def _perturb(rng: np.random.Generator, world: World, base: dict[str, str]) -> dict[str, str]:
+def _perturb(rng: np.random.Generator, world: ConceptWorld, base: dict[str, str]) -> dict[str, str]:
     """Copy a moment's concepts and change one or two of them: a near miss for its captions."""
     out = dict(base)
     n_change = 1 if rng.random() < 0.6 else 2
@@ -425,8 +425,8 @@ def _perturb(rng: np.random.Generator, world: World, base: dict[str, str]) -> di
     return out
 
 
-def _render_frames(rng: np.random.Generator, world: World, p: DemoParams, n_frames: int, scene: int,
-                   moments: list[Moment]) -> np.ndarray:
+def _render_frames(rng: np.random.Generator, world: ConceptWorld, p: DemoParams, n_frames: int, scene: int,
+                   moments: list[MomentTruth]) -> np.ndarray:
     """Frame rows of one video: moment signal or scene background, plus style, drift and noise."""
     dv, s = p.visual_dim, p.difficulty
     frames = np.zeros((n_frames, dv))
@@ -457,7 +457,7 @@ def _choose(rng: np.random.Generator, options):
     return options[int(rng.integers(len(options)))]
 
 
-def _compose_caption(rng: np.random.Generator, world: World, p: DemoParams, concepts: dict[str, str],
+def _compose_caption(rng: np.random.Generator, world: ConceptWorld, p: DemoParams, concepts: dict[str, str],
                      ambiguous: bool) -> list[str]:
     """Words of one caption of a moment: specific words for named concepts, generic ones otherwise."""
     action, obj, colour, place = (concepts[s] for s in SLOTS)
@@ -530,7 +530,7 @@ def _pad_with_fillers(rng: np.random.Generator, p: DemoParams, words: list[str])
     return words[: p.max_words]
 
 
-def _token_features(rng: np.random.Generator, world: World, p: DemoParams, words: list[str]) -> np.ndarray:
+def _token_features(rng: np.random.Generator, world: ConceptWorld, p: DemoParams, words: list[str]) -> np.ndarray:
     """One row per word: its base vector, a little of its neighbours', a position code and noise.
 
     A generic word's base vector is drawn at each use: a Dirichlet(1) mixture of the word vectors
@@ -552,7 +552,7 @@ def _token_features(rng: np.random.Generator, world: World, p: DemoParams, words
             + p.difficulty * p.token_noise * noise)
 
 
-def _word_annotations(world: World, words: list[str], concepts: dict[str, str]) -> tuple[list, list, list, list]:
+def _word_annotations(world: ConceptWorld, words: list[str], concepts: dict[str, str]) -> tuple[list, list, list, list]:
     types = [world.word_type[w] for w in words]
     refs = [world.word_ref[w] for w in words]
     named = [r for r, t in zip(refs, types) if t == "specific"]
@@ -563,7 +563,7 @@ def _word_annotations(world: World, words: list[str], concepts: dict[str, str]) 
     return types, refs, list(dict.fromkeys(named)), list(dict.fromkeys(generic))
 
 
-def caption_describes(world: World, named: list[str], generic: list[str], concepts: dict[str, str]) -> bool:
+def caption_describes(world: ConceptWorld, named: list[str], generic: list[str], concepts: dict[str, str]) -> bool:
     """True when every specific word names one of the moment's concepts and every generic word fits it."""
     present = set(concepts.values())
     if any(c not in present for c in named):
@@ -596,7 +596,7 @@ def _sample_n_captions(rng: np.random.Generator, p: DemoParams) -> int:
     return 1 + int(rng.binomial(p.captions_max - 1, prob))
 
 
-def _generate_split(split: str, video_ids: list[str], world: World, p: DemoParams) -> _SplitData:
+def _generate_split(split: str, video_ids: list[str], world: ConceptWorld, p: DemoParams) -> _SplitData:
     rng = np.random.default_rng([p.seed, 1 + SPLITS.index(split)])
     places = world.concepts_of("place")
     videos: dict[str, VideoTruth] = {}
@@ -610,9 +610,9 @@ def _generate_split(split: str, video_ids: list[str], world: World, p: DemoParam
         for idx, (start, end) in enumerate(_layout_moments(rng, n, p)):
             if pool and rng.random() < p.distractor_fraction:
                 src_vid, src_idx, src = pool[int(rng.integers(len(pool)))]
-                moments.append(Moment(start, end, _perturb(rng, world, src), f"{src_vid}/{src_idx}"))
+                moments.append(MomentTruth(start, end, _perturb(rng, world, src), f"{src_vid}/{src_idx}"))
             else:
-                moments.append(Moment(start, end, _fresh_concepts(rng, world, home)))
+                moments.append(MomentTruth(start, end, _fresh_concepts(rng, world, home)))
         pool.extend((vid, i, m.concepts) for i, m in enumerate(moments))
         videos[vid] = VideoTruth(split, n, scene, moments)
         frames[vid] = _render_frames(rng, world, p, n, scene, moments)
@@ -645,7 +645,7 @@ def _generate_split(split: str, video_ids: list[str], world: World, p: DemoParam
     return _SplitData(video_ids, frames, videos, captions, order, features, relevant)
 
 
-def _annotate_confusions(world: World, videos: dict[str, VideoTruth],
+def _annotate_confusions(world: ConceptWorld, videos: dict[str, VideoTruth],
                          captions: dict[str, CaptionTruth]) -> dict[str, list[str]]:
     """Fill ``n_consistent`` and ``distractors`` of every caption of one split; return the described videos.
 
@@ -751,7 +751,7 @@ def generate_from_params(root: str | os.PathLike, params: DemoParams, progress: 
     return out
 
 
-def _write_ground_truth(truth_dir: Path, params: DemoParams, world: World, splits: dict[str, _SplitData]) -> None:
+def _write_ground_truth(truth_dir: Path, params: DemoParams, world: ConceptWorld, splits: dict[str, _SplitData]) -> None:
     concepts = {c: {"kind": world.concept_kind[c], "family": world.concept_family[c],
                     "words": list(CONCEPTS[world.concept_kind[c]][world.concept_family[c]][c])}
                 for c in world.concept_kind}
@@ -843,7 +843,7 @@ def load_ground_truth(root: str | os.PathLike = "data", collection: str = "demo"
             raise DataError(f"{path}: not valid JSON ({err})") from err
     meta = loaded["world.json"]
     videos = {v: VideoTruth(split=d["split"], n_frames=d["n_frames"], scene=d["scene"],
-                            moments=[Moment(**m) for m in d["moments"]], n_events=d.get("n_events", 0),
+                            moments=[MomentTruth(**m) for m in d["moments"]], n_events=d.get("n_events", 0),
                             unrelated_share=d.get("unrelated_share", 0.0))
               for v, d in loaded["videos.json"].items()}
     words_path = Path(root) / collection / "TextData" / f"{collection}_words.json"

@@ -75,9 +75,10 @@ def format_metrics(metrics: Union[EvalResult, dict[str, dict[str, float]]], titl
     """A fixed-width table: one row per score kind, columns R@1 .. SumR."""
     table = metrics.metrics if isinstance(metrics, EvalResult) else metrics
     lines = [title] if title else []
-    lines.append(f"{'score':<6}" + "".join(f"{name:>8}" for name in METRIC_NAMES))
+    width = max([6] + [len(kind) + 1 for kind in table])  # room for labels such as frame@200
+    lines.append(f"{'score':<{width}}" + "".join(f"{name:>8}" for name in METRIC_NAMES))
     for kind, values in table.items():
-        lines.append(f"{kind:<6}" + "".join(f"{values[name]:>8.1f}" for name in METRIC_NAMES))
+        lines.append(f"{kind:<{width}}" + "".join(f"{values[name]:>8.1f}" for name in METRIC_NAMES))
     return "\n".join(lines)
 
 

@@ -45,6 +45,7 @@ PathLike = Union[str, os.PathLike]
 INDEX_FORMAT, INDEX_VERSION = "ralbook-index", 1
 MANIFEST, MODEL_FILE = "manifest.json", "model.pt"
 ARRAYS = ("clips", "frames", "mask")  # the fields of VideoEncoding, in order
+ARRAYS_FILES = tuple(f"{name}.npy" for name in ARRAYS)
 DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
@@ -84,15 +85,50 @@ def _open_npy(path: Path, shape: tuple[int, ...], dtype: Any) -> Any:
     return handle
 
 
+RUN_FILES = ("config.json", "best.pt", "last.pt", "metrics.jsonl")  # what marks a run directory
+
+
+def check_index_target(out: Path, weights_hash: str, force: bool = False) -> None:
+    """Refuse to write an index into a run directory, into a folder holding other files, or over an index
+    built from other weights (``force`` allows all three); rebuilding an index of the same weights is fine."""
+    if force or not out.exists():
+        return
+    if not out.is_dir():
+        raise IndexFolderError(f"{out} is a file, not an index folder")
+    run_files = [name for name in RUN_FILES if (out / name).exists()]
+    if run_files:
+        raise IndexFolderError(f"{out} is a run directory (it holds {', '.join(run_files)}): write the index to "
+                               "another folder, e.g. RUN_DIR/index, or pass --force")
+    if (out / MANIFEST).is_file():
+        try:
+            old = json.loads((out / MANIFEST).read_text(encoding="utf-8")).get("model_hash", "")
+        except (ValueError, AttributeError):
+            old = "unreadable"
+        if old != weights_hash:
+            raise IndexFolderError(f"{out} holds an index built from other weights (model hash {str(old)[:12]}, "
+                                   f"this checkpoint's {weights_hash[:12]}): choose another --out, or --force to "
+                                   "replace it")
+        return
+    others = sorted(p.name for p in out.iterdir() if p.name not in (*ARRAYS_FILES, MODEL_FILE))
+    if others:
+        raise IndexFolderError(f"{out} is not empty and holds no index ({', '.join(others[:5])}): choose an empty "
+                               "or new folder, or pass --force")
+
+
 def build_index(model: Any, collection: Any, split: str, cfg: Any, out_dir: PathLike,
                 device: Optional[torch.device] = None, batch_size: int = 64, dtype: str = "float32",
-                video_ids: Optional[list[str]] = None, progress: bool = True) -> Path:
-    """Encode the videos of ``split`` into ``out_dir``; the manifest is written last (it marks a complete index)."""
+                video_ids: Optional[list[str]] = None, progress: bool = True, force: bool = False,
+                provenance: Optional[dict[str, Any]] = None) -> Path:
+    """Encode the videos of ``split`` into ``out_dir``; the manifest is written last (it marks a complete index).
+
+    ``check_index_target`` guards ``out_dir`` unless ``force``; ``provenance`` (checkpoint path and hash) is
+    stored in the manifest."""
     from torch.utils.data import DataLoader
 
     if dtype not in DTYPES:
         raise RalbookError(f"index dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     out = Path(out_dir)
+    check_index_target(out, model_hash(model), force)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # an interrupted rebuild must not look complete
     device = device or next(model.parameters()).device
@@ -133,7 +169,8 @@ def build_index(model: Any, collection: Any, split: str, cfg: Any, out_dir: Path
     manifest = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "model_hash": model_hash(model),
                 "config": cfg.to_dict(), "collection": cfg.data.collection, "split": split, "dtype": dtype,
                 "n_videos": len(ids), "video_ids": ids, "shapes": {k: list(v) for k, v in shapes.items()},
-                "encoder": encoder_settings(Path(cfg.data.data_root) / cfg.data.collection)}  # search's text tower
+                "encoder": encoder_settings(Path(cfg.data.data_root) / cfg.data.collection),  # search's text tower
+                "provenance": dict(provenance or {})}
     write_json(out / MANIFEST, manifest)
     return out
 

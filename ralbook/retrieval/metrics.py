@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -141,3 +142,41 @@ def relevant_indices(cap_ids: Sequence[str], gt_videos: Sequence[str], video_ids
     for i, row in enumerate(rows):
         out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
     return out
+
+
+@dataclass
+class GroundTruth:
+    """Which relevance a ranking was scored against: each caption's own video, or lists from ``file``
+    (for ``covered`` of ``n_captions`` captions; the others keep their own video)."""
+
+    file: Optional[str]
+    covered: int
+    n_captions: int
+    unknown: int = 0  # ids in the file that are no caption of the split
+
+    def describe(self) -> str:
+        if not self.file:
+            return "ground truth: each caption's own video (no --relevant file)"
+        return (f"ground truth: relevance lists of {self.file} for {self.covered} of {self.n_captions} captions"
+                + (" (the rest: their own video)" if self.covered < self.n_captions else ""))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"relevant_file": self.file, "captions_with_lists": self.covered, "n_captions": self.n_captions,
+                "ids_not_in_split": self.unknown}
+
+
+def check_relevance(extra: Optional[dict[str, list[str]]], cap_ids: Sequence[str], split: str,
+                    source: str = "relevance file") -> GroundTruth:
+    """How a relevance file covers a split's captions; DataError when it matches none of them (another
+    split's file, or ids of another kind), naming the file, the split and the counts."""
+    if extra is None:
+        return GroundTruth(None, 0, len(cap_ids))
+    caps = set(cap_ids)
+    covered = sum(1 for c in extra if c in caps)
+    unknown = len(extra) - covered
+    if covered == 0:
+        example = next(iter(extra), "none")
+        raise DataError(f"{source}: none of its {len(extra)} caption ids is a caption of split {split!r} "
+                        f"({len(caps)} captions, e.g. {next(iter(cap_ids), 'none')!r}; the file has e.g. "
+                        f"{example!r}): a file of another split?")
+    return GroundTruth(str(source), covered, len(caps), unknown)

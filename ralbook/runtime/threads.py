@@ -13,7 +13,8 @@ region waits for the thread that shares its core with the other process. So ralb
 The user decides when they want to: ``--threads N`` on the command line (which sets
 ``RALBOOK_THREADS`` so notebook kernels follow it), a ``threads`` notebook parameter, the
 ``RALBOOK_THREADS`` environment variable, or ``OMP_NUM_THREADS``; in that order. ``0`` or
-``auto`` means: choose from the load. The choice is printed once, as one line.
+``auto`` means: choose from the load. The choice is printed once, as one line (through
+:func:`ralbook.runtime.machine_log.machine_note`: into a log file, not the outputs, in headless notebooks).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Union
 
 from ralbook.errors import RalbookError
+from ralbook.runtime.machine_log import machine_note
 
 
 ENV_THREADS = "RALBOOK_THREADS"
@@ -240,7 +242,7 @@ def _torch_set_threads(n: int) -> None:
 _GOVERNOR: Optional[ThreadGovernor] = None
 
 
-def configure_threads(threads: Requested = None, announce: Announce = print, source: str = "threads parameter",
+def configure_threads(threads: Requested = None, announce: Announce = machine_note, source: str = "threads parameter",
                       sample_s: float = SAMPLE_S) -> ThreadChoice:
     """Choose and apply torch's thread count for this process; print the choice once (see the module text).
 
@@ -271,7 +273,7 @@ def configure_threads(threads: Requested = None, announce: Announce = print, sou
     return choice
 
 
-def recheck_threads(announce: Announce = print) -> Optional[ThreadChoice]:
+def recheck_threads(announce: Announce = machine_note) -> Optional[ThreadChoice]:
     """Revise an automatic thread count from the load since the last look (None: not configured)."""
     global _LAST_LOOK
     _LAST_LOOK = time.monotonic()

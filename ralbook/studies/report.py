@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Optional, Sequence
 
+from ralbook import stats
 from ralbook.retrieval.metrics import chance_metrics
 from ralbook.stats import Comparison, Estimate, describe, describe_vs_chance, summary_line
 from ralbook.studies.uncertainty import interpret
@@ -109,15 +110,28 @@ def data_text(n_videos: Mapping[str, int], n_captions: Mapping[str, int], share_
     return _bullets(lines)
 
 
-def training_text(records: Sequence[Mapping[str, Any]], best_epoch: Optional[int], hard_start: int) -> str:
-    """02: how validation SumR evolved, the triplet jump at the hard-negative epoch, the learning rate."""
+def split_sizes_text(n_val: int, n_test: int) -> str:
+    """Why validation and test SumR cannot be compared: each ranks among its own split's videos."""
+    always = " (R@100 is 100 for every caption when a split has at most 100 videos)" if min(n_val, n_test) <= 100 else ""
+    return (f"Validation SumR ranks each caption among {n_val} videos and test SumR among {n_test}: recall at a fixed "
+            f"K is easier among fewer videos{always}, so the two numbers are not comparable with each other, only "
+            f"each with its own chance level ({_f(chance_sumr(n_val))} and {_f(chance_sumr(n_test))}).")
+
+
+def training_text(records: Sequence[Mapping[str, Any]], best_epoch: Optional[int], hard_start: int,
+                  n_val: Optional[int] = None, n_test: Optional[int] = None,
+                  msra_lines: Sequence[str] = ()) -> str:
+    """02: how validation SumR evolved (against its chance level), the triplet jump at the hard-negative
+    epoch, the learning rate, why validation and test SumR differ, and the MSRA diagnostics
+    (``msra_lines``, from :func:`ralbook.studies.msra.msra_text`)."""
     if not records:
         return _bullets(["No epoch was recorded."])
     sumr = [float(r["val"]["fused"]["SumR"]) for r in records]
     lrs = [float(r["lr"]) for r in records]
+    chance = f" (a random ranking of the {n_val} validation videos: {_f(chance_sumr(n_val))})" if n_val else ""
     lines = [f"Validation SumR (fused) went from {_f(sumr[0])} after epoch {records[0]['epoch']} to "
              f"{_f(max(sumr))} (epoch {best_epoch if best_epoch is not None else records[sumr.index(max(sumr))]['epoch']},"
-             f" kept as best.pt) over {len(records)} epochs."]
+             f" kept as best.pt) over {len(records)} epochs{chance}."]
 
     def triplet(r: Mapping[str, Any]) -> float:
         loss = r.get("loss", {})
@@ -144,6 +158,9 @@ def training_text(records: Sequence[Mapping[str, Any]], best_epoch: Optional[int
     lines.append(f"The learning rate at the end of each epoch went from {lrs[0]:.2e} (epoch {records[0]['epoch']}, "
                  f"after the short warm-up) to {lrs[-1]:.2e}: it decays linearly to 0 at the last step, so late "
                  "epochs change the model less and less.")
+    if n_val and n_test:
+        lines.append(split_sizes_text(n_val, n_test))
+    lines.extend(msra_lines)
     return _bullets(lines)
 
 
@@ -268,30 +285,75 @@ def evaluation_text(metrics: Mapping[str, Mapping[str, float]], n_videos: int, m
     return _bullets(lines)
 
 
-def word_confidence_text(filler_auc: Optional[float], per_caption_auc: Optional[float],
-                         localisation: Optional[Mapping[str, float]]) -> str:
-    """05: whether word confidence prefers content words, and whether words find their moment."""
+def _filler_share_sentence(c: stats.Comparison) -> str:
+    """(a) the fillers' share of the confidence mass against their uniform share, from the paired interval."""
+    half = (c.high - c.low) / 2.0
+    d = min(5, max(3, 1 - math.floor(math.log10(half)))) if half > 0 else 3  # two significant digits of the CI
+    numbers = (f"{c.value_a:.3f} of a caption's word confidence against {c.value_b:.3f} under uniform weights; "
+               f"difference {c.estimate:+.{d}f}, {100 * c.level:g}% CI {c.low:+.{d}f} to {c.high:+.{d}f}, "
+               f"paired over {c.n:,} captions with both kinds of words")
+    ratio = c.value_a / c.value_b if c.value_b > 0 else math.nan
+    verdict = c.verdict
+    if verdict == "better":  # higher_is_better=False: a lower filler share reads "better"
+        return (f"Fillers get less weight than their share of the words ({numbers}). They keep about {ratio:.0%} of "
+                f"their uniform share: word confidence takes about {1 - ratio:.0%} of it away; it does not ignore "
+                f"them.")
+    if verdict == "worse":
+        return (f"Fillers get more weight than their share of the words ({numbers}): word confidence does not "
+                f"down-weight them on this run.")
+    needed = c.needed_n()
+    more = f"; about {needed:,} captions would resolve a difference of this size" if needed else ""
+    return f"The fillers' weight cannot be told from their uniform share at this size ({numbers}){more}."
+
+
+def word_confidence_text(shares: Optional[stats.Comparison], filler_auc: Optional[float],
+                         per_caption_auc: Optional[stats.Estimate],
+                         weightings: Optional[Mapping[str, stats.Comparison]] = None,
+                         localisation: Optional[Mapping[str, float]] = None,
+                         type_means: Optional[Mapping[str, float]] = None,
+                         metric_what: str = "frame-branch SumR") -> str:
+    """05: what word confidence does to fillers, measured three ways, each sentence from its interval.
+
+    ``shares``: the fillers' confidence mass vs their uniform share (``FillerShares.comparison``);
+    ``filler_auc``: pooled AUC content vs filler (a ranking statement, no interval: worded as a number);
+    ``per_caption_auc``: the mean per-caption AUC with its bootstrap interval, worded against 0.5;
+    ``weightings``: frame-branch SumR with learned weights vs each other weighting (``compare_weightings``);
+    ``type_means``: mean relative confidence per word type (1 = uniform share), descriptive.
+    """
     lines = []
-    if filler_auc is None:
+    if shares is None and filler_auc is None:
         lines.append("This collection records no word types, so the filler analysis could not be run.")
-    else:
-        verdict = ("content words get more confidence than fillers" if filler_auc >= 0.6 else
-                   "fillers get more confidence than content words" if filler_auc <= 0.4 else
-                   "word confidence hardly separates content words from fillers")
-        lines.append(f"AUC content vs filler words {filler_auc:.3f} (0.5 = no preference; per caption "
-                     f"{_f(per_caption_auc, 3)}): {verdict}.")
+    if shares is not None:
+        lines.append(_filler_share_sentence(shares))
+    if type_means:
+        lines.append("Mean relative confidence (1 = the uniform share): "
+                     + ", ".join(f"{k} words {v:.2f}" for k, v in type_means.items()) + ".")
+    if filler_auc is not None:
+        text = (f"Pooled over the split, a content word is ranked above a filler word with probability "
+                f"{filler_auc:.3f} (AUC; 0.5 = no preference).")
+        if per_caption_auc is not None:
+            text += " " + stats.describe_vs_chance(per_caption_auc, chance=0.5,
+                                                   what="Within captions, the mean per-caption AUC")
+            if per_caption_auc.low > 0.5:
+                text += (" Content words are ranked above fillers; that is an ordering, not a weight: how much "
+                         "weight fillers keep is the share above.")
+        lines.append(text)
+    for comparison in (weightings or {}).values():
+        sentence = stats.describe(comparison, what=metric_what)
+        lines.append(sentence[:1].upper() + sentence[1:])
     if localisation:
         content, filler, chance = (localisation.get(k) for k in ("content_hit_rate", "filler_hit_rate", "chance"))
         lines.append(f"Content words find their best frame inside the described moment {_f(100 * content, 0)}% of "
-                     f"the time, filler words {_f(100 * filler, 0)}%, a random frame {_f(100 * chance, 0)}%"
-                     + (": content words localise the moment." if content > chance + 0.1 else
-                        ": no clear localisation by content words on this run."))
+                     f"the time, filler words {_f(100 * filler, 0)}%, a random frame {_f(100 * chance, 0)}% "
+                     f"({localisation.get('n_captions', 'n/a')} captions; shares of words with no interval here, so "
+                     f"they describe this sample and decide nothing).")
     return _bullets(lines)
 
 
 def uncertainty_text(reports: Mapping[str, Mapping[str, Any]], probe: Optional[float] = None,
-                     length_rho: Optional[float] = None) -> str:
-    """04: per label file, whether sigma's AUC interval excludes 0.5 and whether sigma beats each baseline."""
+                     length_rho: Optional[float] = None, msra_lines: Sequence[str] = ()) -> str:
+    """04: per label file, whether sigma's AUC interval excludes 0.5 and how sigma compares with the strongest
+    sigma-free baseline and the others (paired intervals); then the MSRA diagnostics (``msra_lines``)."""
 
     lines = interpret(dict(reports), probe)
     if not reports:
@@ -299,25 +361,30 @@ def uncertainty_text(reports: Mapping[str, Mapping[str, Any]], probe: Optional[f
                      "was not run; `python -m ralbook sigma-report` takes a label file of your own.")
     if length_rho is not None:
         lines.append(f"Caption sigma and caption length: Spearman {length_rho:.3f} (0 = unrelated).")
+    lines.extend(msra_lines)
     lines.append("For how this changes with the share of ambiguous captions, visual noise and the L_PM / L_DA "
                  "weights, see 07_robustness.ipynb.")
     return _bullets(lines)
 
 
 def robustness_text(plan: Mapping[str, Any], findings: Sequence[str], train_minutes: Optional[float] = None) -> str:
-    """07: the plan's size, the study's findings, and how much a gap means with this many seeds.
+    """07: the plan's size, the study's findings, and what its comparisons can and cannot say.
 
     ``train_minutes``: the summed time of the distinct runs (training and evaluation) when they were made.
     """
     seeds = list(plan["seeds"])
+    threads = plan.get("threads")
     sizes = (f"Plan: {len(seeds)} seed(s) {seeds}, {plan['epochs']} epochs, {plan['n_train']}/{plan['n_val']}/"
              f"{plan['n_test']} videos, hidden size {plan['hidden_size']}; ambiguity {list(plan['ambiguity'])}, "
-             f"noise {list(plan['noise'])}.")
+             f"noise {list(plan['noise'])}"
+             + (f"; {threads} CPU thread(s) per run" if threads else "") + ".")
     if train_minutes is not None:
         sizes += (f" Its distinct runs took {train_minutes:.1f} minutes to train and evaluate when they were made "
                   f"(on the machine that made the cache, under its load then).")
-    caveat = ("With a single seed there is no spread: differences are not yet evidence." if len(seeds) < 2
-              else "Spreads are standard deviations over seeds; a gap inside the spread is not a difference.")
+    caveat = ("With a single seed no comparison has an interval: no difference here is evidence, whichever way it "
+              "points." if len(seeds) < 2 else
+              "Every comparison pairs the runs of the same seed and takes a Student-t interval over seeds; "
+              "\"cannot be told apart\" means the interval includes 0, not that the models are equal.")
     return _bullets([sizes, *findings, caveat])
 
 

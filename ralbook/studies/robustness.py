@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -35,12 +36,16 @@ from ralbook.data.demo import DemoParams, GENERATOR_VERSION, generate_from_param
 from ralbook.errors import RalbookError
 from ralbook.files import write_json
 from ralbook.retrieval.metrics import chance_metrics, read_relevant_file
+from ralbook.runtime.threads import configure_threads
+from ralbook.stats import (Comparison, compare_seeds, describe, describe_detectable, single_mean,
+                           summary_line)
+from ralbook.studies.ablation import PAPER_GAIN  # the paper's headline gain (SumR), defined once
 from ralbook.studies.uncertainty import labels_for_split, model_outputs, sigma_report
 from ralbook.training.rundir import open_run
 from ralbook.training.trainer import train
 
 
-STUDY_VERSION = 1
+STUDY_VERSION = 2  # 2: the thread count is part of a run's key
 # model name -> (label, config overrides)
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "ral": ("RAL", {}),
@@ -79,6 +84,7 @@ class StudyPlan:
     batch_size: int = 24
     lr: float = 1e-3
     n_boot: int = 500
+    threads: int = 0   # CPU threads per run; 0: chosen once from the machine's load when the study starts
 
     def validate(self) -> None:
         """Reject plans the study cannot run, naming the offending value."""
@@ -90,6 +96,8 @@ class StudyPlan:
         problems += [f"ambiguity {a} outside [0, 1]" for a in (*self.ambiguity, self.sweep_ambiguity)
                      if not 0 <= a <= 1]
         problems += [f"loss scale {s} must be > 0" for s in self.loss_scales if s <= 0]
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
+            problems.append(f"threads must be a whole number >= 0 (0: automatic), got {self.threads!r}")
         if not self.seeds or self.epochs < 1 or min(self.n_train, self.n_val, self.n_test) < 1:
             problems.append("need at least one seed, one epoch and one video per split")
         if problems:
@@ -165,15 +173,16 @@ def run_config(plan: StudyPlan, spec: RunSpec, data_root: Path, device: str = "c
                         hidden_size=plan.hidden_size, overrides=overrides)
 
 
-def run_key(params: Any, cfg: Any, plan: StudyPlan) -> str:
+def run_key(params: Any, cfg: Any, plan: StudyPlan, threads: int) -> str:
     """Cache key of a run: generator version and parameters, the configuration without paths or device,
-    and the evaluation settings."""
+    the evaluation settings, and the CPU threads it trains with (the same seed on 1 and 2 threads gives
+    different models: float sums are ordered differently)."""
 
     config = cfg.to_dict()
     config["data"] = {k: v for k, v in config["data"].items() if k != "data_root"}
     config["train"] = {k: v for k, v in config["train"].items() if k != "device"}
     return digest({"study": STUDY_VERSION, "generator": GENERATOR_VERSION, "params": dataclasses.asdict(params),
-                   "config": config, "n_boot": plan.n_boot})
+                   "config": config, "n_boot": plan.n_boot, "threads": int(threads)})
 
 
 # ----------------------------------------------------------------------------- one run
@@ -215,22 +224,34 @@ def chance_sumr(data_root: Path, n_test: int) -> float:
     return chance_metrics([len(set(videos)) for videos in relevant.values()], n_test)["SumR"]
 
 
-def run_one(spec: RunSpec, plan: StudyPlan, cache: Path, device: str = "cpu") -> tuple[dict[str, Any], bool]:
-    """(result row, trained?) of one run; a cached result is read back without training."""
+def study_threads(plan: StudyPlan) -> int:
+    """The thread count every run of the study uses: the plan's, or (0) the machine's choice made once now
+    (RALBOOK_THREADS, OMP_NUM_THREADS, else the cores not busy), then pinned so that no run changes it."""
+    return configure_threads(plan.threads or None, announce=None).threads
+
+
+def run_one(spec: RunSpec, plan: StudyPlan, cache: Path, device: str = "cpu",
+            threads: Optional[int] = None) -> tuple[dict[str, Any], bool]:
+    """(result row, trained?) of one run; a cached result is read back without training.
+
+    ``threads``: the study's pinned count (default: :func:`study_threads`); it is part of the cache key.
+    """
+    threads = study_threads(plan) if threads is None else threads
 
     params = demo_params(plan, spec.ambiguity, spec.noise)
     data_root = ensure_collection(params, cache)
     cfg = run_config(plan, spec, data_root, device)
-    key = run_key(params, cfg, plan)
+    key = run_key(params, cfg, plan, threads)
     folder = cache / "runs" / key
     result_file = folder / "result.json"
-    row = {**dataclasses.asdict(spec), "key": key, "chance_sumr": chance_sumr(data_root, params.n_test)}
+    row = {**dataclasses.asdict(spec), "key": key, "threads": threads,
+           "chance_sumr": chance_sumr(data_root, params.n_test)}
     if result_file.is_file():
         return {**row, **json.loads(result_file.read_text())}, False
     if folder.exists():
         shutil.rmtree(folder)   # an interrupted run: start it again
     started = time.perf_counter()
-    train(cfg, folder / "run", progress=False)
+    train(cfg, folder / "run", progress=False, threads=threads)
     result = {**evaluate_run(folder / "run", data_root, plan, device), "seconds": time.perf_counter() - started}
     write_json(result_file, result, indent=1)
     return {**row, **result}, True
@@ -251,10 +272,11 @@ def run_study(plan: StudyPlan, cache_dir: str | Path, device: str = "cpu", progr
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     rows, trained = [], 0
+    threads = study_threads(plan)
     specs = plan.runs()
     bar = tqdm(specs, desc="robustness runs", disable=not progress)
     for spec in bar:
-        row, new = run_one(spec, plan, cache, device)
+        row, new = run_one(spec, plan, cache, device, threads)
         trained += new
         rows.append(row)
         bar.set_postfix_str(f"{spec.model} amb {spec.ambiguity} {spec.noise} seed {spec.seed}"
@@ -296,6 +318,7 @@ def summarise(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"group": group, "ambiguity": amb, "noise": noise, "model": model,
                                  "label": MODELS[model][0], "term": term, "scale": scale,
                                  "seeds": sorted(m["seed"] for m in members)}
+        entry["sumr_by_seed"] = {int(m["seed"]): m["sumr"] for m in sorted(members, key=lambda m: m["seed"])}
         entry["sumr_mean"], entry["sumr_std"], _ = _stats([m["sumr"] for m in members])
         entry["chance_sumr"], _, _ = _stats([m.get("chance_sumr") for m in members])
         for level in ("caption", "support_set"):
@@ -307,6 +330,281 @@ def summarise(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+# ----------------------------------------------------------------------------- comparisons (paired by seed)
+
+
+PAPER_GAIN_LABEL = "the paper's headline gain of RAL over GMMFormer v2 (+9.7 SumR on TVR)"
+# (a, b, what the comparison tests): the pairs the paper's claims concern.
+PAIRS: tuple[tuple[str, str, str], ...] = (
+    ("ral", "gmmformer_v2", "RAL against its backbone"),
+    ("ral", "ral_no_msra", "MSRA on vs off"),
+)
+
+
+def seed_table(rows: Iterable[dict[str, Any]], key: str = "sumr", group: str = "grid"
+               ) -> dict[tuple[float, str, str], dict[int, float]]:
+    """(ambiguity, noise, model) -> {seed: value} of one group's runs (``key``: a row field, e.g. "sumr")."""
+    out: dict[tuple[float, str, str], dict[int, float]] = {}
+    for r in rows:
+        if r["group"] == group and r.get(key) is not None:
+            out.setdefault((r["ambiguity"], r["noise"], r["model"]), {})[int(r["seed"])] = float(r[key])
+    return out
+
+
+def _common(a: dict[int, float], b: dict[int, float]) -> tuple[list[float], list[float], list[int]]:
+    seeds = sorted(set(a) & set(b))
+    return [a[s] for s in seeds], [b[s] for s in seeds], seeds
+
+
+def _setting(amb: float, noise: str) -> str:
+    return f"noise {noise}, ambiguity {amb:g}"
+
+
+# A model "near chance" has come less than this share of the way from a random ranking's SumR to a perfect
+# ranking's (400): a difference between two such models says nothing about the method's claims.
+NEAR_CHANCE_SHARE = 0.05
+PERFECT_SUMR = 400.0
+
+
+def _near_chance(values: Sequence[float], chance: float, detectable: float) -> bool:
+    """A model is near chance when its mean gain over a random ranking is below :data:`NEAR_CHANCE_SHARE` of the
+    room above chance, below the smallest difference the comparison detects, or when its SumR cannot be
+    told from chance at all (t interval over seeds)."""
+    est = single_mean(values, unit="seeds")
+    gain = est.value - chance
+    if gain < NEAR_CHANCE_SHARE * (PERFECT_SUMR - chance):
+        return True
+    if math.isfinite(est.low) and est.low <= chance:
+        return True
+    return math.isfinite(detectable) and gain < detectable
+
+
+def pair_comparisons(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per setting and pair of :data:`PAIRS`: test SumR of a minus b, paired by seed (Student-t over seeds).
+
+    Each entry: setting, the pair, the :class:`~ralbook.stats.Comparison`, the setting's chance SumR, each
+    model's gain over chance and ``near_chance`` (both models near chance: no comparison is meaningful).
+    """
+    table = seed_table(rows)
+    chance = {(r["ambiguity"], r["noise"]): r.get("chance_sumr") for r in rows if r["group"] == "grid"}
+    out = []
+    for (amb, noise) in dict.fromkeys((k[0], k[1]) for k in table):
+        for a, b, purpose in PAIRS:
+            if (amb, noise, a) not in table or (amb, noise, b) not in table:
+                continue
+            va, vb, seeds = _common(table[(amb, noise, a)], table[(amb, noise, b)])
+            if not seeds:
+                continue
+            c = compare_seeds(va, vb, paired=True, name_a=MODELS[a][0], name_b=MODELS[b][0], metric="SumR")
+            level = chance.get((amb, noise))
+            near = level is not None and all(_near_chance(v, level, c.detectable) for v in (va, vb))
+            out.append({"ambiguity": amb, "noise": noise, "a": a, "b": b, "purpose": purpose, "seeds": seeds,
+                        "comparison": c, "chance_sumr": level, "near_chance": near,
+                        "gain_a": None if level is None else float(np.mean(va)) - level,
+                        "gain_b": None if level is None else float(np.mean(vb)) - level})
+    return out
+
+
+def trend_comparisons(rows: Sequence[dict[str, Any]], a: str = "ral", b: str = "gmmformer_v2"
+                      ) -> list[dict[str, Any]]:
+    """How the gap ``a - b`` moves: with ambiguity (highest vs lowest, per noise level) and with noise (high vs
+    low, per ambiguity). Difference of differences per seed, paired by seed (Student-t over seeds)."""
+    table = seed_table(rows)
+
+    def gaps(amb: float, noise: str) -> dict[int, float]:
+        x, y = table.get((amb, noise, a), {}), table.get((amb, noise, b), {})
+        return {s: x[s] - y[s] for s in set(x) & set(y)}
+
+    out = []
+    noises = list(dict.fromkeys(k[1] for k in table))
+    ambs = sorted({k[0] for k in table})
+    label = f"{MODELS[a][0]} - {MODELS[b][0]}"
+    for axis, pairs in (("ambiguity", [((ambs[-1], n), (ambs[0], n)) for n in noises] if len(ambs) > 1 else []),
+                        ("noise", [((m, "high"), (m, "low")) for m in ambs] if {"high", "low"} <= set(noises) else [])):
+        for (hi, lo) in pairs:
+            gh, gl, seeds = _common(gaps(*hi), gaps(*lo))
+            if not seeds:
+                continue
+            name_hi, name_lo = (f"ambiguity {hi[0]:g}", f"ambiguity {lo[0]:g}") if axis == "ambiguity" else \
+                               (f"noise {hi[1]}", f"noise {lo[1]}")
+            c = compare_seeds(gh, gl, paired=True, name_a=f"the gap at {name_hi}", name_b=f"the gap at {name_lo}",
+                              metric=f"SumR gap {label}")
+            fixed = f"noise {hi[1]}" if axis == "ambiguity" else f"ambiguity {hi[0]:g}"
+            out.append({"axis": axis, "fixed": fixed, "high": name_hi, "low": name_lo, "a": a, "b": b,
+                        "seeds": seeds, "comparison": c})
+    return out
+
+
+def _run_seconds(rows: Sequence[dict[str, Any]]) -> Optional[float]:
+    """Mean recorded seconds of one distinct run (training and evaluation), None when none was recorded."""
+    seconds = [s for s in {r["key"]: r.get("seconds") for r in rows}.values() if s]
+    return float(np.mean(seconds)) if seconds else None
+
+
+def headline_reach(pairs: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Whether the study detects the paper's +9.7 SumR of RAL over GMMFormer v2, and a plan that would."""
+    cs = [p["comparison"] for p in pairs if (p["a"], p["b"]) == ("ral", "gmmformer_v2")]
+    if not cs:
+        return []
+    n = max(c.n for c in cs)
+    finite = [c for c in cs if math.isfinite(c.detectable)]
+    if not finite:
+        return [f"With {n} seed(s) no comparison has an interval, so the study cannot detect "
+                f"{PAPER_GAIN_LABEL}; at least 2 seeds per setting are needed, and their spread says how many more."]
+    reach = sum(c.detects(PAPER_GAIN) for c in finite)
+    lines = [f"Smallest difference RAL vs GMMFormer v2 this study detects (80% power, 5% two-sided, paired over "
+             f"{n} seeds): {min(c.detectable for c in finite):.1f} to {max(c.detectable for c in finite):.1f} SumR "
+             f"across its {len(cs)} settings; {PAPER_GAIN_LABEL} is within reach in {reach} of them."]
+    if reach == len(cs):
+        return lines
+    needed = [c.needed_n(size=PAPER_GAIN) for c in finite]
+    if any(k is None for k in needed):
+        return lines
+    seeds = max(needed)
+    settings = len(cs)
+    new_runs = settings * 2 * max(0, seeds - n)
+    per_run = _run_seconds(rows)
+    when = ""
+    if per_run is not None:
+        threads = sorted({int(r["threads"]) for r in rows if r.get("threads")})
+        used = f", {'/'.join(map(str, threads))} thread(s)" if threads else ""
+        when = (f", about {new_runs * per_run / 60:.0f} minutes at the {per_run / 60:.1f} minutes one run took "
+                f"when this cache was made (on the machine that made it{used}; the default study was sized for two "
+                f"free CPU cores)")
+    lines.append(f"A setting that detects it in every setting: about {seeds} seeds per setting for RAL and GMMFormer "
+                 f"v2 (the noisiest setting sets the count, seed noise as measured here): {new_runs} more runs"
+                 f"{when}. A larger collection lowers the test-sample part of the spread but not the training part; "
+                 f"how much it helps is not measured here (train one setting at a larger n_train / n_test over "
+                 f"the same seeds to find out).")
+    return lines
+
+
+def _describe_pair(p: dict[str, Any]) -> str:
+    c: Comparison = p["comparison"]
+    setting = _setting(p["ambiguity"], p["noise"])
+    if p["near_chance"]:
+        return (f"{p['purpose']} at {setting}: {c.a} and {c.b} are only {p['gain_a']:.1f} and {p['gain_b']:.1f} "
+                f"SumR above a random ranking ({p['chance_sumr']:.1f}; a perfect ranking: {PERFECT_SUMR:.0f}), each "
+                f"less than {100 * NEAR_CHANCE_SHARE:g}% of the room above chance, than the smallest difference this "
+                f"design detects ({c.detectable:.1f}), or not distinguishable from chance: no comparison between "
+                f"them is meaningful here.")
+    return f"{p['purpose']} at {setting}: {describe(c, what='test SumR')}"
+
+
+def _describe_trend(t: dict[str, Any]) -> str:
+    c: Comparison = t["comparison"]
+    label = f"{MODELS[t['a']][0]} - {MODELS[t['b']][0]}"
+    numbers = f"{summary_line(c)}, {c.method}"
+    if not math.isfinite(c.se):
+        return (f"How the SumR gap {label} moves with {t['axis']} ({t['fixed']}, {t['high']} against {t['low']}): "
+                f"{c.note or 'no interval'}; difference {c.estimate:+.1f}.")
+    if c.verdict == "undecided":
+        needed = c.needed_n()
+        more = f"; about {needed} seeds would resolve a change of this size" if needed else ""
+        return (f"The SumR gap {label} at {t['high']} cannot be told from the gap at {t['low']} ({t['fixed']}; "
+                f"difference of differences {numbers}){more}. {describe_detectable(c)}")
+    moves = "larger" if c.verdict == "better" else "smaller"
+    return (f"The SumR gap {label} is {moves} at {t['high']} than at {t['low']} ({t['fixed']}; difference of "
+            f"differences {numbers}).")
+
+
+def _informative(values: Sequence[float]) -> tuple[list[float], bool]:
+    """AUCs in their informative direction (1 - AUC when the mean is below 0.5) and whether they were flipped."""
+    flip = float(np.mean(values)) < 0.5
+    return ([1.0 - v for v in values] if flip else list(values)), flip
+
+
+def sigma_comparisons(rows: Sequence[dict[str, Any]], level: str = "caption") -> list[dict[str, Any]]:
+    """Per setting, RAL's sigma AUC against the strongest sigma-free baseline (taken in its informative
+    direction; sigma is not flipped: its direction is the claim), paired by seed."""
+    out = []
+    table: dict[tuple[float, str], dict[int, dict[str, Any]]] = {}
+    for r in rows:
+        if r["group"] == "grid" and r["model"] == "ral" and r.get(level) and r[level].get("auc") is not None:
+            table.setdefault((r["ambiguity"], r["noise"]), {})[int(r["seed"])] = r[level]
+    for (amb, noise), by_seed in table.items():
+        seeds = sorted(by_seed)
+        names = [n for n in by_seed[seeds[0]]["baselines"]
+                 if all(by_seed[s]["baselines"].get(n) is not None for s in seeds)]
+        if not names:
+            continue
+        informative = {n: _informative([by_seed[s]["baselines"][n] for s in seeds]) for n in names}
+        name = max(names, key=lambda n: float(np.mean(informative[n][0])))
+        values, flipped = informative[name]
+        c = compare_seeds([by_seed[s]["auc"] for s in seeds], values, paired=True, name_a="sigma",
+                          name_b=f"{name}{' (read as 1 - AUC)' if flipped else ''}", metric=f"{level} AUC")
+        out.append({"ambiguity": amb, "noise": noise, "baseline": name, "flipped": flipped, "seeds": seeds,
+                    "comparison": c})
+    return out
+
+
+def sweep_comparisons(rows: Sequence[dict[str, Any]], key: str = "caption") -> list[dict[str, Any]]:
+    """Each swept loss weight against the smallest scale of its term (x1 by default), paired by seed, on the
+    caption sigma AUC and on SumR."""
+    out = []
+    runs = [r for r in rows if r["group"] == "sweep"]
+    for term in dict.fromkeys(r["term"] for r in runs):
+        scales = sorted({r["scale"] for r in runs if r["term"] == term})
+        by = {s: {int(r["seed"]): r for r in runs if r["term"] == term and r["scale"] == s} for s in scales}
+        for scale in scales[1:]:
+            seeds = sorted(set(by[scale]) & set(by[scales[0]]))
+            if not seeds:
+                continue
+            entry: dict[str, Any] = {"term": term, "scale": scale, "reference": scales[0], "seeds": seeds}
+            aucs = [(by[scale][s].get(key) or {}).get("auc") for s in seeds]
+            refs = [(by[scales[0]][s].get(key) or {}).get("auc") for s in seeds]
+            name = f"L_{term.upper()} x{scale:g}", f"L_{term.upper()} x{scales[0]:g}"
+            if None not in aucs and None not in refs:
+                entry["auc"] = compare_seeds(aucs, refs, paired=True, name_a=name[0], name_b=name[1],
+                                             metric=f"{key} sigma AUC")
+            entry["sumr"] = compare_seeds([by[scale][s]["sumr"] for s in seeds],
+                                          [by[scales[0]][s]["sumr"] for s in seeds], paired=True,
+                                          name_a=name[0], name_b=name[1], metric="SumR")
+            out.append(entry)
+    return out
+
+
+def comparison_records(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Every comparison of the study as JSON-ready records (Comparison objects as dicts), for summary files."""
+    def plain(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: (v.to_dict() if isinstance(v, Comparison) else v) for k, v in e.items()} for e in entries]
+
+    pairs = pair_comparisons(rows)
+    return {"pairs": plain(pairs), "trends": plain(trend_comparisons(rows)),
+            "sigma": plain(sigma_comparisons(rows)), "sweep": plain(sweep_comparisons(rows))}
+
+
+def findings(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Sentences computed from the runs: the paper's pairs per setting, how RAL's gap moves with ambiguity and
+    noise, whether the study can detect the paper's headline gain, sigma against its baselines, the sweep.
+
+    Every comparison is paired by seed (:func:`ralbook.stats.compare_seeds`) and worded by
+    :func:`ralbook.stats.describe`; no model is named a winner from means or spreads alone.
+    """
+    rows = list(rows)
+    pairs = pair_comparisons(rows)
+    lines = [_describe_pair(p) for p in pairs]
+    if pairs and all(p["near_chance"] for p in pairs):
+        lines.append("Every model is only a few SumR points above a random ranking in every setting: the study says "
+                     "nothing about which model is more robust; train longer or on more videos first.")
+    lines += [_describe_trend(t) for t in trend_comparisons(rows)]
+    lines += headline_reach(pairs, rows)
+    summary = summarise(rows)
+    lines += _chance_findings([s for s in summary if s["group"] == "grid"])
+    for s in sigma_comparisons(rows):
+        lines.append(f"RAL's caption sigma at {_setting(s['ambiguity'], s['noise'])} against the strongest "
+                     f"sigma-free baseline ({s['baseline']}{', in its informative direction' if s['flipped'] else ''}):"
+                     f" {describe(s['comparison'], what='caption AUC')}")
+    for s in sweep_comparisons(rows):
+        if "auc" in s:
+            lines.append(f"Loss-weight sweep: {describe(s['auc'], what='caption sigma AUC')}")
+        lines.append(f"Loss-weight sweep: {describe(s['sumr'], what='test SumR')}")
+    if any(p["comparison"].n == 2 for p in pairs):
+        lines.append("With 2 seeds the t interval has one degree of freedom (12.7 standard errors on each side): a gap "
+                     "larger than the seed spread is not evidence, which is why most comparisons stay undecided.")
+    return lines
+
+
 # ----------------------------------------------------------------------------- findings (generated text)
 
 
@@ -314,59 +612,6 @@ def _fmt(mean: Optional[float], std: Optional[float], digits: int = 1) -> str:
     if mean is None:
         return "n/a"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def findings(summary: Sequence[dict[str, Any]]) -> list[str]:
-    """Sentences computed from the summary: who wins where (with spreads), and whether sigma beats the baselines."""
-    grid = [s for s in summary if s["group"] == "grid"]
-    lines: list[str] = []
-    separated = []  # per compared setting: does the leader's gap exceed the seed spread?
-    for noise in dict.fromkeys(s["noise"] for s in grid):
-        for amb in sorted({s["ambiguity"] for s in grid if s["noise"] == noise}):
-            cell = sorted((s for s in grid if s["noise"] == noise and s["ambiguity"] == amb),
-                          key=lambda s: -s["sumr_mean"])
-            if len(cell) < 2:
-                continue
-            best, second = cell[0], cell[1]
-            gap = best["sumr_mean"] - second["sumr_mean"]
-            spread = max(best["sumr_std"] or 0.0, second["sumr_std"] or 0.0)
-            separated.append(gap > spread)
-            verdict = "larger than" if separated[-1] else "within"
-            chance = f" (a random ranking: {best['chance_sumr']:.1f})" if best.get("chance_sumr") is not None else ""
-            lines.append(f"Noise {noise}, ambiguity {amb:g}{chance}: {best['label']} leads with SumR "
-                         f"{_fmt(best['sumr_mean'], best['sumr_std'])} (n={len(best['seeds'])}) over "
-                         f"{second['label']} {_fmt(second['sumr_mean'], second['sumr_std'])}; the gap of "
-                         f"{gap:.1f} is {verdict} the larger seed spread ({spread:.1f}).")
-    if separated:
-        lines.append(f"In {sum(separated)} of {len(separated)} settings the leading model's gap exceeds the seed "
-                     f"spread{': no model is shown to be more robust here' if not any(separated) else ''}.")
-    lines += _chance_findings(grid)
-    ral = [s for s in grid if s["model"] == "ral" and s.get("caption_auc_mean") is not None]
-    for s in ral:
-        baselines = {k[len("caption_"):-len("_auc_mean")]: v for k, v in s.items()
-                     if k.startswith("caption_") and k.endswith("_auc_mean") and k != "caption_auc_mean"
-                     and v is not None}
-        if not baselines:
-            continue
-        name, value = max(baselines.items(), key=lambda kv: abs(kv[1] - 0.5))
-        sigma = s["caption_auc_mean"]
-        margin = abs(sigma - 0.5) - abs(value - 0.5)
-        spread = s["caption_auc_std"] or 0.0
-        flipped = f" (read the other way round: {1 - value:.3f})" if value < 0.5 else ""
-        verdict = (f"sigma separates ambiguous captions better by {margin:.3f}" if margin > 0
-                   else f"sigma does not beat that baseline (short by {-margin:.3f})")
-        lines.append(f"RAL sigma at noise {s['noise']}, ambiguity {s['ambiguity']:g}: caption AUC "
-                     f"{_fmt(sigma, spread, 3)} vs the strongest baseline ({name}) {value:.3f}{flipped}: {verdict}, "
-                     f"{'more' if abs(margin) > spread else 'less'} than the seed spread of sigma's AUC ({spread:.3f}).")
-    sweep = sorted((s for s in summary if s["group"] == "sweep" and s.get("caption_auc_mean") is not None),
-                   key=lambda s: (s["term"], s["scale"]))
-    if sweep:
-        best = max(sweep, key=lambda s: abs(s["caption_auc_mean"] - 0.5))
-        parts = ", ".join(f"L_{s['term'].upper()} x{s['scale']:g}: {_fmt(s['caption_auc_mean'], s['caption_auc_std'], 3)}"
-                          f" (SumR {s['sumr_mean']:.1f})" for s in sweep)
-        lines.append(f"Loss-weight sweep (RAL, ambiguity {sweep[0]['ambiguity']:g}, noise {sweep[0]['noise']}): "
-                     f"caption sigma AUC {parts}. Furthest from 0.5: L_{best['term'].upper()} x{best['scale']:g}.")
-    return lines
 
 
 def _chance_findings(grid: Sequence[dict[str, Any]]) -> list[str]:

@@ -16,15 +16,21 @@ baselines that need no sigma at all, so that a reader can tell "sigma tracks amb
   length (caption tokens; frames for videos), the negated margin between the best and the
   second-best fused score, and the entropy of the softmax over the item's fused scores.
   Support sets take the mean of their captions' caption baselines.
+* sigma against each baseline: the difference of the two AUCs on the same items with a paired,
+  label-stratified bootstrap interval (:func:`ralbook.stats.compare_aucs`). A baseline whose AUC is
+  below 0.5 separates the labels the other way round; it is compared in that informative direction
+  (1 - AUC) and the text says so. Sigma is never flipped: its direction is the claim under test.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Collection as CollectionT, Optional, Sequence
 
 import numpy as np
 
+from ralbook import stats
 from ralbook.errors import DataError, RalbookError, shorten
 from ralbook.retrieval.evaluate import evaluate
 from ralbook.retrieval.metrics import read_relevant_file
@@ -219,11 +225,17 @@ def item_scalars(level: str, dist: Any, scores: np.ndarray, score_caps: Sequence
 # ----------------------------------------------------------------------------- the report
 
 
-def report(items: ItemScalars, labels: Labels, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> dict[str, Any]:
-    """AUC of the scalar sigma for the labels, its bootstrap interval and the baselines' AUCs.
+LEVEL_UNITS = {"caption": "captions", "support_set": "support sets", "video": "videos"}
 
-    Keys: ``auc``, ``auc_ci`` ([low, high]), ``n_pos``, ``n_neg``, ``baselines`` ({name: auc}),
-    ``level``. Labelled ids the level does not hold are an error naming the label file.
+
+def report(items: ItemScalars, labels: Labels, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> dict[str, Any]:
+    """AUC of the scalar sigma for the labels, its bootstrap interval, the baselines' AUCs, and sigma
+    against each baseline on the same items (paired difference of AUCs).
+
+    Keys: ``auc``, ``auc_ci`` ([low, high]), ``n_pos``, ``n_neg``, ``baselines`` ({name: auc}, as scored),
+    ``level``, and ``comparisons`` ({name: :meth:`ralbook.stats.Comparison.to_dict`} of AUC(sigma) -
+    AUC(baseline), the baseline in its informative direction). Labelled ids the level does not hold
+    are an error naming the label file.
     """
     if labels.kind != LABEL_KINDS[items.level]:
         raise DataError(f"label file {labels.path} labels {labels.kind}s, but level {items.level!r} needs "
@@ -242,20 +254,45 @@ def report(items: ItemScalars, labels: Labels, n_boot: int = DEFAULT_BOOTSTRAP, 
 
     pos, neg = split(items.sigma)
     low, high = bootstrap_auc_interval(pos, neg, n_boot, seed)
+    unit = LEVEL_UNITS[items.level]
+    comparisons = {name: stats.compare_aucs(items.sigma[at], v[at], labels.values, name_a="sigma", name_b=name,
+                                            informative_direction="b", unit=unit, n_boot=n_boot,
+                                            seed=seed).to_dict()
+                   for name, v in items.baselines.items()}
     return {"level": items.level, "auc": auc(pos, neg), "auc_ci": [low, high], "n_pos": labels.n_pos,
-            "n_neg": labels.n_neg, "baselines": {name: auc(*split(v)) for name, v in items.baselines.items()}}
+            "n_neg": labels.n_neg, "baselines": {name: auc(*split(v)) for name, v in items.baselines.items()},
+            "comparisons": comparisons}
+
+
+def _comparisons(result: dict[str, Any]) -> dict[str, stats.Comparison]:
+    """The report's paired comparisons as :class:`ralbook.stats.Comparison` objects (empty for a report
+    written before they existed)."""
+    return {name: stats.Comparison.from_dict(c) for name, c in result.get("comparisons", {}).items()}
 
 
 def format_report(result: dict[str, Any], title: str = "") -> str:
-    """The report as a short fixed-width table: sigma first, then the baselines."""
+    """The report as a short fixed-width table: sigma first, then the baselines with the paired
+    difference sigma - baseline and its interval (a baseline read the other way round is marked)."""
     lines = [title] if title else []
     lines.append(f"level {result['level']}: {result['n_pos']} items labelled 1 (ambiguous) vs {result['n_neg']} "
                  "labelled 0 (AUC 0.5 = no relation; larger score = predicted label 1)")
-    lines.append(f"{'score':<14}{'AUC':>7}   95% interval")
+    comparisons = _comparisons(result)
+    lines.append(f"{'score':<14}{'AUC':>7}   {'95% interval':<16}  {'compared':>8}  {'sigma - score':>13}   "
+                 "95% interval (paired)")
     low, high = result["auc_ci"]
     lines.append(f"{'sigma':<14}{result['auc']:>7.3f}   [{low:.3f}, {high:.3f}]")
+    flipped = []
     for name, value in result["baselines"].items():
-        lines.append(f"{name:<14}{value:>7.3f}")
+        c = comparisons.get(name)
+        if c is None:
+            lines.append(f"{name:<14}{value:>7.3f}")
+            continue
+        mark = "*" if c.flipped_b else ""
+        flipped += [name] if c.flipped_b else []
+        lines.append(f"{name:<14}{value:>7.3f}   {'':<16}  {f'{c.value_b:.3f}{mark}':>8}  {c.estimate:>+13.3f}   "
+                     f"[{c.low:+.3f}, {c.high:+.3f}]")
+    if flipped:
+        lines.append(f"* read the other way round (AUC below 0.5): compared as 1 - AUC ({', '.join(flipped)})")
     return "\n".join(lines)
 
 
@@ -314,20 +351,31 @@ def subset_labels(labels: Labels, ids: CollectionT[str]) -> Optional[Labels]:
     return Labels(labels.kind, [labels.ids[i] for i in keep], values, labels.path)
 
 
-def versus_baseline(r: dict[str, Any], name: str, value: float) -> str:
-    """Whether sigma separates the labels better than one baseline: the distances of both AUCs from 0.5
-    (a baseline below 0.5 separates too, the other way round), judged against half sigma's interval width."""
-    low, high = r["auc_ci"]
-    lead = abs(r["auc"] - 0.5) - abs(value - 0.5)
-    if abs(lead) < (high - low) / 2:
-        return (f"{name} {value:.3f}: sigma {'separates slightly better than' if lead > 0 else 'does not beat'} it, "
-                f"by {abs(lead):.3f}, less than half its interval width (not a clear difference)")
-    return f"{name} {value:.3f}: sigma {'separates better than' if lead > 0 else 'does not beat'} it (by {abs(lead):.3f})"
+def baseline_label(c: stats.Comparison) -> str:
+    """How a baseline is named in a sentence: "entropy (AUC 0.738)", or for one compared in its informative
+    direction "length, read the other way round (AUC 0.575)"."""
+    if c.flipped_b:
+        return f"{c.b}, read the other way round (AUC {c.value_b:.3f}; as scored {1.0 - c.value_b:.3f})"
+    return f"{c.b} (AUC {c.value_b:.3f})"
+
+
+def versus_baseline(c: stats.Comparison) -> str:
+    """Sigma against one baseline, from the paired interval of the AUC difference: better, worse, or not
+    distinguishable at this size (then how many items would resolve it). The baseline is named with the
+    direction it was compared in, so the flip is stated once, in the label."""
+    plain = dataclasses.replace(c, flipped_b=False)  # the label says the flip; describe need not repeat it
+    return f"Against {baseline_label(c)}: {stats.describe(plain, what='AUC')}"
+
+
+def strongest_baseline(comparisons: dict[str, stats.Comparison]) -> Optional[str]:
+    """The baseline with the highest AUC in its informative direction (None when there is none)."""
+    return max(comparisons, key=lambda k: comparisons[k].value_b) if comparisons else None
 
 
 def interpret(reports: dict[str, dict[str, Any]], probe: Optional[float] = None) -> list[str]:
-    """Plain sentences computed from sigma reports (name -> report): does the interval exclude 0.5,
-    and does sigma beat each baseline (distance of its AUC from 0.5)?"""
+    """Plain sentences computed from sigma reports (name -> report): does sigma's interval exclude 0.5,
+    and how does sigma compare with the strongest sigma-free baseline and with the others (paired
+    intervals of the AUC differences, :func:`ralbook.stats.describe`)?"""
     lines = []
     if probe is not None:
         lines.append(f"The inputs carry the ambiguity: a logistic probe on raw token statistics (no model) separates "
@@ -340,11 +388,21 @@ def interpret(reports: dict[str, dict[str, Any]], probe: Optional[float] = None)
             relation = "lower for the label-1 items (the opposite of the claim): the interval excludes 0.5"
         else:
             relation = "not related to the labels at this sample size: the interval includes 0.5"
-        versus = [versus_baseline(r, b, v) for b, v in r["baselines"].items()]
-        beaten = sum(": sigma separates better than" in v for v in versus)
-        lines.append(f"{name} ({r['level']} level, {r['n_pos']} vs {r['n_neg']}): sigma AUC {r['auc']:.3f} "
-                     f"[{low:.3f}, {high:.3f}], so sigma is {relation}. Baselines: {'; '.join(versus)}. Sigma "
-                     f"clearly beats {beaten} of {len(versus)} baselines.")
+        head = (f"{name} ({r['level']} level, {r['n_pos']} vs {r['n_neg']}): sigma AUC {r['auc']:.3f} "
+                f"[{low:.3f}, {high:.3f}], so sigma is {relation}.")
+        comparisons = _comparisons(r)
+        best = strongest_baseline(comparisons)
+        if best is None:
+            given = ", ".join(f"{b} {v:.3f}" for b, v in r.get("baselines", {}).items())
+            lines.append(head + (f" Baseline AUCs {given}; this report holds no paired comparison with them, so "
+                                 "no verdict is drawn (rerun the sigma report)." if given else ""))
+            continue
+        strongest = dataclasses.replace(comparisons[best], flipped_b=False)
+        others = [versus_baseline(c) for b, c in comparisons.items() if b != best]
+        behind = (f" On these items sigma's AUC is the lower of the two, by {-strongest.estimate:.3f}."
+                  if strongest.verdict == "undecided" and strongest.estimate < 0 else "")
+        lines.append(" ".join([head, f"The strongest sigma-free baseline is {baseline_label(comparisons[best])}: "
+                               f"{stats.describe(strongest, what='AUC')}{behind}", *others]))
     return lines
 
 

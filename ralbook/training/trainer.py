@@ -9,7 +9,7 @@ A run directory holds
 * ``last.pt``         the whole training state: model, optimizer (with its schedule position),
   gradient scaler, epoch, step within the epoch, early-stopping state, loss sums of the current
   epoch and the random states of Python, NumPy and torch (CUDA/MPS when present);
-* ``test_metrics.json`` the test split evaluated with ``best.pt``, written at the end.
+* ``test_metrics.json`` the test split evaluated with ``best.pt`` (metrics and per-query ranks), written at the end.
 
 Everything is written atomically, so a run killed at any moment resumes (``resume=True`` /
 ``--resume``) from its last checkpoint and ends with the same numbers as an uninterrupted run:
@@ -29,7 +29,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -45,11 +45,13 @@ from ralbook.model import build_model
 from ralbook.retrieval.evaluate import EvalResult, evaluate, format_metrics
 from ralbook.files import save_atomic, write_json
 from ralbook.runtime.device import resolve_device, to_device
-from ralbook.runtime.environment import ENVIRONMENT_KEY, environment_record
+from ralbook.runtime.environment import ENVIRONMENT_KEY
+from ralbook.runtime.provenance import finish_record, now, run_record
 from ralbook.runtime.precision import OVERRIDE_VARIABLE, _host_lacks_bf16, autocast, cpu_probe, describe_amp, resolve_amp
 from ralbook.runtime.process_group import (barrier, check_batches, current_world, describe, gather_objects,
                                            rank_device, share)
 from ralbook.runtime.progress import use_bars
+from ralbook.runtime.machine_log import machine_note
 from ralbook.runtime.threads import Requested, configure_threads, recheck_threads, recheck_threads_now_and_then
 from ralbook.runtime.workers import workers_for
 from ralbook.training.data_parallel import dropout_seed, evaluate_shared, wrap_for_training
@@ -60,6 +62,7 @@ from ralbook.training.rundir import (BEST_FILE, CONFIG_FILE, LAST_FILE, PathLike
                                      _config_differences, _prepare_run_dir, _recorded_amp, _run_config,
                                      _write_metrics, read_metrics, train_state_from)
 from ralbook.training.splits import plan_splits
+from ralbook.training.steplog import StepLog
 
 
 Callback = Callable[[str, dict[str, Any]], None]
@@ -128,10 +131,13 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: PathLike, progress: bool = True,
                  callbacks: Optional[Iterable[Callback]] = None, checkpoint_every: int = 0,
-                 infer_sizes: bool = True):
+                 infer_sizes: bool = True, bars: Optional[bool] = None):
 
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
-        self.bars = progress and use_bars()  # else (a log file): one line per epoch, no bars
+        # bars only where they render; ``bars=False`` keeps the per-epoch lines and the test table (a cluster log)
+        self.bars = progress and use_bars() and bars is not False
+        self.step_log: Optional[StepLog] = None  # per-step losses and lr (train() opens it for rank 0)
+        self.last_parts: dict[str, Tensor] = {}
         self.callbacks = list(callbacks or [])
         self.checkpoint_every = max(0, int(checkpoint_every))
 
@@ -287,6 +293,7 @@ class Trainer:
             self.optimizer.step()
         self._non_finite("weights after the step", {"loss": total.detach(), **dict(self.model.named_parameters())})
         self._accumulate(total, parts)
+        self.last_parts = parts
         return total
 
     def _forward(self, batch: dict[str, Any]) -> Any:
@@ -321,6 +328,9 @@ class Trainer:
             total = self.train_step(batch, hard)
             self.state.step_in_epoch = index
             self.state.global_step += 1
+            if self.step_log is not None:
+                self.step_log.write(self.state.global_step, epoch, index, self.optimizer.current_lr(), total.item(),
+                                    {k: float(v.detach()) for k, v in self.last_parts.items()})
             bar.update(1)
             if index % 10 == 0 or index == len(batches):
                 bar.set_postfix(loss=f"{total.item():.4f}")
@@ -422,8 +432,10 @@ class Trainer:
         load_model_state(self.model, best["model"], self.run_dir / BEST_FILE)
         result = self._evaluate()(self.model, self.collection, "test", self.cfg, self.device, progress=self.bars,
                                   source=f"checkpoint {self.run_dir / BEST_FILE}")
+        # per-query ranks too: `ralbook compare` pairs runs query by query without evaluating them again
         out = {"split": "test", "epoch": best["epoch"], "n_queries": len(result.cap_ids),
-               "n_videos": len(result.video_ids), "metrics": result.metrics}
+               "n_videos": len(result.video_ids), "metrics": result.metrics, "cap_ids": list(result.cap_ids),
+               "ranks": {kind: [int(r) for r in ranks] for kind, ranks in result.ranks.items()}}
         if self.world.is_main:
             write_json(self.run_dir / TEST_FILE, out, indent=1)
         if self.progress:
@@ -434,17 +446,23 @@ class Trainer:
 
 def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool = True,
           callbacks: Optional[Iterable[Callback]] = None, checkpoint_every: int = 0,
-          threads: Requested = None) -> RunResult:
+          threads: Requested = None, command: Optional[str] = None, overrides: Sequence[str] = (),
+          bars: Optional[bool] = None) -> RunResult:
     """Train ``cfg`` into ``run_dir`` (or continue it with ``resume=True``); evaluate best.pt on test.
 
     ``callbacks``: functions ``f(event, info)`` called after every step (``"step"``) and epoch
     (``"epoch"``, after the checkpoint is written); an exception raised there stops the run as a
     kill would. ``checkpoint_every``: also write last.pt every that many steps (0: at epoch ends).
     ``threads``: CPU threads (None/0: chosen from the machine's load, see ralbook.runtime).
+    ``command``/``overrides``: the command line and its ``--set`` assignments, recorded with the machine,
+    the git commit and the start and end time in config.json's ``environment`` (ralbook.runtime.provenance).
+    ``bars=False``: no progress bars, but the per-epoch lines and the test table stay (``progress``).
+    Per-step losses and lr go to RUN_DIR/steps.csv (and TensorBoard when installed).
     """
 
+    started = now()
     world = current_world()
-    configure_threads(threads, announce=print if progress and world.is_main else None)
+    configure_threads(threads, announce=machine_note if progress and world.is_main else None)
     run_dir = Path(run_dir)
     cfg.sync()
     cfg.check()
@@ -452,7 +470,6 @@ def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool =
     cfg = _settle_amp(cfg, rank_device(resolve_device(cfg.train.device), world), progress and world.is_main,
                       _recorded_amp(run_dir) if resume else None)
     if world.distributed:  # every rank decided alone: machines of different kinds may disagree
-
         chosen = gather_objects(cfg.train.amp)
         if len(set(chosen)) > 1:
             raise RalbookError(f"the ranks chose different precisions for train.amp=auto (by rank: {chosen}); "
@@ -461,36 +478,60 @@ def train(cfg: Config, run_dir: PathLike, resume: bool = False, progress: bool =
     # checks data and settings first (a new run takes its feature sizes from the collection); only rank 0
     # prints and writes
     trainer = Trainer(cfg, run_dir, progress and world.is_main, callbacks, checkpoint_every,
-                      infer_sizes=not resume)
+                      infer_sizes=not resume, bars=bars)
     if world.distributed and world.is_main:
         print(describe(world, cfg.train.batch_size), flush=True)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / CONFIG_FILE, {**_run_config(trainer.cfg, world, resume, run_dir),
-                                           ENVIRONMENT_KEY: _environment(trainer, requested_amp)}, indent=1)
+        record = _environment(trainer, requested_amp, command, overrides, started)
+        run_config = {**_run_config(trainer.cfg, world, resume, run_dir), ENVIRONMENT_KEY: record}
+        write_json(run_dir / CONFIG_FILE, run_config, indent=1)
     if can_resume:
         trainer.restore(run_dir / LAST_FILE)
+        if progress and world.is_main:
+            print(resume_position(trainer), flush=True)
     elif resume and progress:
         print(f"{run_dir}: no checkpoint written yet; starting from the beginning")
-    epochs_run = trainer.fit()
+    if world.is_main:
+        trainer.step_log = StepLog(run_dir, trainer.state.global_step if can_resume else None)
+    try:
+        epochs_run = trainer.fit()
+    finally:
+        if trainer.step_log is not None:
+            trainer.step_log.close()
     test_file = run_dir / TEST_FILE
     if epochs_run == 0 and test_file.is_file():  # resuming a run that had already finished
         test = json.loads(test_file.read_text())
     else:
         test = trainer.test()
+    if world.is_main:  # the end time: a run's record says how long it took, an interrupted one has none
+        write_json(run_dir / CONFIG_FILE, {**run_config, ENVIRONMENT_KEY: finish_record(record)}, indent=1)
     s = trainer.state
     return RunResult(run_dir, s.best_epoch, s.best_val, test["metrics"], s.epoch, s.stopped_early)
 
 
-def _environment(trainer: "Trainer", requested_amp: str) -> dict[str, Any]:
-    """config.json's record of the machine of this (re)start; with the bf16 measurement when train.amp=auto
-    was decided by one (ralbook.runtime.amp_probe)."""
+def resume_position(trainer: "Trainer") -> str:
+    """Where a resumed run continues, in words."""
+    s, n_epochs = trainer.state, trainer.cfg.train.n_epoch
+    if s.finished:
+        return f"resuming {trainer.run_dir}: the run had finished ({s.epoch} epochs); only the test remains"
+    where = (f"epoch {s.epoch}/{n_epochs} (counting from 0), after step {s.step_in_epoch} of "
+             f"{trainer.steps_per_epoch}" if s.step_in_epoch else
+             f"the start of epoch {s.epoch}/{n_epochs} (counting from 0; {s.epoch} completed)")
+    return f"resuming {trainer.run_dir} at {where} (global step {s.global_step})"
+
+
+def _environment(trainer: "Trainer", requested_amp: str, command: Optional[str] = None,
+                 overrides: Sequence[str] = (), started: Optional[str] = None) -> dict[str, Any]:
+    """config.json's record of the machine and the command of this (re)start; with the bf16 measurement when
+    train.amp=auto was decided by one (ralbook.runtime.amp_probe)."""
     probe = None
     if requested_amp == "auto" and trainer.device.type == "cpu" and not _host_lacks_bf16() \
             and os.environ.get(OVERRIDE_VARIABLE, "").strip() not in ("0", "1"):
         probe = cpu_probe(trainer.cfg.model.hidden_size)
         probe = {k: probe[k] for k in ("ratio", "fp32_s", "bf16_s", "shape", "rule", "cached") if k in probe}
-    return environment_record(trainer.amp, str(trainer.device), trainer.num_workers, probe)
+    return run_record(trainer.amp, str(trainer.device), trainer.num_workers, probe, command=command,
+                      overrides=overrides, started=started)
 
 
 def _settle_amp(cfg: Config, device: torch.device, announce: bool, recorded: Optional[str] = None) -> Config:
@@ -508,7 +549,7 @@ def _settle_amp(cfg: Config, device: torch.device, announce: bool, recorded: Opt
         chosen = cfg.override(f"train.amp={resolve_amp('auto', device, hidden)}")
         line = describe_amp("auto", device, hidden=hidden)
     if announce:
-        print(line, flush=True)
+        machine_note(line)
     return chosen
 
 

@@ -410,7 +410,7 @@ def frame_generation_figure(params=None, n_frames: int = 60, seed: int = 0) -> F
     home = places[rng.integers(len(places))]
     scene = int(rng.integers(p.n_scenes))
     spans = demo._layout_moments(rng, n_frames, p)
-    moments = [demo.Moment(s, e, demo._fresh_concepts(rng, world, home)) for s, e in spans]
+    moments = [demo.MomentTruth(s, e, demo._fresh_concepts(rng, world, home)) for s, e in spans]
     state = rng.bit_generator.state
     frames = demo._render_frames(rng, world, p, n_frames, scene, moments)
     rng.bit_generator.state = state  # same draws, no style/drift/noise

@@ -28,7 +28,8 @@ from ralbook.data.demo import load_ground_truth
 from ralbook.errors import DataError, RalbookError
 from ralbook.files import json_ready, repo_root, resolve_path
 from ralbook.retrieval.evaluate import evaluate
-from ralbook.training.rundir import open_checkpoint, open_run
+from ralbook.runtime.machine_log import ENV_MACHINE_LOG
+from ralbook.training.rundir import open_checkpoint, open_run, read_metrics
 from ralbook.training.trainer import train
 from ralbook.workbook.results import RESULTS_FILE, collect_results, headline, write_results
 
@@ -47,9 +48,11 @@ NOTEBOOKS: tuple[str, ...] = (
     "05_word_confidence.ipynb",
     "06_ablation_sweep.ipynb",
     "07_robustness.ipynb",
+    "08_uncertainty_methods.ipynb",
 )
 SWEEP_NOTEBOOK = "06_ablation_sweep.ipynb"
 ROBUSTNESS_NOTEBOOK = "07_robustness.ipynb"
+UNCERTAINTY_NOTEBOOK = "08_uncertainty_methods.ipynb"  # trains two more demo runs (the ensemble): opt-in, cached
 KERNEL_NAME = "python3"
 # The demo job's run folder inside OUT; its name tags the figures (``03_evaluate_ral_demo_recall.png``).
 DEMO_RUN_NAME = "ral_demo"
@@ -85,8 +88,9 @@ def run_notebook(path: str | os.PathLike, out_path: str | os.PathLike, parameter
         raise RalbookError(f"notebook {src} does not exist")
     out = Path(out_path).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    saved = {key: os.environ.get(key) for key in (HEADLESS_ENV, "TQDM_DISABLE")}
-    os.environ.update({HEADLESS_ENV: "1", "TQDM_DISABLE": "1"})  # the kernel inherits them: no widget bars
+    saved = {key: os.environ.get(key) for key in (HEADLESS_ENV, "TQDM_DISABLE", ENV_MACHINE_LOG)}
+    # the kernel inherits them: no widget bars, and lines about this machine go to a log beside the copy
+    os.environ.update({HEADLESS_ENV: "1", "TQDM_DISABLE": "1", ENV_MACHINE_LOG: str(machine_log_of(out))})
     try:
         pm.execute_notebook(str(src), str(out), parameters=dict(parameters or {}), kernel_name=KERNEL_NAME,
                             cwd=str(Path(cwd).resolve() if cwd else src.parent), progress_bar=False,
@@ -100,7 +104,51 @@ def run_notebook(path: str | os.PathLike, out_path: str | os.PathLike, parameter
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        if out.is_file():
+            portable_metadata(out)
     return out
+
+
+def machine_log_of(executed: str | os.PathLike) -> Path:
+    """Where the machine lines of an executed notebook go: ``NAME.machine.log`` beside its executed copy."""
+    p = Path(executed)
+    return p.with_name(p.stem + ".machine.log")
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """A path as a saved notebook may show it: relative to the repository root when inside it (the form
+    notebook parameters take, see :func:`resolve_path`), else unchanged."""
+    p = Path(path)
+    try:
+        return Path(os.path.relpath(p.resolve(), repo_root())).as_posix() if p.resolve().is_relative_to(
+            repo_root()) else str(path)
+    except (OSError, ValueError):
+        return str(path)
+
+
+def portable_metadata(executed: str | os.PathLike) -> None:
+    """Rewrite papermill's record of the input and output paths (absolute) with :func:`shown_path`."""
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    record = nb.metadata.get("papermill", {})
+    changed = False
+    for key in ("input_path", "output_path"):
+        if record.get(key) and record[key] != shown_path(record[key]):
+            record[key] = shown_path(record[key])
+            changed = True
+    if changed:
+        nbformat.write(nb, executed)
+
+
+def reload_sentence(run_dir: str | os.PathLike) -> str:
+    """One sentence for a notebook that reloads a finished run instead of training (shown in place of an
+    empty training cell): which run, how many epochs it trained, its best epoch."""
+    path = resolve_path(run_dir)
+    epochs = [int(m["epoch"]) for m in read_metrics(path) if "epoch" in m]
+    done = f" ({max(epochs)} epochs trained earlier)" if epochs else ""
+    return (f"Nothing to train: the run `{shown_path(path)}` is finished{done}, so this notebook reloads its "
+            "checkpoint and recorded curves.")
 
 
 def headless() -> bool:
@@ -269,20 +317,24 @@ def _selected(names: Optional[Sequence[str]], available: Sequence[str]) -> list[
 
 def demo_parameters(name: str, out: Path, run_dir: Path, data_root: Path, figures: Path, device: str,
                     epochs: int, ablation_epochs: int = 3) -> dict[str, Any]:
-    """Papermill parameters of each notebook in the main job (every path absolute)."""
-    summary = str(out / "notebooks" / name.replace(".ipynb", "_summary.json"))
-    common = {"figures_dir": str(figures), "summary_path": summary}
-    per_run = {"run_dir": str(run_dir), "device": device, "data_root": str(data_root)}
+    """Papermill parameters of each notebook in the main job: paths relative to the repository root when
+    inside it (notebooks resolve them from there; a saved notebook shows no machine path), else absolute."""
+    summary = shown_path(out / "notebooks" / name.replace(".ipynb", "_summary.json"))
+    common = {"figures_dir": shown_path(figures), "summary_path": summary}
+    per_run = {"run_dir": shown_path(run_dir), "device": device, "data_root": shown_path(data_root)}
     if name.startswith("00"):
         return {**common, **per_run}  # reuses the demo run
     if name.startswith("01"):
-        return {**common, "data_root": str(data_root)}
+        return {**common, "data_root": shown_path(data_root)}
     if name.startswith("02"):
         return {**common, **per_run, "preset": "demo", "epochs": epochs, "resume": True}
     if name.startswith("07"):
-        return {**common, "device": device, "cache_dir": str(out / "robustness")}
+        return {**common, "device": device, "cache_dir": shown_path(out / "robustness")}
+    if name.startswith("08"):  # the ensemble runs and the benchmark's cache live in OUT/uncertainty
+        return {**common, **per_run, "ensemble_dir": shown_path(out / "uncertainty"),
+                "cache_dir": shown_path(out / "uncertainty"), "ensemble_epochs": epochs}
     if name.startswith("06"):
-        return {**common, "data_root": str(data_root), "device": device, "sweep_dir": str(out / "ablation"),
+        return {**common, "data_root": shown_path(data_root), "device": device, "sweep_dir": shown_path(out / "ablation"),
                 "epochs": ablation_epochs}
     return {**common, **per_run}
 
@@ -298,7 +350,8 @@ def run_demo(args: argparse.Namespace) -> int:
     run_dir = out / DEMO_RUN_NAME
     nb_dir = root / "notebooks"
     available = [n for n in NOTEBOOKS if (nb_dir / n).is_file()]
-    opt_in = {SWEEP_NOTEBOOK: getattr(args, "ablation", False), ROBUSTNESS_NOTEBOOK: getattr(args, "robustness", False)}
+    opt_in = {SWEEP_NOTEBOOK: getattr(args, "ablation", False), ROBUSTNESS_NOTEBOOK: getattr(args, "robustness", False),
+              UNCERTAINTY_NOTEBOOK: getattr(args, "uncertainty", False)}
     default = [n for n in available if opt_in.get(n, True)]
     names = _selected(args.notebooks, available) if args.notebooks else default
     if not (data_root / "demo").is_dir():

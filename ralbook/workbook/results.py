@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
+
+from scipy.stats import t as _t
 
 from ralbook.files import json_ready
 from ralbook.runtime.environment import ENVIRONMENT_KEY, environment_lines
@@ -94,6 +97,56 @@ def headline(results: Mapping[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+# The spread over seeds a fresh run of the demo preset is expected to show (measured, not assumed): fp32 runs of
+# benchmarks/bench_amp.py, quoted in docs/performance.md ("bf16" evidence table).
+SEED_SPREAD: Mapping[str, Any] = {
+    "metric": "test fused SumR", "sd": 11.56, "seeds": 5, "preset": "demo", "epochs": 4,
+    "machine": "a 2-core Intel Xeon with AMX, fp32", "source": "docs/performance.md",
+}
+
+
+def _study_spreads(results: Mapping[str, Any]) -> list[str]:
+    """What the opt-in studies in ``results`` measured of seed noise (07: SD per setting; 06: the seed-only run)."""
+    lines = []
+    study = _get(results, "notebooks", "07_robustness", "summary") or []
+    sds = [s["sumr_std"] for s in study if isinstance(s, Mapping) and s.get("group") == "grid"
+           and s.get("sumr_std") is not None and len(s.get("seeds") or ()) > 1]
+    if sds:
+        n = max(len(s.get("seeds") or ()) for s in study if isinstance(s, Mapping))
+        lines.append(f"The robustness study (07) measured SDs over its {n} seeds from {min(sds):.1f} to {max(sds):.1f} "
+                     f"SumR across its settings and models (smaller models on generated collections).")
+    noise = _get(results, "notebooks", "06_ablation_sweep", "seed_only")
+    if isinstance(noise, Mapping) and noise.get("differences"):
+        moves = ", ".join(f"{float(d):+.1f}" for d in noise["differences"].values())
+        lines.append(f"The ablation sweep's seed-only run (06) moved the full model's SumR by {moves} "
+                     f"(SD over its {len(noise.get('values') or {})} seeds {float(noise['sd']):.1f}).")
+    return lines
+
+
+def travel_lines(results: Mapping[str, Any], spread: Mapping[str, Any] = SEED_SPREAD) -> list[str]:
+    """The section "How far these numbers travel": the spread a fresh run is expected to show, measured over
+    seeds, and which kinds of sentence it may change."""
+    sd, n = float(spread["sd"]), int(spread["seeds"])
+    # a fresh run minus this run: SD sqrt(2) x sd; 95% of such differences within t(n - 1) x that (sd from n seeds)
+    reach = float(_t.ppf(0.975, n - 1)) * math.sqrt(2.0) * sd
+    lines = [
+        f"A fresh run trains a different model when the seed, the CPU (model and flags), the thread count, torch or "
+        f"the precision differ (Machine, below). Measured over seeds, {spread['metric']} of the {spread['preset']} "
+        f"preset has a standard deviation of {sd:.1f} ({n} seeds, {spread['epochs']} epochs, on "
+        f"{spread['machine']}; {spread['source']}). The difference between a fresh run and this one then has an SD "
+        f"of about {math.sqrt(2.0) * sd:.1f}, and 95% of fresh runs are expected within ±{reach:.1f} SumR of the "
+        f"values above (t with {n - 1} degrees of freedom, roughly normal seed noise); this run's own training length "
+        f"({_get(results, 'settings', 'epochs') or 'see above'} epochs) has not been measured over seeds, and a longer "
+        f"run may spread less.",
+        "Which sentences may change: any single number above (the headline table, 00-05) may move by that much. "
+        "Comparisons inside one run (03's scores, 04's sigma against its baselines, 05's word weights) carry "
+        "intervals over the queries or items of this one model: they describe this model, and a verdict on a "
+        "difference that is small against the seed spread may flip on a fresh run. Comparisons paired over seeds "
+        "(06, 07) include seed noise in their intervals, so their verdicts are the ones expected to hold.",
+    ]
+    return lines + _study_spreads(results)
+
+
 def results_markdown(results: Mapping[str, Any], figures: Sequence[str] = ()) -> str:
     """``figures/RESULTS.md``: the key numbers, each notebook's conclusion, and the curated figures."""
     lines = ["# Results of the demo run", "",
@@ -106,6 +159,7 @@ def results_markdown(results: Mapping[str, Any], figures: Sequence[str] = ()) ->
                    if isinstance(s, Mapping) and s.get("what_this_shows")]
     for name, text in conclusions:
         lines += ["", f"## {name}", "", text.replace("**What this shows**\n\n", "")]
+    lines += ["", "## How far these numbers travel", ""] + [f"* {line}" for line in travel_lines(results)]
     env = results.get(ENVIRONMENT_KEY)
     lines += ["", "## Machine", ""]
     if isinstance(env, Mapping):
