@@ -29,7 +29,8 @@ from ralbook.retrieval.metrics import ranks_from_scores
 from ralbook.studies.analysis import frame_span_to_rows, query_video_similarity
 
 __all__ = ["ALPHA_GRID", "PEAK_PLACES", "fuse", "ranks_against", "branch_comparisons", "branch_shares",
-           "SweepPoint", "alpha_sweep", "best_sweep_point", "peak_place", "word_peak_places", "place_shares", "places_vs_chance",
+           "SweepPoint", "alpha_sweep", "best_sweep_point", "peak_place", "word_peak_places", "place_shares",
+           "places_vs_chance",
            "per_query_gap", "GapBin", "gap_by_bins"]
 
 ALPHA_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))

@@ -205,8 +205,8 @@ def evaluation_text(metrics: Mapping[str, Mapping[str, float]], n_videos: int, m
     ``multi``: ``standard``, ``truthful`` and ``ideal`` metric dicts plus ``n_queries``,
     ``n_truthful_not_annotated`` and ``n_not_truthful``; ``frame``: ``places`` (place -> Estimate), ``vs_chance``
     (place -> Comparison of words' share against frames' share), ``lured`` (that comparison for "other
-    moment sharing a concept" on the captions whose video has one; replaces the all-caption one), ``length`` and ``filler`` (each a Comparison
-    of the gap between the highest and the lowest bin, or None).
+    moment sharing a concept" on the captions whose video has one; replaces the all-caption one), ``length``
+    and ``filler`` (each a Comparison of the gap between the highest and the lowest bin, or None).
     """
     clip, frame_sumr, fused = (metrics[k]["SumR"] for k in ("clip", "frame", "fused"))
     lines = [f"Fused SumR {_f(fused)}, clip {_f(clip)}, frame {_f(frame_sumr)}; a random ranking gives "
@@ -270,7 +270,8 @@ def evaluation_text(metrics: Mapping[str, Mapping[str, float]], n_videos: int, m
                 ("length", "the clip-minus-frame SumR gap between the longest and the shortest videos (tercile bins)",
                  "The frame branch falls further behind the clip branch on long videos",
                  "The frame branch falls further behind the clip branch on short videos"),
-                ("filler", "the clip-minus-frame SumR gap between the captions with most and fewest fillers (tercile bins)",
+                ("filler",
+                 "the clip-minus-frame SumR gap between the captions with most and fewest fillers (tercile bins)",
                  "The frame branch falls further behind on captions with more fillers",
                  "The frame branch falls further behind on captions with fewer fillers")):
             c = frame.get(key)
