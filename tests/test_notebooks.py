@@ -269,8 +269,25 @@ def test_03_evaluate_reports_metrics_and_compares_runs(trained, demo_root, out_d
     assert list(s["comparison"]) == ["run", str(run)] and not missing.exists()
     assert s["comparison"]["run"] == pytest.approx(s["comparison"][str(run)])
     assert s["n_success_listed"] <= 3 and s["n_failure_listed"] <= 3
-    assert_figures(s, "recall", "rank_hist", "comparison")
+    assert_figures(s, "recall", "rank_hist", "comparison", "fusion_sweep")
     assert f"{s['metrics']['fused']['SumR']:.1f}" in s["what_this_shows"]
+    # the sweep re-ranks alpha * clip + (1 - alpha) * frame: at the model's alpha it is the evaluated fused score
+    at_model = [p for p in s["sweep"] if abs(p["alpha"] - s["alpha"]) < 1e-9]
+    assert len(s["sweep"]) == 11 and at_model[0]["SumR"] == pytest.approx(s["metrics"]["fused"]["SumR"])
+    assert at_model[0]["vs_model"]["estimate"] == 0.0
+    assert sum(e["value"] for e in s["branch_shares"].values()) == pytest.approx(100.0)
+    # multi-ground-truth: the ceiling by hand from the relevance file; no listed failure has a truthful top-1
+    truthful = json.loads((demo_root / "demo" / "GroundTruth" / "relevant_test.json").read_text())
+    counts = [len(set(truthful.get(c, [coll.video_of(c)])) | {coll.video_of(c)}) for c in ref.cap_ids]
+    multi = s["multi_ground_truth"]
+    assert multi["ideal"]["R@1"] == pytest.approx(100 * np.mean([1 / m for m in counts]))
+    assert multi["truthful"]["R@1"] >= multi["standard"]["R@1"]
+    top1 = dict(zip(ref.cap_ids, (row[0] for row in ref.topk_ids("fused"))))
+    assert s["failures"] and all(top1[c] not in truthful.get(c, [coll.video_of(c)]) for c in s["failures"])
+    n_truthful_other = sum(top1[c] != coll.video_of(c) and top1[c] in truthful.get(c, []) for c in ref.cap_ids)
+    assert multi["n_truthful_not_annotated"] == n_truthful_other
+    shares = s["frame_branch"]["places"]
+    assert sum(e["value"] for e in shares.values()) == pytest.approx(100.0)
     # a single run draws no comparison chart
     alone = execute("03_evaluate", out_dir / "single", run_dir=str(run))
     assert not any("comparison" in Path(p).name for p in alone["figures"])
@@ -442,7 +459,9 @@ def test_00_quickstart_reuses_a_run(trained, demo_root, out_dir):
     run, train_summary = trained
     s = execute("00_quickstart", out_dir, data_root=str(demo_root), run_dir=str(run))
     assert s["metrics"]["fused"] == pytest.approx(train_summary["test"]["fused"])
-    assert_figures(s, "word_confidence", "word_frame")
+    assert_figures(s, "model_diagram", "word_confidence", "word_frame")
+    assert s["sumr"]["low"] <= s["metrics"]["fused"]["SumR"] <= s["sumr"]["high"]
+    assert "chance" in s["what_this_shows"] and "run" in s and "run_dir" not in s
     # the showcase query is the median-ranked test caption, recomputed here
     cfg, model, coll = pipeline.open_run(run, "cpu")
     from ralbook.retrieval.evaluate import evaluate

@@ -16,6 +16,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from ralbook import stats
 from ralbook.retrieval.metrics import chance_metrics
+from ralbook.stats import Comparison, Estimate, describe, describe_vs_chance, summary_line
 from ralbook.studies.uncertainty import interpret
 
 
@@ -61,22 +62,29 @@ def _bullets(lines: Sequence[str]) -> str:
 
 
 def quickstart_text(metrics: Mapping[str, Mapping[str, float]], n_videos: int, n_queries: int, epochs: int,
-                    query: str, rank: int, how: str, moment_hit: Optional[float] = None) -> str:
-    """00: how good the small model is against chance, and what the showcase query is and why."""
+                    query: str, rank: int, how: str, moment_hit: Optional[float] = None,
+                    sumr: Optional[Estimate] = None) -> str:
+    """00: how good the small model is against chance, and what the showcase query is and why.
+
+    ``sumr``: the fused SumR with its interval over queries (``stats.bootstrap_mean`` of the per-query values);
+    "above chance" is said only when that interval lies above a random ranking's SumR.
+    """
     fused = metrics["fused"]
     chance = chance_sumr(n_videos)
     lines = [
         f"After {epochs} epochs the model puts the right video first for {_f(fused['R@1'])}% of the {n_queries} "
         f"test captions and in the top 10 for {_f(fused['R@10'])}% (chance: {_f(chance_recall(n_videos, 10))}%); "
         f"SumR {_f(fused['SumR'])} against {_f(chance)} for a random ranking of {n_videos} videos.",
-        f"The query shown, {query}, was chosen as {how}; its video is ranked {rank}, so it is a typical "
-        f"case of this model{' rather than a hand-picked success' if rank > 1 else ''}.",
     ]
+    if sumr is not None:
+        lines.append(describe_vs_chance(sumr, chance=chance, what=f"Fused SumR over the {n_queries} test captions"))
+    lines.append(f"The query shown, {query}, was chosen as {how}; its video is ranked {rank}, so it is a typical "
+                 f"case of this model{' rather than a hand-picked success' if rank > 1 else ''}.")
     if moment_hit is not None:
         lines.append(f"{_f(100 * moment_hit, 0)}% of its words find their best frame inside the ground-truth "
                      "moment (green box): the frame score looks at the part of the video the caption describes."
                      if moment_hit >= 0.5 else
-                     f"only {_f(100 * moment_hit, 0)}% of its words find their best frame inside the ground-truth "
+                     f"Only {_f(100 * moment_hit, 0)}% of its words find their best frame inside the ground-truth "
                      "moment (green box): for this caption the words mostly match frames elsewhere in the video.")
     return _bullets(lines)
 
@@ -156,25 +164,123 @@ def training_text(records: Sequence[Mapping[str, Any]], best_epoch: Optional[int
     return _bullets(lines)
 
 
+def _trend(c: Comparison, rises: str, falls: str, what: str, undecided: str = "") -> str:
+    """A sentence from a comparison's verdict (never from its point estimate): rises / falls / undecided.
+
+    ``what`` names the difference whose numbers follow; ``undecided`` is the sentence's start when the
+    interval includes 0 (default: "the data cannot tell whether <what> differs from 0").
+    """
+    numbers = f"{summary_line(c)}, {100 * c.level:g}% CI, {c.method}"
+    if c.verdict == "better":
+        return f"{rises} ({what} {numbers})."
+    if c.verdict == "worse":
+        return f"{falls} ({what} {numbers})."
+    needed = c.needed_n()
+    per = "" if c.paired else " per group"
+    more = f"; about {needed:,} {c.unit}{per} would resolve a difference of this size" if needed else ""
+    start = undecided or f"the data cannot tell whether {what} differs from 0"
+    return f"{start} ({what} {numbers}){more}."
+
+
+def _cap(sentence: str) -> str:
+    """The sentence with its first letter upper-case (generated sentences may start with a name)."""
+    return sentence[:1].upper() + sentence[1:]
+
+
+def _share(e: Estimate) -> str:
+    return f"{e.value:.0f}% ({100 * e.level:g}% CI {e.low:.0f} to {e.high:.0f})"
+
+
 def evaluation_text(metrics: Mapping[str, Mapping[str, float]], n_videos: int, median_rank: float,
-                    alpha: Optional[float] = None, n_compared: int = 1) -> str:
-    """03: the three scores against each other and against chance, and what that says about the branches."""
-    clip, frame, fused = (metrics[k]["SumR"] for k in ("clip", "frame", "fused"))
-    weight = f" (weight {1 - alpha:.2f})" if alpha is not None else ""
-    lines = [f"Fused SumR {_f(fused)}, clip {_f(clip)}, frame {_f(frame)}; a random ranking gives "
+                    alpha: Optional[float] = None, n_compared: int = 1, *,
+                    branches: Sequence[Comparison] = (), shares: Optional[Mapping[str, Estimate]] = None,
+                    sweep: Sequence[Any] = (), multi: Optional[Mapping[str, Any]] = None,
+                    frame: Optional[Mapping[str, Any]] = None) -> str:
+    """03: the scores against chance, fused against each branch, and what the branches' mistakes and the frame
+    branch's words measure.
+
+    Every comparative sentence comes from a :class:`ralbook.stats.Comparison` (``branches``: fused vs each
+    branch, paired over queries; ``sweep``: points with ``alpha``, ``value`` and ``vs_model``); ``shares``:
+    percent of queries the clip / frame branch ranks better (:func:`ralbook.studies.fusion.branch_shares`);
+    ``multi``: ``standard``, ``truthful`` and ``ideal`` metric dicts plus ``n_queries``,
+    ``n_truthful_not_annotated`` and ``n_not_truthful``; ``frame``: ``places`` (place -> Estimate), ``vs_chance``
+    (place -> Comparison of words' share against frames' share), ``lured`` (that comparison for "other
+    moment sharing a concept" on the captions whose video has one; replaces the all-caption one), ``length``
+    and ``filler`` (each a Comparison of the gap between the highest and the lowest bin, or None).
+    """
+    clip, frame_sumr, fused = (metrics[k]["SumR"] for k in ("clip", "frame", "fused"))
+    lines = [f"Fused SumR {_f(fused)}, clip {_f(clip)}, frame {_f(frame_sumr)}; a random ranking gives "
              f"{_f(chance_sumr(n_videos))}. The median query finds its video at rank {median_rank:.0f} of {n_videos}."]
-    if fused < clip:
-        weaker = (f" On its own the frame branch (CSA) reaches only SumR {_f(frame)}: on this run it has not learned "
-                  "enough to add information the clip branch lacks." if frame < clip else "")
-        lines.append(f"The fused score is **below the clip score alone** ({_f(fused)} < {_f(clip)}): adding the "
-                     f"frame branch{weight} hurts on this run, and ranking by the clip score alone would be "
-                     f"better.{weaker}")
-    elif fused < frame:
-        lines.append(f"The fused score is below the frame score alone ({_f(fused)} < {_f(frame)}): here the clip "
-                     "branch is the one that hurts the combination.")
-    else:
-        lines.append(f"The fused score is above both branches (+{_f(fused - max(clip, frame))} SumR over the better "
-                     "one): the clip and frame branches make different mistakes, which is why RAL combines them.")
+    for c in branches:
+        lines.append(_cap(describe(c, what=c.metric)))
+    if shares:
+        clip_wins, frame_wins, tie = shares["clip better"], shares["frame better"], shares["tie"]
+        text = (f"Per query, the clip branch ranks the annotated video higher for {_share(clip_wins)} of the "
+                f"queries, the frame branch for {_share(frame_wins)}, and they tie for {_share(tie)}.")
+        if frame_wins.low > 0.0 and clip_wins.low > 0.0:
+            text += (" So the branches do make different mistakes (each wins a share of queries whose interval "
+                     "excludes 0); whether fusing them gains anything is the fused-versus-branch comparison above.")
+        else:
+            text += (" One branch wins no share distinguishable from 0, so this run gives no evidence that the "
+                     "branches make different mistakes.")
+        lines.append(text)
+    if sweep:
+        best = max(sweep, key=lambda p: p.value)
+        trained = f"the configured alpha {alpha:g}" if alpha is not None else "the configured alpha"
+        grid = f"{min(p.alpha for p in sweep):g} to {max(p.alpha for p in sweep):g}"
+        if alpha is not None and abs(best.alpha - alpha) < 1e-9:
+            lines.append(f"Sweeping the fusion weight over {grid} (1 = clip only, 0 = frame only), SumR is highest "
+                         f"at {trained} itself ({_f(best.value)}).")
+        else:
+            lines.append(f"Sweeping the fusion weight over {grid} (1 = clip only, 0 = frame only), SumR is highest at "
+                         f"alpha {best.alpha:g} ({_f(best.value)}) against {trained}: "
+                         + describe(best.vs_model, what="SumR"))
+    if multi:
+        std, tru, ideal = multi["standard"], multi["truthful"], multi["ideal"]
+        n = multi["n_queries"]
+        lines.append(f"Against every truthful match (the ground truth lists all videos an ambiguous caption "
+                     f"describes) R@1 is {_f(tru['R@1'])} and SumR {_f(tru['SumR'])}, beside standard R@1 "
+                     f"{_f(std['R@1'])} and SumR {_f(std['SumR'])}; an ideal model reaches standard R@1 "
+                     f"{_f(ideal['R@1'])} and SumR {_f(ideal['SumR'])}, the ceiling standard recall is read against.")
+        lines.append(f"Of the {n} queries, {multi['n_truthful_not_annotated']} have a top-1 video that truly matches "
+                     f"the caption but is not the annotated one (standard recall counts them as misses); "
+                     f"{multi['n_not_truthful']} have a top-1 that does not match: only those are failures.")
+    if frame:
+        places = frame.get("places")
+        if places:
+            own, lured, other, back = (places[p] for p in ("own moment", "other moment sharing a concept",
+                                                           "other moment, no shared concept", "background"))
+            lines.append(f"The frame branch scores each word by its best frame. Of the content words, {_share(own)} "
+                         f"find it inside their own moment, {_share(lured)} in another moment of the same video "
+                         f"that shares a concept with it, {_share(other)} in another moment and {_share(back)} in "
+                         "the background between moments.")
+        versus = dict(frame.get("vs_chance") or {})
+        if frame.get("lured") is not None:  # the same comparison on the captions whose video has such a moment
+            versus["other moment sharing a concept"] = frame["lured"]
+        for place, where in (("own moment", "their own moment"),
+                             ("other moment sharing a concept", "another moment sharing a concept")):
+            c = versus.get(place)
+            if c is not None:
+                lines.append(_cap(_trend(
+                    c, f"Content words find their best frame in {where} more often than a random frame lies there",
+                    f"Content words find their best frame in {where} less often than a random frame lies there",
+                    "content words' share minus frames' share, in points",
+                    f"the data cannot tell content words' best frames from random frames in {where}")))
+        for key, what, rises, falls in (
+                ("length", "the clip-minus-frame SumR gap between the longest and the shortest videos (tercile bins)",
+                 "The frame branch falls further behind the clip branch on long videos",
+                 "The frame branch falls further behind the clip branch on short videos"),
+                ("filler",
+                 "the clip-minus-frame SumR gap between the captions with most and fewest fillers (tercile bins)",
+                 "The frame branch falls further behind on captions with more fillers",
+                 "The frame branch falls further behind on captions with fewer fillers")):
+            c = frame.get(key)
+            if c is not None:
+                lines.append(_cap(_trend(c, rises, falls, what)))
+        lines.append("These are associations across queries, not causes: in the demo generator video length, "
+                     "filler share and shared concepts vary together with other properties of a query. A "
+                     "collection regenerated with one factor held fixed (one video length, no fillers, no shared "
+                     "concepts) and the model retrained would decide which of them costs the frame branch most.")
     if n_compared < 2:
         lines.append("No other run was given (`compare_runs`), so no comparison across runs is drawn.")
     return _bullets(lines)

@@ -543,3 +543,35 @@ def query_explorer(options: Mapping[str, object] | Sequence[str], render, descri
     box = widgets.VBox([dropdown, out])
     display(box)
     return box
+
+
+# ----------------------------------------------------------------------------- 03 fusion and the frame branch
+
+
+def fusion_sweep(alphas: Sequence[float], values: Sequence[float], low: Sequence[float], high: Sequence[float],
+                 model_alpha: float, metric: str = "SumR", level: float = 0.95) -> Figure:
+    """The fused metric per fusion weight; each bar is the paired interval of its difference to the configured weight.
+
+    ``low``/``high`` bound the difference (this weight minus the configured one). The bar is drawn at
+    ``reference + [low, high]``, so a bar that crosses the dotted line (the configured weight's value) is a
+    difference the data cannot tell from 0.
+    """
+    a, v = np.asarray(alphas, dtype=float), np.asarray(values, dtype=float)
+    lo, hi = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+    if not a.size or not a.shape == v.shape == lo.shape == hi.shape:
+        raise ValueError(f"fusion_sweep: alphas, values, low, high must have one length, got "
+                         f"{a.shape}, {v.shape}, {lo.shape}, {hi.shape}")
+    reference = float(v[np.argmin(np.abs(a - model_alpha))])
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
+    below = np.clip(v - (reference + lo), 0, None)
+    above = np.clip((reference + hi) - v, 0, None)
+    ax.errorbar(a, v, yerr=[below, above], fmt="o-", color=_colors(1)[0], capsize=4, lw=1.5,
+                label=f"fused {metric}; bar: {100 * level:g}% CI of the difference to the configured weight")
+    ax.axvline(model_alpha, color="0.3", ls="--", lw=1, label=f"configured alpha {model_alpha:g}")
+    ax.axhline(reference, color="0.4", ls=":", lw=1.2, label=f"{metric} at the configured alpha")
+    ax.set_xlabel("fusion weight alpha (0: frame branch only, 1: clip branch only)", fontsize=11)
+    ax.set_ylabel(metric, fontsize=11)
+    ax.tick_params(labelsize=10)
+    ax.set_title(f"Fused {metric} for each fusion weight", fontsize=12)
+    ax.legend(fontsize=10, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+    return fig
