@@ -61,7 +61,10 @@ def _write_metrics(run_dir: Path, records: list[dict[str, Any]]) -> None:
     write_atomic(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in records))
 
 
-def _config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``section.key: run has X, now Y`` for every setting of ``current`` that differs from the stored run's,
+    except RESUMABLE_CHANGES (where the data lives, the device...): a resume or a reused sweep run with any
+    other difference would report the old run under new settings."""
     out = []
     for section, values in current.items():
         if not isinstance(values, dict):
@@ -111,7 +114,7 @@ def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> bool:
     """Check the run directory against ``resume``; True when there is a last.pt to resume from."""
     has_run = any((run_dir / name).exists() for name in (LAST_FILE, BEST_FILE, METRICS_FILE))
     if resume:
-        diffs = _config_differences(read_run_config(run_dir).to_dict(), cfg.to_dict())
+        diffs = config_differences(read_run_config(run_dir).to_dict(), cfg.to_dict())
         if diffs:
             raise RalbookError(f"cannot resume {run_dir}: the configuration differs from the run's: "
                                + "; ".join(diffs[:6]))

@@ -59,7 +59,7 @@ from ralbook.training.optim import build_optimizer
 from ralbook.training.reproducibility import (deterministic_kernels, epoch_batches, rng_state, seed_everything,
                                               set_rng_state)
 from ralbook.training.rundir import (BEST_FILE, CONFIG_FILE, LAST_FILE, PathLike, TEST_FILE, TrainState,
-                                     _config_differences, _prepare_run_dir, _recorded_amp, _run_config,
+                                     config_differences, _prepare_run_dir, _recorded_amp, _run_config,
                                      _write_metrics, read_metrics, train_state_from)
 from ralbook.training.splits import plan_splits
 from ralbook.training.steplog import StepLog
@@ -202,7 +202,7 @@ class Trainer:
         """Continue exactly where ``path`` (a last.pt) left off; CheckpointError naming the file when it cannot."""
 
         ckpt, saved = read_ralbook(path, (STATE_FORMAT,))
-        diffs = _config_differences(saved.to_dict(), self.cfg.to_dict())
+        diffs = config_differences(saved.to_dict(), self.cfg.to_dict())
         if diffs:
             raise RalbookError(f"cannot resume {self.run_dir}: the configuration differs from the run's: "
                                + "; ".join(diffs[:6]))
