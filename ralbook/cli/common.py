@@ -142,9 +142,10 @@ def load_for_command(args: argparse.Namespace, need_collection: bool = True,
     -> model on the device (``args.device``, default auto).
 
     Reads ``checkpoint`` (default ``args.checkpoint``: another one for a command that loads several models,
-    e.g. uncertainty's ensemble members, with the same data options) and, when present, ``args.preset`` (for the authors' files), ``args.data_root``,
-    ``args.collection``, ``args.feature``, ``args.device``, ``args.overrides``. A ``--set model.KEY`` that
-    changes the weights' shapes is refused with one message saying why.
+    e.g. uncertainty's ensemble members, with the same data options) and, when present, ``args.preset``
+    (for the authors' files), ``args.data_root``, ``args.collection``, ``args.feature``, ``args.device``,
+    ``args.overrides``. A ``--set model.KEY`` that changes the weights' shapes is refused with one message
+    saying why.
     """
     path = checkpoint_file(args.checkpoint if checkpoint is None else checkpoint)
     stored: list[Config] = []

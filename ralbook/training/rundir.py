@@ -61,6 +61,21 @@ def _write_metrics(run_dir: Path, records: list[dict[str, Any]]) -> None:
     write_atomic(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in records))
 
 
+def record_epoch(run_dir: Path, record: dict[str, Any]) -> None:
+    """metrics.jsonl with ``record`` as its last line; the lines of this epoch and later ones are replaced
+    (a run resumed from within an epoch records it once)."""
+    records = [r for r in read_metrics(run_dir) if r["epoch"] < record["epoch"]] + [record]
+    _write_metrics(run_dir, records)
+
+
+def test_record(result: Any, epoch: int) -> dict[str, Any]:
+    """test_metrics.json's content: metrics of best.pt (from ``epoch``) on the test split with the per-query
+    ranks, so that `ralbook compare` pairs runs query by query without evaluating them again."""
+    return {"split": "test", "epoch": epoch, "n_queries": len(result.cap_ids), "n_videos": len(result.video_ids),
+            "metrics": result.metrics, "cap_ids": list(result.cap_ids),
+            "ranks": {kind: [int(r) for r in ranks] for kind, ranks in result.ranks.items()}}
+
+
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """``section.key: run has X, now Y`` for every setting of ``current`` that differs from the stored run's,
     except RESUMABLE_CHANGES (where the data lives, the device...): a resume or a reused sweep run with any
