@@ -147,3 +147,13 @@ def test_cli_rejects_a_bad_setting_before_anything_runs(tmp_path, capsys):
     assert "train.batch_size='1.5': expected an integer" in err
     assert not out.exists()  # no run directory left behind
     assert issubclass(ConfigError, RalbookError)
+
+
+def test_config_differences_names_each_change_but_the_resumable_ones():
+    from ralbook.training.rundir import RESUMABLE_CHANGES, config_differences
+
+    saved = preset("demo").to_dict()
+    assert config_differences(saved, preset("demo").to_dict()) == []
+    assert ("train", "device") in RESUMABLE_CHANGES
+    now = preset("demo", train={"lr": 0.5, "device": "cuda"}, data={"data_root": "/elsewhere"}).to_dict()
+    assert config_differences(saved, now) == [f"train.lr: run has {saved['train']['lr']!r}, now 0.5"]

@@ -307,3 +307,20 @@ def test_hub_bars_are_turned_off_where_bars_do_not_render(monkeypatch):
     finally:
         transformers.utils.logging.enable_progress_bar()
         enable_progress_bars()
+
+
+def test_result_provenance_records_one_label_file_or_a_list_of_them(tmp_path):
+    """One file -> one {"path", "sha256"} record; several merged files -> a list of records in the given order."""
+    import hashlib
+
+    from ralbook.runtime.provenance import result_provenance
+
+    a, b = tmp_path / "a.tsv", tmp_path / "b.tsv"
+    a.write_text("q0\t1\n")
+    b.write_text("q1\t0\n")
+    record = {"path": str(a.resolve()), "sha256": hashlib.sha256(b"q0\t1\n").hexdigest()}
+    assert result_provenance(labels=a)["labels"] == record
+    assert result_provenance(labels=str(a))["labels"] == record
+    several = result_provenance(labels=[str(b), a])["labels"]
+    assert several == [{"path": str(b.resolve()), "sha256": hashlib.sha256(b"q1\t0\n").hexdigest()}, record]
+    assert result_provenance(labels=[])["labels"] == [] and result_provenance()["labels"] is None

@@ -134,8 +134,9 @@ def runs(tmp_path_factory):
     return root, out
 
 
-PROVENANCE = {"checkpoint", "checkpoint_sha256", "ensemble", "collection", "split", "val_split", "labels", "n_boot",
-              "seed", "versions", "index", "rerank", "mc_dropout_passes", "evidential_k"}
+# ralbook.runtime.provenance.result_provenance's keys, plus what this command adds
+PROVENANCE = {"checkpoint", "split", "labels", "n_boot", "seed", "environment", "command", "created", "ensemble",
+              "collection", "val_split", "index", "rerank", "mc_dropout_passes", "evidential_k"}
 
 
 def test_cli_uncertainty_with_an_ensemble_labels_and_provenance(runs, tmp_path, capsys):
@@ -156,10 +157,14 @@ def test_cli_uncertainty_with_an_ensemble_labels_and_provenance(runs, tmp_path, 
     got = json.loads(out.read_text())
     prov = got["provenance"]
     assert PROVENANCE <= set(prov)
-    assert prov["checkpoint_sha256"] == hashlib.sha256((run0 / "best.pt").read_bytes()).hexdigest()
-    assert prov["ensemble"][0]["checkpoint_sha256"] == hashlib.sha256((run1 / "best.pt").read_bytes()).hexdigest()
-    assert prov["split"] == "test" and prov["n_boot"] == 50 and prov["labels"][0]["path"].endswith("amb.tsv")
-    assert set(prov["versions"]) >= {"ralbook", "torch"}
+    assert prov["checkpoint"] == {"path": str((run0 / "best.pt").resolve()),
+                                  "sha256": hashlib.sha256((run0 / "best.pt").read_bytes()).hexdigest()}
+    assert prov["ensemble"] == [{"path": str((run1 / "best.pt").resolve()),
+                                 "sha256": hashlib.sha256((run1 / "best.pt").read_bytes()).hexdigest()}]
+    assert prov["split"] == "test" and prov["n_boot"] == 50 and prov["mc_dropout_passes"] == 2
+    assert prov["labels"] == [{"path": str((tmp_path / "amb.tsv").resolve()),
+                               "sha256": hashlib.sha256((tmp_path / "amb.tsv").read_bytes()).hexdigest()}]
+    assert set(prov["environment"]) >= {"ralbook", "torch", "python"}
     table = got["table"]
     want = {"ensemble_disagreement", "ensemble_score_var", "mc_score_var", "mc_rank_var", "evidential_u", "sigma"}
     for q in ("failure@1", "failure@10", "ambiguity"):

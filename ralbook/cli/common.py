@@ -137,15 +137,17 @@ def _shape_changes(before: Config, after: Config) -> list[str]:
 
 
 def load_for_command(args: argparse.Namespace, need_collection: bool = True,
-                     preset_name: Optional[str] = None) -> Loaded:
+                     preset_name: Optional[str] = None, checkpoint: Optional[str | os.PathLike] = None) -> Loaded:
     """checkpoint or run dir -> config with --set and data overrides -> data root -> collection -> size check
     -> model on the device (``args.device``, default auto).
 
-    Reads ``args.checkpoint`` and, when present, ``args.preset`` (for the authors' files), ``args.data_root``,
-    ``args.collection``, ``args.feature``, ``args.device``, ``args.overrides``. A ``--set model.KEY`` that
-    changes the weights' shapes is refused with one message saying why.
+    Reads ``checkpoint`` (default ``args.checkpoint``: another one for a command that loads several models,
+    e.g. uncertainty's ensemble members, with the same data options) and, when present, ``args.preset``
+    (for the authors' files), ``args.data_root``, ``args.collection``, ``args.feature``, ``args.device``,
+    ``args.overrides``. A ``--set model.KEY`` that changes the weights' shapes is refused with one message
+    saying why.
     """
-    path = checkpoint_file(args.checkpoint)
+    path = checkpoint_file(args.checkpoint if checkpoint is None else checkpoint)
     stored: list[Config] = []
 
     def adjust(cfg: Config) -> Config:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ralbook.cli.common import add_data_arguments, load_for_command
 from ralbook.errors import RalbookError
-from ralbook.runtime.provenance import PROVENANCE_KEY, result_provenance
+from ralbook.runtime.provenance import PROVENANCE_KEY
 from ralbook.studies.uncertainty import (DEFAULT_BOOTSTRAP, DEFAULT_TEMPERATURE, LEVELS, format_report,
                                          labels_for_split, model_outputs, sigma_report)
 
@@ -43,9 +43,8 @@ def run_sigma_report(args: argparse.Namespace) -> int:
     print(format_report(result, title=f"sigma report: {cfg.data.collection} {args.split}, {args.checkpoint}, "
                                       f"labels {args.labels}"))
     if args.json:
-        result[PROVENANCE_KEY] = result_provenance(
-            checkpoint=args.checkpoint, split=args.split, labels=args.labels, n_boot=args.n_boot, seed=args.seed,
-            precision=cfg.train.amp, device=str(loaded.device), argv=getattr(args, "argv", None),
+        result[PROVENANCE_KEY] = loaded.provenance(
+            args, split=args.split, labels=args.labels, n_boot=args.n_boot, seed=args.seed,
             extra={"level": result.get("level", args.level), "temperature": args.temperature})
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,27 +8,19 @@ the risk-coverage and reliability figures (PNG) beside it.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import platform
 from pathlib import Path
 from typing import Any, Optional
 
 import matplotlib.pyplot as plt
-import numpy as np
-import torch
 
-import ralbook
-from ralbook.checkpoint import model_from_checkpoint
-from ralbook.cli.common import add_data_arguments, apply_data_arguments
-from ralbook.config import require_data_root
+from ralbook.cli.common import Loaded, add_data_arguments, load_for_command
 from ralbook.data.collection import Collection, check_dims
-from ralbook.errors import CheckpointError, ConfigError, DataError
+from ralbook.errors import ConfigError, DataError
 from ralbook.files import write_json
 from ralbook.retrieval.index import Index, IndexFolderError
-from ralbook.runtime.device import resolve_device
+from ralbook.runtime.provenance import file_record
 from ralbook.studies import uncertainty_methods as methods
 from ralbook.studies.uncertainty import DEFAULT_BOOTSTRAP, labels_for_split
-from ralbook.training.rundir import BEST_FILE
 from ralbook.viz.plots import save_figure
 from ralbook.viz.uncertainty import reliability_figure, risk_coverage_figure
 
@@ -61,39 +53,11 @@ def add_uncertainty_arguments(parser: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------------- loading
 
 
-def checkpoint_path(path: str) -> Path:
-    """A checkpoint file, or a run folder's best.pt (CheckpointError naming what is missing)."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        if not (p / BEST_FILE).is_file():
-            raise CheckpointError(f"{p} is a folder without {BEST_FILE}: pass a run folder or a checkpoint file")
-        return p / BEST_FILE
-    if not p.is_file():
-        raise CheckpointError(f"{p}: no such checkpoint file or run folder")
-    return p
-
-
-def load_for_command(args: argparse.Namespace, checkpoint: str) -> tuple[Any, Any, Any, Path]:
-    """(config, model in eval mode on its device, collection, checkpoint file) with the data options applied.
-
-    The one loading path of this command (the run and every ensemble member). To be replaced by the CLI's
-    shared ``ralbook.cli.common.load_for_command`` once it exists on main.
-    """
-    path = checkpoint_path(checkpoint)
-    cfg, model, _ = model_from_checkpoint(path, adjust=lambda c: apply_data_arguments(c, args))
-    require_data_root(cfg)
-    collection = Collection.from_config(cfg.data)
-    check_dims(cfg, collection)
-    model.to(resolve_device(cfg.train.device)).eval()
-    return cfg, model, collection, path
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def load_member(args: argparse.Namespace, run: str, collection: Collection) -> Loaded:
+    """An ensemble member through the shared loader (same data options), checked against the run's collection."""
+    member = load_for_command(args, need_collection=False, checkpoint=run)
+    check_dims(member.cfg, collection)
+    return member
 
 
 def ambiguity_labels(paths: list[str], collection: Any, split: str) -> Optional[dict[str, int]]:
@@ -120,18 +84,17 @@ def ambiguity_labels(paths: list[str], collection: Any, split: str) -> Optional[
 # ----------------------------------------------------------------------------- the command
 
 
-def provenance(args: argparse.Namespace, cfg: Any, checkpoint: Path, members: list[Path]) -> dict[str, Any]:
-    """What the numbers came from: files with their hashes, split, labels, bootstrap, versions."""
-    return {"checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": file_sha256(checkpoint),
-            "ensemble": [{"checkpoint": str(p.resolve()), "checkpoint_sha256": file_sha256(p)} for p in members],
-            "collection": cfg.data.collection, "data_root": str(cfg.data.data_root), "feature": cfg.data.feature,
-            "split": args.split, "val_split": args.val_split or cfg.data.val_split,
-            "labels": [{"path": str(Path(p).resolve()), "sha256": file_sha256(Path(p))} for p in args.labels],
-            "index": str(Path(args.index).resolve()) if args.index else None,
-            "rerank": args.rerank if args.index else None, "mc_dropout_passes": args.mc_dropout,
-            "evidential_k": args.evidential_k, "n_boot": args.n_boot, "seed": args.seed,
-            "versions": {"ralbook": ralbook.__version__, "torch": torch.__version__, "numpy": np.__version__,
-                         "python": platform.python_version()}}
+def provenance(args: argparse.Namespace, loaded: Loaded, members: list[Loaded]) -> dict[str, Any]:
+    """What the numbers came from (ralbook.runtime.provenance's one format): the checkpoint and every ensemble
+    member with their hashes, split, label files, bootstrap, plus this command's settings."""
+    cfg = loaded.cfg
+    return loaded.provenance(args, split=args.split, labels=list(args.labels), n_boot=args.n_boot, seed=args.seed,
+                             extra={"ensemble": [file_record(m.checkpoint) for m in members],
+                                    "collection": cfg.data.collection, "data_root": str(cfg.data.data_root),
+                                    "feature": cfg.data.feature, "val_split": args.val_split or cfg.data.val_split,
+                                    "index": str(Path(args.index).resolve()) if args.index else None,
+                                    "rerank": args.rerank if args.index else None,
+                                    "mc_dropout_passes": args.mc_dropout, "evidential_k": args.evidential_k})
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -165,23 +128,21 @@ def write_outputs(out: Path, result: dict[str, Any], figure_title: str) -> list[
 
 def run_uncertainty(args: argparse.Namespace) -> int:
     check_arguments(args)
-    cfg, model, collection, checkpoint = load_for_command(args, args.checkpoint)
+    loaded = load_for_command(args)
+    cfg, model, collection, checkpoint = loaded.cfg, loaded.model, loaded.collection, loaded.checkpoint
     progress = not args.no_progress
     val_split = args.val_split or cfg.data.val_split
     ambiguous = ambiguity_labels(args.labels, collection, args.split)
     if args.index:
-        index = Index.open(args.index, model=model, device=next(model.parameters()).device)
+        index = Index.open(args.index, model=model, device=loaded.device)
         if index.manifest["split"] != args.split:
             raise IndexFolderError(f"{args.index} indexes split {index.manifest['split']!r}, not {args.split!r}")
         inputs = methods.collect_two_stage(model, collection, index, args.split, args.rerank, cfg,
                                            val_split=val_split, evidential_k=args.evidential_k, progress=progress)
-        members: list[Path] = []
+        members: list[Loaded] = []
     else:
-        members, ensemble = [], []
-        for run in args.ensemble:
-            m_cfg, m_model, _, m_path = load_for_command(args, run)
-            members.append(m_path)
-            ensemble.append(methods.split_scores(m_model, collection, args.split, m_cfg, progress=progress))
+        members = [load_member(args, run, collection) for run in args.ensemble]
+        ensemble = [methods.split_scores(m.model, collection, args.split, m.cfg, progress=progress) for m in members]
         val_scores = methods.split_scores(model, collection, val_split, cfg, progress=progress)
         inputs = methods.collect(model, collection, args.split, cfg, val_scores=val_scores, ensemble=ensemble,
                                  mc_passes=args.mc_dropout, evidential_k=args.evidential_k, seed=args.seed,
@@ -199,7 +160,7 @@ def run_uncertainty(args: argparse.Namespace) -> int:
     if args.json:
         curves = {f"failure@{k}": methods.curves(inputs, k) for k in methods.FAILURE_AT
                   if "methods" in table.get(f"failure@{k}", {})}
-        result = {"provenance": provenance(args, cfg, checkpoint, members), "table": table, "curves": curves,
+        result = {"provenance": provenance(args, loaded, members), "table": table, "curves": curves,
                   "sentences": methods.sentences(table), "what_this_shows": methods.what_this_shows(table)}
         for path in write_outputs(Path(args.json), result, f"{cfg.data.collection} {args.split}"):
             print(f"wrote {path}")

@@ -28,7 +28,6 @@ float32, so the same seed gives the same files (byte-identical on one machine).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ import numpy as np
 
 from ralbook.data.layout import _json_lines, _write_features, _write_text, _write_text_features
 from ralbook.errors import DataError
+from ralbook.runtime.provenance import file_sha256
 
 
 GENERATOR_VERSION = 2
@@ -860,7 +860,7 @@ def load_ground_truth(root: str | os.PathLike = "data", collection: str = "demo"
 def file_digests(directory: str | os.PathLike) -> dict[str, str]:
     """SHA-256 of every file under ``directory`` keyed by relative path (for reproducibility checks)."""
     base = Path(directory)
-    return {str(p.relative_to(base)): hashlib.sha256(p.read_bytes()).hexdigest()
+    return {str(p.relative_to(base)): file_sha256(p)
             for p in sorted(base.rglob("*")) if p.is_file()}
 
 

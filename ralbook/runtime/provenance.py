@@ -116,16 +116,19 @@ def finish_record(record: Mapping[str, Any], finished: Optional[str] = None) -> 
 
 
 def result_provenance(*, checkpoint: Optional[PathLike] = None, split: Optional[str] = None,
-                      labels: Optional[PathLike] = None, relevant: Optional[PathLike] = None,
+                      labels: Union[PathLike, Sequence[PathLike], None] = None, relevant: Optional[PathLike] = None,
                       n_boot: Optional[int] = None, seed: Optional[int] = None, precision: str = "none",
                       device: str = "cpu", argv: Optional[Sequence[str]] = None,
                       extra: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     """What a result file records about its making: the checkpoint (path, sha256 of its bytes), split,
     label / relevance file (path, sha256; None when not used), bootstrap size and seed (None when the result
     has no bootstrap), the command line, the time, and the software / machine record of :func:`run_record`.
+    ``labels`` may also be a list of files (a command that merges several): then a list of records.
     ``extra`` adds command-specific entries (e.g. an index's dtype)."""
+    label_record: Any = ([file_record(p) for p in labels]
+                         if labels is not None and not isinstance(labels, (str, os.PathLike)) else file_record(labels))
     out: dict[str, Any] = {
-        "checkpoint": file_record(checkpoint), "split": split, "labels": file_record(labels),
+        "checkpoint": file_record(checkpoint), "split": split, "labels": label_record,
         "relevant": file_record(relevant), "n_boot": n_boot, "seed": seed,
         "command": command_line(argv), "created": now()}
     software = environment_record(precision, device)

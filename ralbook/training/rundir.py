@@ -61,7 +61,25 @@ def _write_metrics(run_dir: Path, records: list[dict[str, Any]]) -> None:
     write_atomic(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in records))
 
 
-def _config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+def record_epoch(run_dir: Path, record: dict[str, Any]) -> None:
+    """metrics.jsonl with ``record`` as its last line; the lines of this epoch and later ones are replaced
+    (a run resumed from within an epoch records it once)."""
+    records = [r for r in read_metrics(run_dir) if r["epoch"] < record["epoch"]] + [record]
+    _write_metrics(run_dir, records)
+
+
+def test_record(result: Any, epoch: int) -> dict[str, Any]:
+    """test_metrics.json's content: metrics of best.pt (from ``epoch``) on the test split with the per-query
+    ranks, so that `ralbook compare` pairs runs query by query without evaluating them again."""
+    return {"split": "test", "epoch": epoch, "n_queries": len(result.cap_ids), "n_videos": len(result.video_ids),
+            "metrics": result.metrics, "cap_ids": list(result.cap_ids),
+            "ranks": {kind: [int(r) for r in ranks] for kind, ranks in result.ranks.items()}}
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``section.key: run has X, now Y`` for every setting of ``current`` that differs from the stored run's,
+    except RESUMABLE_CHANGES (where the data lives, the device...): a resume or a reused sweep run with any
+    other difference would report the old run under new settings."""
     out = []
     for section, values in current.items():
         if not isinstance(values, dict):
@@ -111,7 +129,7 @@ def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> bool:
     """Check the run directory against ``resume``; True when there is a last.pt to resume from."""
     has_run = any((run_dir / name).exists() for name in (LAST_FILE, BEST_FILE, METRICS_FILE))
     if resume:
-        diffs = _config_differences(read_run_config(run_dir).to_dict(), cfg.to_dict())
+        diffs = config_differences(read_run_config(run_dir).to_dict(), cfg.to_dict())
         if diffs:
             raise RalbookError(f"cannot resume {run_dir}: the configuration differs from the run's: "
                                + "; ".join(diffs[:6]))

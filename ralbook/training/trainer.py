@@ -11,10 +11,11 @@ A run directory holds
   epoch and the random states of Python, NumPy and torch (CUDA/MPS when present);
 * ``test_metrics.json`` the test split evaluated with ``best.pt`` (metrics and per-query ranks), written at the end.
 
-Everything is written atomically, so a run killed at any moment resumes (``resume=True`` /
-``--resume``) from its last checkpoint and ends with the same numbers as an uninterrupted run:
-the data order of epoch e is a permutation drawn from ``seed + e`` alone, and the RNG states
-are restored. Early stopping follows the authors' main.py: an epoch improves when its fused SumR
+The files' formats live in training/rundir.py, the checkpoints' in training/checkpointing.py; this module
+is the loop that decides when they are written. Everything is written atomically, so a run killed at any
+moment resumes (``resume=True`` / ``--resume``) from its last checkpoint and ends with the same numbers as
+an uninterrupted run: the data order of epoch e is a permutation drawn from ``seed + e`` alone, and the RNG
+states are restored. Early stopping follows the authors' main.py: an epoch improves when its fused SumR
 is strictly higher than the best so far; training stops once more than ``patience`` epochs in a
 row did not improve. Epochs count from 0; hard negatives are used from epoch
 ``hard_negative_start_epoch`` on (as in main.py).
@@ -29,21 +30,19 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from ralbook.checkpoint import (FORMAT_VERSION, MODEL_FORMAT, STATE_FORMAT, check_finite_state, load_model_state,
-                                read_ralbook, with_content_hash)
 from ralbook.config import Config, require_data_root
 from ralbook.data.collection import Collection, check_dims
 from ralbook.data.datasets import TrainDataset, collate_train
-from ralbook.errors import CheckpointError, DataError, NonFiniteError, RalbookError, shorten
+from ralbook.errors import DataError, NonFiniteError, RalbookError, shorten
 from ralbook.losses import Objective
 from ralbook.model import build_model
 from ralbook.retrieval.evaluate import EvalResult, evaluate, format_metrics
-from ralbook.files import save_atomic, write_json
+from ralbook.files import write_json
 from ralbook.runtime.device import resolve_device, to_device
 from ralbook.runtime.environment import ENVIRONMENT_KEY
 from ralbook.runtime.provenance import finish_record, now, run_record
@@ -56,24 +55,17 @@ from ralbook.runtime.threads import Requested, configure_threads, recheck_thread
 from ralbook.runtime.workers import workers_for
 from ralbook.training.data_parallel import dropout_seed, evaluate_shared, wrap_for_training
 from ralbook.training.optim import build_optimizer
-from ralbook.training.reproducibility import (deterministic_kernels, epoch_batches, rng_state, seed_everything,
-                                              set_rng_state)
+from ralbook.training.reproducibility import deterministic_kernels, epoch_batches, seed_everything
+from ralbook.training.checkpointing import load_best, restore_last, save_best, save_last
 from ralbook.training.rundir import (BEST_FILE, CONFIG_FILE, LAST_FILE, PathLike, TEST_FILE, TrainState,
-                                     _config_differences, _prepare_run_dir, _recorded_amp, _run_config,
-                                     _write_metrics, read_metrics, train_state_from)
+                                     _prepare_run_dir, _recorded_amp, _run_config, record_epoch, test_record)
 from ralbook.training.splits import plan_splits
 from ralbook.training.steplog import StepLog
 
 
 Callback = Callable[[str, dict[str, Any]], None]
 
-# ----------------------------------------------------------------------------- random state
-
-
-# ----------------------------------------------------------------------------- splits
-
-
-# ----------------------------------------------------------------------------- state and results
+# ----------------------------------------------------------------------------- results
 
 
 @dataclass
@@ -112,18 +104,6 @@ def feature_sizes_from(cfg: Config, collection: Any) -> Config:
                       + ", ".join(f"data.{key}={have} (not {want})" for key, want, have in changed)
                       + "; using the collection's", UserWarning, stacklevel=3)
     return cfg
-
-
-def _tensors_of(obj: Any, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
-    """(path, tensor) of every tensor inside nested dicts and lists (an optimizer state)."""
-    if torch.is_tensor(obj):
-        yield prefix, obj
-    elif isinstance(obj, dict):
-        for key, value in obj.items():
-            yield from _tensors_of(value, f"{prefix}.{key}" if prefix else str(key))
-    elif isinstance(obj, (list, tuple)):
-        for i, value in enumerate(obj):
-            yield from _tensors_of(value, f"{prefix}[{i}]")
 
 
 class Trainer:
@@ -172,61 +152,23 @@ class Trainer:
         self.part_names: list[str] = []
         self.sums: Optional[Tensor] = None  # (1 + parts,) loss sums of the current epoch, on device
 
-    # --- checkpoints ---
-
-    def _training_state(self) -> dict[str, Any]:
-        return {
-            "format": STATE_FORMAT, "version": FORMAT_VERSION, "config": self.cfg.to_dict(),
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "state": dataclasses.asdict(self.state), "part_names": list(self.part_names),
-            "sums": None if self.sums is None else self.sums.detach().cpu(),
-            "rng": rng_state(), "train_videos": len(self.splits.train_videos),
-        }
+    # --- checkpoints (their contents: ralbook.training.checkpointing) ---
 
     def save_last(self) -> None:
-
-        if not self.world.is_main:  # only rank 0 writes the run directory
-            return
-        save_atomic(with_content_hash(self._training_state()), self.run_dir / LAST_FILE)
+        if self.world.is_main:  # only rank 0 writes the run directory
+            save_last(self.run_dir, cfg=self.cfg, model=self.model, optimizer=self.optimizer, scaler=self.scaler,
+                      state=self.state, part_names=self.part_names, sums=self.sums,
+                      train_videos=len(self.splits.train_videos))
 
     def save_best(self, epoch: int, val: dict[str, dict[str, float]]) -> None:
-
-        if not self.world.is_main:
-            return
-        save_atomic(with_content_hash({"format": MODEL_FORMAT, "version": FORMAT_VERSION, "config": self.cfg.to_dict(),
-                                       "model": self.model.state_dict(), "epoch": epoch, "val_metrics": val}),
-                    self.run_dir / BEST_FILE)
+        if self.world.is_main:
+            save_best(self.run_dir, self.cfg, self.model, epoch, val)
 
     def restore(self, path: Path) -> None:
         """Continue exactly where ``path`` (a last.pt) left off; CheckpointError naming the file when it cannot."""
-
-        ckpt, saved = read_ralbook(path, (STATE_FORMAT,))
-        diffs = _config_differences(saved.to_dict(), self.cfg.to_dict())
-        if diffs:
-            raise RalbookError(f"cannot resume {self.run_dir}: the configuration differs from the run's: "
-                               + "; ".join(diffs[:6]))
-        if ckpt["train_videos"] != len(self.splits.train_videos):
-            raise CheckpointError(f"cannot resume {self.run_dir}: it trained on {ckpt['train_videos']} videos, "
-                                  f"the collection now gives {len(self.splits.train_videos)}")
-        state = train_state_from(ckpt["state"], path)
-        sums, names = ckpt.get("sums"), ckpt["part_names"]
-        if not (sums is None or torch.is_tensor(sums)) or not all(isinstance(n, str) for n in names):
-            raise CheckpointError(f"{path}: 'sums' must be a tensor or None and 'part_names' a list of names")
-        load_model_state(self.model, ckpt["model"], path)
-        check_finite_state(dict(_tensors_of(ckpt["optimizer"])), f"checkpoint {path}", "optimizer state")
-        before = rng_state()
-        try:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            if self.scaler is not None and ckpt.get("scaler"):
-                self.scaler.load_state_dict(ckpt["scaler"])
-            set_rng_state(ckpt["rng"])
-        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError, OverflowError) as err:
-            set_rng_state(before)
-            raise CheckpointError(f"{path}: its optimizer or random-number state is malformed "
-                                  f"({type(err).__name__}: {shorten(str(err), 200)})") from err
-        self.state, self.part_names = state, list(names)
-        self.sums = sums.to(self.device) if sums is not None else None
+        resumed = restore_last(path, self.run_dir, self.cfg, self.model, self.optimizer, self.scaler,
+                               len(self.splits.train_videos), self.device)
+        self.state, self.part_names, self.sums = resumed.state, resumed.part_names, resumed.sums
 
     # --- events ---
 
@@ -380,8 +322,7 @@ class Trainer:
                   "improved": improved, "best_epoch": self.state.best_epoch, "bad_epochs": self.state.bad_epochs,
                   "time_s": round(elapsed, 3)}
         if self.world.is_main:
-            records = [r for r in read_metrics(self.run_dir) if r["epoch"] < epoch] + [record]
-            _write_metrics(self.run_dir, records)
+            record_epoch(self.run_dir, record)
         # the state now points at the next epoch
         self.state.epoch, self.state.step_in_epoch, self.sums = epoch + 1, 0, None
         if self.state.bad_epochs > self.cfg.train.patience:
@@ -428,19 +369,15 @@ class Trainer:
         """Evaluate best.pt on the test split and write test_metrics.json."""
 
         barrier()  # rank 0 has written best.pt
-        best, _ = read_ralbook(self.run_dir / BEST_FILE, (MODEL_FORMAT,))
-        load_model_state(self.model, best["model"], self.run_dir / BEST_FILE)
+        best_epoch = load_best(self.model, self.run_dir)
         result = self._evaluate()(self.model, self.collection, "test", self.cfg, self.device, progress=self.bars,
                                   source=f"checkpoint {self.run_dir / BEST_FILE}")
-        # per-query ranks too: `ralbook compare` pairs runs query by query without evaluating them again
-        out = {"split": "test", "epoch": best["epoch"], "n_queries": len(result.cap_ids),
-               "n_videos": len(result.video_ids), "metrics": result.metrics, "cap_ids": list(result.cap_ids),
-               "ranks": {kind: [int(r) for r in ranks] for kind, ranks in result.ranks.items()}}
+        out = test_record(result, best_epoch)
         if self.world.is_main:
             write_json(self.run_dir / TEST_FILE, out, indent=1)
         if self.progress:
             print(format_metrics(result, title=f"test ({len(result.cap_ids)} queries x {len(result.video_ids)} "
-                                               f"videos), best epoch {best['epoch']}"))
+                                               f"videos), best epoch {best_epoch}"))
         return out
 
 

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 from ralbook.config import build_config
 from ralbook.errors import RalbookError
-from ralbook.training.rundir import RESUMABLE_CHANGES, _config_differences, read_run_config
+from ralbook.training.rundir import RESUMABLE_CHANGES, config_differences, read_run_config
 from ralbook.workbook import pipeline
 
 
@@ -54,7 +54,7 @@ def _identity(cfg: Any) -> dict[str, Any]:
 def check_stored_run(run: Path, name: str, cfg: Any) -> None:
     """RalbookError when ``run`` was trained with other settings than ``cfg`` (naming each difference)."""
     stored = read_run_config(run)
-    differences = _config_differences(stored.to_dict(), cfg.to_dict())
+    differences = config_differences(stored.to_dict(), cfg.to_dict())
     if differences:
         raise RalbookError(
             f"variant {name!r}: {run} holds a run trained with other settings ({'; '.join(differences)}); "
