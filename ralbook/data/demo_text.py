@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ralbook.data.demo import GENERATOR_VERSION, DemoParams, World, _token_features, build_world
+from ralbook.data.demo import GENERATOR_VERSION, ConceptWorld, DemoParams, _token_features, build_world
 from ralbook.errors import DataError
 
 _WORD = re.compile(r"[a-z]+")
@@ -56,7 +56,7 @@ class DemoTextEncoder:
 
     name = "demo vocabulary (the generator's word vectors)"
 
-    def __init__(self, params: DemoParams, world: Optional[World] = None):
+    def __init__(self, params: DemoParams, world: Optional[ConceptWorld] = None):
         self.params = params
         self.world = world if world is not None else build_world(params)
 
