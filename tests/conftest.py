@@ -19,6 +19,18 @@ if "RALBOOK_CACHE_DIR" not in os.environ:
 from layout import TinySpec, write_random_collection
 
 
+@pytest.fixture(autouse=True)
+def _threads_setting_is_restored():
+    """`cli.main([... "--threads", "N"])` exports RALBOOK_THREADS for its notebook kernels; within the test
+    process that must not leak into later tests (a study's cache key records the thread count)."""
+    before = os.environ.get("RALBOOK_THREADS")
+    yield
+    if before is None:
+        os.environ.pop("RALBOOK_THREADS", None)
+    else:
+        os.environ["RALBOOK_THREADS"] = before
+
+
 @pytest.fixture
 def tiny_collection(tmp_path) -> TinySpec:
     """Twelve videos (6 train, 3 val, 3 test), Dv 8, Dt 6, feature.bin with contiguous rows."""

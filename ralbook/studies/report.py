@@ -25,7 +25,7 @@ RECALL_AT: tuple[int, ...] = (1, 5, 10, 100)
 # (a missing summary file is left out).
 SUMMARY_NOTEBOOKS: tuple[str, ...] = ("00_quickstart", "01_data_inspection", "02_train", "03_evaluate",
                                       "04_uncertainty", "05_word_confidence", "06_ablation_sweep",
-                                      "07_robustness")
+                                      "07_robustness", "08_uncertainty_methods")
 
 
 # ----------------------------------------------------------------------------- display and chance levels
