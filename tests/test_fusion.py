@@ -224,6 +224,8 @@ def test_sweep_and_multi_ground_truth_sentences():
     text = report.evaluation_text(metrics(100, 50, 90), 30, 4, 0.5, sweep=points)
     assert f"highest at alpha {best.alpha:g}" in text and "the configured alpha 0.5" in text
     assert "is better than the configured alpha 0.5 on SumR" in text
+    # the best of 11 weights, picked on the same queries: the text says its interval is optimistic
+    assert f"best of {len(points)} on these same queries" in text and "validation split" in text
     multi = {"standard": {"R@1": 20.0, "SumR": 100.0}, "truthful": {"R@1": 30.0, "SumR": 120.0},
              "ideal": {"R@1": 80.0, "SumR": 350.0}, "n_queries": 711, "n_truthful_not_annotated": 42,
              "n_not_truthful": 500}

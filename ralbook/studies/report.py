@@ -234,7 +234,10 @@ def evaluation_text(metrics: Mapping[str, Mapping[str, float]], n_videos: int, m
         else:
             lines.append(f"Sweeping the fusion weight over {grid} (1 = clip only, 0 = frame only), SumR is highest at "
                          f"alpha {best.alpha:g} ({_f(best.value)}) against {trained}: "
-                         + describe(best.vs_model, what="SumR"))
+                         + describe(best.vs_model, what="SumR")
+                         + f" That alpha was picked as the best of {len(sweep)} on these same queries, so its "
+                           "interval is optimistic; only a weight chosen on the validation split and compared on "
+                           "the test split would show that another alpha is better.")
     if multi:
         std, tru, ideal = multi["standard"], multi["truthful"], multi["ideal"]
         n = multi["n_queries"]
