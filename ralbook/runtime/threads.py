@@ -253,6 +253,8 @@ def configure_threads(threads: Requested = None, announce: Announce = machine_no
     explicit = parse_threads(threads, source)
     if _GOVERNOR is not None and (explicit is None or (explicit == _GOVERNOR.choice.threads
                                                        and _GOVERNOR.choice.source != "auto")):
+        if explicit is not None:  # asked again for the same count: other code may have changed torch's since
+            _torch_set_threads(explicit)
         return _GOVERNOR.choice
     cpus = usable_cpus()
     cores = physical_cores(cpus)
