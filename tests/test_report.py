@@ -331,3 +331,21 @@ def test_results_say_how_far_their_numbers_travel():
     assert "moved the full model's SumR by -6.0 (SD over its 2 seeds 4.2)" in lines[3]
     assert len(results_file.travel_lines({"notebooks": {}})) == 2
     assert "## How far these numbers travel" in results_file.results_markdown(results)
+
+
+def test_results_file_holds_no_path_of_this_machine(tmp_path, monkeypatch):
+    """figures/results.json is committed: paths inside the repository are written relative to it, and a run
+    trained in a notebook kernel records that, not the kernel's temporary connection file."""
+    import sys
+
+    from ralbook.files import repo_root
+    from ralbook.runtime import provenance
+    from ralbook.workbook.results import without_machine_paths, write_results
+
+    root = repo_root()
+    data = {"cache": str(root / "outputs" / "x.json"), "runs": [str(root / "a"), "/elsewhere/b"], "n": 3}
+    assert without_machine_paths(data, root) == {"cache": "outputs/x.json", "runs": ["a", "/elsewhere/b"], "n": 3}
+    out = write_results(tmp_path / "results.json", data)
+    assert str(root) not in out.read_text()
+    monkeypatch.setattr(sys, "argv", ["/some/env/ipykernel_launcher.py", "-f", "/tmp/kernel-1.json"])
+    assert "kernel-1" not in provenance.command_line() and "Jupyter kernel" in provenance.command_line()

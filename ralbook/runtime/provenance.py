@@ -73,6 +73,8 @@ def command_line(argv: Optional[Sequence[str]] = None) -> str:
     ``argv``; without them, this process's own ``sys.argv`` (a notebook kernel, a script)."""
     if argv is not None:
         return "python -m ralbook " + shlex.join([str(a) for a in argv])
+    if sys.argv and Path(sys.argv[0]).name == "ipykernel_launcher.py":  # its argv names a temporary file only
+        return "a Jupyter kernel (the notebook's parameters describe the run)"
     return shlex.join([Path(sys.executable).name, *sys.argv])
 
 

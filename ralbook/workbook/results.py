@@ -9,7 +9,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from scipy.stats import t as _t
 
-from ralbook.files import json_ready
+from ralbook.files import json_ready, repo_root
 from ralbook.runtime.environment import ENVIRONMENT_KEY, environment_lines
 from ralbook.studies.report import SUMMARY_NOTEBOOKS, _SCALAR_ROWS, chance_sumr
 
@@ -50,11 +50,25 @@ def collect_results(summary_dir: str | Path, config: Optional[Mapping[str, Any]]
     return out
 
 
-def write_results(path: str | Path, results: Mapping[str, Any]) -> Path:
+def without_machine_paths(obj: Any, root: Path) -> Any:
+    """``obj`` with paths inside ``root`` (the repository) written relative to it: a results file is shared and
+    committed (figures/results.json), and the folder a user cloned into is not a result."""
+    prefix = str(root).rstrip("/") + "/"
+    if isinstance(obj, str):
+        return obj.replace(prefix, "")
+    if isinstance(obj, Mapping):
+        return {k: without_machine_paths(v, root) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [without_machine_paths(v, root) for v in obj]
+    return obj
 
+
+def write_results(path: str | Path, results: Mapping[str, Any]) -> Path:
+    """The results file, as JSON with paths inside the repository relative to it."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(json_ready(results), indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    ready = without_machine_paths(json_ready(results), repo_root())
+    out.write_text(json.dumps(ready, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return out
 
 
