@@ -21,14 +21,21 @@ from layout import TinySpec, write_random_collection
 
 @pytest.fixture(autouse=True)
 def _threads_setting_is_restored():
-    """`cli.main([... "--threads", "N"])` exports RALBOOK_THREADS for its notebook kernels; within the test
-    process that must not leak into later tests (a study's cache key records the thread count)."""
-    before = os.environ.get("RALBOOK_THREADS")
+    """`cli.main([... "--threads", "N"])` exports RALBOOK_THREADS for its notebook kernels and fixes this
+    process's choice (ralbook.runtime.threads keeps the first one); neither may leak into later tests (a
+    study's cache key records the thread count), so both are restored, with torch's own count."""
+    import torch
+
+    from ralbook.runtime import threads
+
+    before, torch_before = os.environ.get("RALBOOK_THREADS"), torch.get_num_threads()
     yield
     if before is None:
         os.environ.pop("RALBOOK_THREADS", None)
     else:
         os.environ["RALBOOK_THREADS"] = before
+    threads.reset()
+    torch.set_num_threads(torch_before)
 
 
 @pytest.fixture
