@@ -1,8 +1,9 @@
 """ralbook.viz.diagrams: the teaching figures say what the settings say, are readable, and fit their figure.
 
-Readability is checked on what is actually drawn: every text the renderer draws is at least 10 pt at
-the figure's own size (12-14 in wide, the size notebooks display), and its extent lies inside the
-figure. Plotted values are compared with independent computations (the window formula written out
+Readability is checked on what is actually drawn, at the size a notebook shows it: a figure is at most
+DISPLAY_WIDTH_IN (9 in) wide, so the browser never shrinks it, every text the renderer draws is at least
+10 pt at that size, its extent lies inside the figure, and (model diagram, windows) no two texts' extents
+overlap; the model diagram's arrows neither cross each other nor pass through a box. Plotted values are compared with independent computations (the window formula written out
 from docs/method.md, argmax by a loop, the demo signal from the world's concept vectors).
 """
 from __future__ import annotations
@@ -18,13 +19,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.collections import PathCollection  # noqa: E402
-from matplotlib.patches import FancyBboxPatch, Rectangle  # noqa: E402
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
 from ralbook.config import preset  # noqa: E402
 from ralbook.data import demo  # noqa: E402
 from ralbook.errors import ConfigError, DataError  # noqa: E402
 from ralbook.viz import diagrams as D  # noqa: E402
+from ralbook.viz.plots import DISPLAY_WIDTH_IN  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 WIDTHS = (None, 0.5, 1.0, 5.0, 10.0, 3.0, 0.1, 8.0)  # GMMFormer v2's branch widths, in model order (method doc)
@@ -52,19 +54,64 @@ def drawn_texts(fig, monkeypatch) -> list[tuple[Text, object]]:
     return drawn
 
 
-def assert_readable(fig, monkeypatch) -> list[str]:
-    """Width 12-14 in, every drawn text >= 10 pt and inside the figure; returns the drawn strings."""
+def assert_readable(fig, monkeypatch, no_overlap: bool = False) -> list[str]:
+    """At most DISPLAY_WIDTH_IN wide, every drawn text >= 10 pt at the displayed size and inside the figure
+    (and, with ``no_overlap``, no two texts' extents overlapping); returns the drawn strings.
+
+    Jupyter shows a figure at its tight bounding box (which grows past the figure when something sticks
+    out) plus savefig.pad_inches on each side, scaled down to DISPLAY_WIDTH_IN when wider: a text's
+    displayed size is its size times that shrink."""
     width = fig.get_size_inches()[0]
-    assert 12.0 <= width <= 14.0, f"figure width {width} in: the sizes are checked for a 12-14 in display"
+    assert width <= DISPLAY_WIDTH_IN + 1e-9, f"figure width {width} in: a notebook shows at most {DISPLAY_WIDTH_IN} in"
     texts = drawn_texts(fig, monkeypatch)
     assert texts, "nothing drawn"
-    small = [(t.get_text(), t.get_fontsize()) for t, _ in texts if t.get_fontsize() < 10.0]
-    assert not small, f"text below 10 pt: {small}"
+    tight = fig.get_tightbbox(fig.canvas.get_renderer()).width
+    shown = max(width, tight + 2 * float(matplotlib.rcParams["savefig.pad_inches"]))
+    shrink = min(1.0, DISPLAY_WIDTH_IN / shown)
+    small = [(t.get_text(), t.get_fontsize() * shrink) for t, _ in texts if t.get_fontsize() * shrink < 10.0]
+    assert not small, f"{shown:.2f} in wide as shown: text below 10 pt as displayed: {small}"
     box = fig.bbox
     outside = [t.get_text() for t, e in texts
                if e.x0 < box.x0 - 1 or e.y0 < box.y0 - 1 or e.x1 > box.x1 + 1 or e.y1 > box.y1 + 1]
     assert not outside, f"text outside the figure: {outside}"
+    if no_overlap:
+        clashes = [(a.get_text(), b.get_text()) for i, (a, ea) in enumerate(texts) for b, eb in texts[i + 1:]
+                   if overlap_px(ea, eb) > 0.5]
+        assert not clashes, f"texts drawn over each other: {clashes}"
     return [t.get_text() for t, _ in texts]
+
+
+def overlap_px(a, b) -> float:
+    """Side (px) of the smaller overlap of two extents; 0 when they are apart or only touch."""
+    return max(0.0, min(min(a.x1, b.x1) - max(a.x0, b.x0), min(a.y1, b.y1) - max(a.y0, b.y0)))
+
+
+def arrow_segments(fig) -> list[list[tuple[float, float]]]:
+    """Each arrow's line (without its head) as points in display pixels."""
+    ax = fig.axes[0]
+    lines = []
+    for arrow in (p for p in ax.patches if isinstance(p, FancyArrowPatch)):
+        path = arrow.get_path()
+        starts = [i for i, code in enumerate(path.codes) if code == path.MOVETO]
+        body = path.vertices[:starts[1] if len(starts) > 1 else len(path.vertices)]
+        lines.append([tuple(ax.transData.transform(v)) for v in body])
+    return lines
+
+
+def segments_meet(p1, p2, q1, q2) -> bool:
+    """Whether two closed segments share a point (orientation test, collinear overlaps included)."""
+    def orient(a, b, c):
+        v = (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
+        return 0 if abs(v) < 1e-6 else (1 if v > 0 else -1)
+
+    def on(a, b, c):  # c on segment ab, given collinear
+        return min(a[0], b[0]) - 1e-6 <= c[0] <= max(a[0], b[0]) + 1e-6 and \
+            min(a[1], b[1]) - 1e-6 <= c[1] <= max(a[1], b[1]) + 1e-6
+    o1, o2, o3, o4 = orient(p1, p2, q1), orient(p1, p2, q2), orient(q1, q2, p1), orient(q1, q2, p2)
+    if o1 != o2 and o3 != o4 and 0 not in (o1, o2, o3, o4):
+        return True
+    return any(o == 0 and on(a, b, c) for o, a, b, c in ((o1, p1, p2, q1), (o2, p1, p2, q2), (o3, q1, q2, p1),
+                                                         (o4, q1, q2, p2)))
 
 
 def window_row_by_formula(length: int, width: float, row: int) -> np.ndarray:
@@ -78,25 +125,82 @@ def window_row_by_formula(length: int, width: float, row: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- model diagram
 
 
-def test_model_diagram_is_readable_and_every_label_fits_its_box(monkeypatch):
-    fig = D.model_diagram(preset("tvr"))
-    assert_readable(fig, monkeypatch)
+SWITCHES = {"tvr": ("tvr", ()), "demo": ("demo", ()), "no MSRA": ("demo", ("model.msra=false",)),
+            "no CSA": ("demo", ("model.csa=false",)), "uniform words": ("demo", ("model.word_confidence=false",)),
+            "backbone only": ("demo", ("model.csa=false", "model.msra=false"))}
+
+
+def _switched(name: str):
+    base, overrides = SWITCHES[name]
+    cfg = preset(base)
+    for assignment in overrides:
+        cfg = cfg.override(assignment)
+    return cfg
+
+
+@pytest.mark.parametrize("name", list(SWITCHES))
+def test_model_diagram_is_readable_and_every_label_fits_its_box(monkeypatch, name):
+    cfg = _switched(name)
+    fig = D.model_diagram(cfg)
+    assert_readable(fig, monkeypatch, no_overlap=True)
     renderer = fig.canvas.get_renderer()
     boxes = {p.get_gid(): p for p in fig.findobj(FancyBboxPatch) if (p.get_gid() or "").startswith("box-")}
-    assert {"box-video", "box-query", "box-gmm-clip", "box-gmm-frame", "box-frame-score", "box-msra", "box-fusion",
-            "box-losses"} <= set(boxes)
+    expected = {"video", "query", "frame-branch", "clip-branch", "query-encoder", "gmm-frame", "gmm-clip", "clip-score",
+                "frame-score", "fusion", "losses", "gmm-detail"}
+    expected |= {"word-encoder"} if cfg.model.csa or cfg.model.msra else set()
+    expected |= {"msra"} if cfg.model.msra else set()
+    assert set(boxes) == {f"box-{n}" for n in expected}
     for text in fig.findobj(Text):
         gid = text.get_gid() or ""
         if gid.startswith("box-"):
             outer = boxes[gid.rsplit("-", 1)[0]].get_window_extent(renderer)
             inner = text.get_window_extent(renderer)
             assert outer.x0 <= inner.x0 and inner.x1 <= outer.x1 and outer.y0 <= inner.y0 and inner.y1 <= outer.y1, gid
-    # no two boxes overlap
+    # no two boxes overlap, each lies inside the figure, the legend overlaps none
     extents = {g: p.get_window_extent(renderer) for g, p in boxes.items()}
     names = sorted(extents)
     for i, a in enumerate(names):
+        assert fig.bbox.x0 <= extents[a].x0 and extents[a].x1 <= fig.bbox.x1, a
+        assert fig.bbox.y0 <= extents[a].y0 and extents[a].y1 <= fig.bbox.y1, a
         for b in names[i + 1:]:
             assert not extents[a].overlaps(extents[b]), (a, b)
+    legend = fig.axes[0].get_legend().get_window_extent(renderer)
+    assert not any(overlap_px(legend, e) > 0 for e in extents.values())
+    # the window glyphs lie inside the GMM detail box, apart from each other
+    detail = extents["box-gmm-detail"]
+    glyphs = [ax.get_window_extent(renderer) for ax in fig.axes[1:]]
+    assert all(detail.x0 < g.x0 and g.x1 < detail.x1 and detail.y0 < g.y0 and g.y1 < detail.y1 for g in glyphs)
+    assert all(overlap_px(g, h) == 0 for i, g in enumerate(glyphs) for h in glyphs[i + 1:])
+    # arrows run from a box's edge to another box's edge, through no box and no legend, and never meet
+    obstacles = [e.padded(-2) for e in extents.values()] + [legend]
+    lines = arrow_segments(fig)
+
+    def box_at(point) -> str:
+        x, y = point
+        hits = [g.removeprefix("box-") for g, e in extents.items()
+                if (abs(x - e.x0) < 4 or abs(x - e.x1) < 4) and e.y0 - 4 < y < e.y1 + 4 or
+                (abs(y - e.y0) < 4 or abs(y - e.y1) < 4) and e.x0 - 4 < x < e.x1 + 4]
+        assert len(hits) == 1, (point, hits)
+        return hits[0]
+    edges = [(box_at(line[0]), box_at(line[-1])) for line in lines]
+    # the data flow the method describes (docs/method.md), switch by switch
+    m = cfg.model
+    flow = {("video", "frame-branch"), ("video", "clip-branch"), ("frame-branch", "gmm-frame"),
+            ("clip-branch", "gmm-clip"), ("gmm-clip", "clip-score"), ("query", "query-encoder"),
+            ("query-encoder", "clip-score"), ("gmm-frame", "frame-score"), ("clip-score", "fusion"),
+            ("frame-score", "fusion")}
+    flow |= {("query", "word-encoder")} if m.csa or m.msra else set()
+    flow |= {("word-encoder", "frame-score")} if m.csa else {("query-encoder", "frame-score")}
+    flow |= {("gmm-frame", "msra"), ("word-encoder", "msra")} if m.msra else set()
+    assert sorted(edges) == sorted(flow)
+    for line in lines:
+        for (x0, y0), (x1, y1) in zip(line, line[1:]):
+            for t in np.linspace(0, 1, 41):
+                x, y = x0 + t * (x1 - x0), y0 + t * (y1 - y0)
+                assert not any(o.x0 < x < o.x1 and o.y0 < y < o.y1 for o in obstacles), (name, line)
+    for i, a in enumerate(lines):
+        for b in lines[i + 1:]:
+            assert not any(segments_meet(p1, p2, q1, q2) for p1, p2 in zip(a, a[1:]) for q1, q2 in zip(b, b[1:])), (a, b)
 
 
 def test_model_diagram_text_follows_the_config(monkeypatch):
@@ -157,7 +261,7 @@ def test_gaussian_windows_match_the_formula(monkeypatch, block, n_frames):
     length = cfg.model.max_frames if block == "frame" else cfg.model.n_clips
     n = length if n_frames is None else n_frames
     fig = D.gaussian_windows_figure(cfg, n_frames=n_frames, block=block, centres=[0, n // 2, n - 1])
-    assert_readable(fig, monkeypatch)
+    assert_readable(fig, monkeypatch, no_overlap=True)
     panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
     assert len(panels) == len(WIDTHS)
     seen = set()
@@ -195,7 +299,7 @@ def test_gaussian_windows_reject_impossible_requests():
 def test_frame_generation_figure_shows_the_generator_signal(monkeypatch):
     params = demo.DemoParams(frame_noise=0.5, background_strength=2.0)
     fig = D.frame_generation_figure(params, n_frames=50, seed=3)
-    texts = " | ".join(assert_readable(fig, monkeypatch))
+    texts = " | ".join(assert_readable(fig, monkeypatch, no_overlap=True))
     assert "0.5·noise" in texts and "2 · scene direction" in texts and "0.55·family" in texts
     ax_line, ax_bar = fig.axes[:2]
     concepts = dict(label.split(": ") for label in (line.get_label() for line in ax_line.get_lines())
@@ -243,7 +347,7 @@ def test_word_frame_timeline_marks_each_words_best_frame(monkeypatch):
     fig = D.word_frame_timeline(sim, words, moments, (40, 60), confidence=np.full(len(words), 1 / len(words)),
                                 title="v1#enc#0: then a person rides the red bike outside " * 3,
                                 fillers=["then", "a", "the"])
-    texts = assert_readable(fig, monkeypatch)
+    texts = assert_readable(fig, monkeypatch, no_overlap=True)
     peaks = [c for c in fig.findobj(PathCollection) if c.get_gid() == "word-peaks"]
     assert len(peaks) == 1
     offsets = peaks[0].get_offsets()

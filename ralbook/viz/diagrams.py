@@ -7,8 +7,10 @@
 * :func:`word_frame_timeline`: a word-by-frame map under the whole video's timeline of moments;
 * :func:`write_docs_figures`: the PNG + SVG files that ``docs/method.md`` shows.
 
-Every text element is at least :data:`MIN_FONT` points at the figure's own size (figures are 12-14 in
-wide, the width a notebook or a slide displays them at), and labels are placed after measuring them.
+Readable on a projector: every figure is at most :data:`~ralbook.viz.plots.DISPLAY_WIDTH_IN` wide (a
+notebook's output area, so the browser never shrinks it), every text is at least :data:`MIN_FONT` points
+at that size, and labels are placed and wrapped after measuring them. Figures grow downwards (a notebook
+scrolls vertically) rather than sideways.
 """
 from __future__ import annotations
 
@@ -32,11 +34,14 @@ from ralbook.errors import ConfigError, DataError
 from ralbook.losses import weights
 from ralbook.model.gmm import GMM_WIDTHS
 from ralbook.model.layers import gaussian_window
+from ralbook.viz.plots import DISPLAY_WIDTH_IN, MIN_FONT
 
-MIN_FONT = 10.0      # smallest text anywhere, in points at the figure's size
 BODY = 11.0          # box text, axis labels
 TITLE = 12.0         # box titles, figure titles
-DIAGRAM_SIZE = (13.5, 9.2)  # inches; 1 diagram unit = 0.1 in
+# every figure's width: with the 0.1 in pad a notebook (bbox "tight") adds on each side it is shown at
+# DISPLAY_WIDTH_IN, 1:1, so its font sizes are what one sees (the width plots.py gives full-width figures)
+WIDTH_IN = DISPLAY_WIDTH_IN - 0.2
+UNIT = 10.0          # model diagram units per inch (1 unit = 0.1 in)
 
 # group -> (legend label, face colour, edge colour); colour-blind safe hues (blue, orange, purple, red)
 GROUPS: dict[str, tuple[str, str, str]] = {
@@ -69,14 +74,42 @@ def _text_size_in(fig: Figure, text: str, fontsize: float, **kwargs) -> tuple[fl
     return box.width / fig.dpi, box.height / fig.dpi
 
 
-def _wrap_measured(fig: Figure, parts: Sequence[str], width_in: float, fontsize: float, sep: str = "   ") -> list[str]:
+def _wrap_measured(fig: Figure, parts: Sequence[str], width_in: float, fontsize: float, sep: str = "   ",
+                   **kwargs) -> list[str]:
     """Greedy lines of ``parts`` joined by ``sep``, each measured to fit ``width_in`` inches (a part never splits)."""
     lines: list[str] = []
     for part in parts:
-        if lines and _text_size_in(fig, lines[-1] + sep + part, fontsize)[0] <= width_in:
+        if lines and _text_size_in(fig, lines[-1] + sep + part, fontsize, **kwargs)[0] <= width_in:
             lines[-1] += sep + part
         else:
             lines.append(part)
+    return lines
+
+
+_GLUE = {"=", "+", "·", "−", "→", "×", "↔", "≈"}  # an operator stays on the line of both its operands
+
+
+def _phrases(text: str) -> list[str]:
+    """``text`` split at spaces, except around an operator: "a = 0.5" or "2 · scene" never breaks."""
+    parts: list[str] = []
+    glue_next = False
+    for token in text.split(" "):
+        if parts and (glue_next or token in _GLUE):
+            parts[-1] += " " + token
+        else:
+            parts.append(token)
+        glue_next = token in _GLUE
+    return parts
+
+
+def _wrap_text(fig: Figure, text: str, width_in: float, fontsize: float, indent: str = "", **kwargs) -> list[str]:
+    """``text`` wrapped at spaces into lines measured to fit ``width_in``; continuation lines get ``indent``."""
+    lines = _wrap_measured(fig, _phrases(text), width_in, fontsize, sep=" ", **kwargs)
+    if indent and len(lines) > 1:
+        rest = _wrap_measured(fig, _phrases(" ".join(lines[1:])), width_in - _text_size_in(fig, indent, fontsize,
+                                                                                           **kwargs)[0],
+                              fontsize, sep=" ", **kwargs)
+        lines = lines[:1] + [indent + line for line in rest]
     return lines
 
 
@@ -113,58 +146,72 @@ class _Box:
         return (self.left + frac * (self.right - self.left), self.top if side == "t" else self.bottom)
 
 
-def _draw_box(ax, name: str, cx: float, cy: float, title: str, body: str, group: str,
-              pad: float = 1.0, align: str = "center") -> _Box:
-    """A rounded box sized to its measured text (so the label always fits), centred at (cx, cy)."""
-    fig = ax.figure
-    renderer = _renderer(fig)
+@dataclass(frozen=True)
+class _Spec:
+    """What one box says: its id stem (``gid`` "box-<name>"), bold title, body lines and colour group."""
+
+    name: str
+    title: str
+    body: str
+    group: str
+    align: str = "center"
+
+
+BOX_PAD = 1.0   # diagram units between a box's text and its edge
+TEXT_GAP = 0.6  # diagram units between a box's title and its body
+
+
+def _box_size(fig: Figure, spec: _Spec) -> tuple[float, float]:
+    """(width, height) in diagram units the box of ``spec`` needs: its measured text plus padding."""
+    w, h = _text_size_in(fig, spec.title, TITLE, weight="bold")
+    if spec.body:
+        bw, bh = _text_size_in(fig, spec.body, BODY, linespacing=1.35, multialignment=spec.align)
+        w, h = max(w, bw), h + bh + TEXT_GAP / UNIT
+    return w * UNIT + 2 * BOX_PAD, h * UNIT + 2 * BOX_PAD
+
+
+def _draw_box(ax, spec: _Spec, cx: float, cy: float, width: float = 0.0, height: float = 0.0,
+              extra: float = 0.0) -> _Box:
+    """A rounded box centred at (cx, cy), at least ``width`` x ``height`` and sized to its measured text (so
+    the label always fits; the text is centred in a taller box), with ``extra`` empty units under the text
+    (room for small plots)."""
+    renderer = _renderer(ax.figure)
     to_data = ax.transData.inverted()
-    title_t = ax.text(cx, 0, title, ha="center", va="top", fontsize=TITLE, weight="bold", zorder=3,
-                      gid=f"box-{name}-title")
-    body_t = ax.text(cx, 0, body, ha="center", va="top", fontsize=BODY, linespacing=1.35, zorder=3,
-                     multialignment=align, gid=f"box-{name}-body") if body else None
+    title_t = ax.text(cx, 0, spec.title, ha="center", va="top", fontsize=TITLE, weight="bold", zorder=3,
+                      gid=f"box-{spec.name}-title")
+    body_t = ax.text(cx, 0, spec.body, ha="center", va="top", fontsize=BODY, linespacing=1.35, zorder=3,
+                     multialignment=spec.align, gid=f"box-{spec.name}-body") if spec.body else None
     sizes = []
     for t in (title_t, body_t):
         if t is not None:
             ext = t.get_window_extent(renderer).transformed(to_data)
             sizes.append((ext.width, ext.height))
-    gap = 0.6
-    height = sum(h for _, h in sizes) + gap * (len(sizes) - 1)
-    width = max(w for w, _ in sizes)
-    top = cy + height / 2
+    text_h = sum(h for _, h in sizes) + TEXT_GAP * (len(sizes) - 1)
+    half_w = max(max(w for w, _ in sizes) / 2 + BOX_PAD, width / 2)
+    half_h = max(text_h / 2 + extra / 2 + BOX_PAD, height / 2)
+    top = cy + half_h - BOX_PAD - (2 * half_h - 2 * BOX_PAD - text_h - extra) / 2
     title_t.set_y(top)
     if body_t is not None:
-        body_t.set_y(top - sizes[0][1] - gap)
-    _, face, edge = GROUPS[group]
-    box = _Box(cx - width / 2 - pad, cx + width / 2 + pad, cy - height / 2 - pad, cy + height / 2 + pad)
+        body_t.set_y(top - sizes[0][1] - TEXT_GAP)
+    _, face, edge = GROUPS[spec.group]
+    box = _Box(cx - half_w, cx + half_w, cy - half_h, cy + half_h)
     ax.add_patch(FancyBboxPatch((box.left, box.bottom), box.right - box.left, box.top - box.bottom,
                                 boxstyle="round,pad=0,rounding_size=1.2", facecolor=face, edgecolor=edge,
-                                linewidth=1.6, zorder=2, gid=f"box-{name}"))
+                                linewidth=1.6, zorder=2, gid=f"box-{spec.name}"))
     return box
 
 
-def _arrow(ax, a: _Box, b: _Box, a_side: str, b_side: str, a_frac: float = 0.5, b_frac: float = 0.5,
-           colour: str = "#333333", via: Optional[float] = None, style: str = "-") -> None:
-    """An orthogonal arrow from a side of box ``a`` to a side of box ``b``.
-
-    ``via``: the x (side to side) or y (top/bottom to top/bottom) of the middle segment.
-    """
-    x0, y0 = a.port(a_side, a_frac)
-    x1, y1 = b.port(b_side, b_frac)
-    horizontal_a, horizontal_b = a_side in "lr", b_side in "lr"
-    if horizontal_a and horizontal_b:
-        xm = (x0 + x1) / 2 if via is None else via
-        points = [(x0, y0), (x1, y1)] if abs(y0 - y1) < 1e-9 else [(x0, y0), (xm, y0), (xm, y1), (x1, y1)]
-    elif horizontal_a:
-        points = [(x0, y0), (x1, y0), (x1, y1)]
-    elif horizontal_b:
-        points = [(x0, y0), (x0, y1), (x1, y1)]
-    else:
-        ym = (y0 + y1) / 2 if via is None else via
-        points = [(x0, y0), (x1, y1)] if abs(x0 - x1) < 1e-9 else [(x0, y0), (x0, ym), (x1, ym), (x1, y1)]
+def _route(ax, points: Sequence[tuple[float, float]], colour: str) -> None:
+    """An arrow along the straight segments through ``points`` (diagram units), its head at the last point."""
     path = MplPath(points, [MplPath.MOVETO] + [MplPath.LINETO] * (len(points) - 1))
     ax.add_patch(FancyArrowPatch(path=path, arrowstyle="-|>", mutation_scale=16, linewidth=1.7, color=colour,
-                                 linestyle=style, zorder=1, shrinkA=0, shrinkB=0))
+                                 zorder=1, shrinkA=0, shrinkB=0))
+
+
+def _down(ax, a: _Box, b: _Box, colour: str, x: Optional[float] = None) -> None:
+    """A straight arrow from the bottom of ``a`` to the top of ``b`` below it (at ``x``, default a's centre)."""
+    x = a.cx if x is None else x
+    _route(ax, [(x, a.bottom), (x, b.top)], colour)
 
 
 # ----------------------------------------------------------------------------- 1. model diagram
@@ -201,129 +248,209 @@ def _loss_lines(cfg: Config) -> list[str]:
     return lines
 
 
+def _model_specs(cfg: Config) -> dict[str, _Spec]:
+    """Every box of the model diagram, keyed by name, with short lines (a box is at most ~2.5 in wide)."""
+    m = cfg.model
+    linear = f"Linear {m.visual_dim}→{m.hidden_size}\n+ positions"
+    specs = [
+        _Spec("video", "Video", f"frame features   $L_f$ × $D_v$ = {m.max_frames} × {m.visual_dim}", "input"),
+        _Spec("query", "Query", f"word features\n$L_q$ × $D_t$ = {m.max_desc_len} × {m.text_dim}", "input"),
+        _Spec("frame-branch", "Frame branch", f"≤ {m.max_frames} frame rows\n(padded)\n{linear}", "backbone"),
+        _Spec("clip-branch", "Clip branch", f"bin the frames into\n{m.n_clips} uniform clips\n{linear}", "backbone"),
+        _Spec("query-encoder", "Query encoder",
+              f"Linear {m.text_dim}→{m.hidden_size}\n+ positions\n1 transformer layer\n({m.n_heads} heads)\n"
+              f"attention pool → $q$", "backbone"),
+        _Spec("gmm-frame", f"GMM block, L = {m.max_frames}", f"→ frame tokens $f$\n($d$ = {m.hidden_size})",
+              "backbone"),
+        _Spec("gmm-clip", f"GMM block, L = {m.n_clips}", f"→ {m.n_clips} clip tokens\n($d$ = {m.hidden_size})",
+              "backbone"),
+        _Spec("clip-score", "Clip score $S_c$", f"max over the {m.n_clips}\nclips of cos($q$, clip)", "backbone"),
+        _Spec("fusion", "Ranking score", f"$S$ = α·$S_c$ + (1 − α)·$S_f$\nα = {_fmt(m.alpha)}", "backbone"),
+        _Spec("losses", "Training losses", "\n".join(_loss_lines(cfg)), "loss", align="left"),
+    ]
+    if m.csa:
+        weighting = ("word confidence $g_t$ = softmax$_t$ MLP($w_t$)" if m.word_confidence
+                     else "uniform word weights $g_t$ = 1 / (number of words)")
+        specs.append(_Spec("frame-score", "CSA frame score $S_f$",
+                           f"{weighting}\n$S_f$ = Σ$_t$ $g_t$ · max$_f$ cos($w_t$, $f$)", "csa"))
+    else:
+        specs.append(_Spec("frame-score", "Frame score $S_f$", "max over frames of cos($q$, $f$)", "backbone"))
+    if m.csa or m.msra:
+        specs.append(_Spec("word-encoder", "CSA word encoder" if m.csa else "Word encoder\n(MSRA)",
+                           f"own Linear {m.text_dim}→{m.hidden_size};\nshared positions;\n"
+                           f"1 transformer layer\n→ word tokens $w_t$", "csa" if m.csa else "msra"))
+    if m.msra:
+        specs.append(_Spec("msra", "MSRA", f"Gaussian of each video's\nframes and of its\nqueries' words: mean μ,\n"
+                                           f"std. deviation σ;\nK = {m.n_proxies} proxies\nz = μ + ε·σ\n"
+                                           f"→ $L_{{PM}}$, $L_{{DA}}$", "msra"))
+    return {s.name: s for s in specs}
+
+
 def model_diagram(cfg: Config) -> Figure:
-    """Block diagram of GMMFormer v2 + RAL with the sizes and weights of ``cfg``.
+    """Block diagram of GMMFormer v2 + RAL with the sizes and weights of ``cfg``, top to bottom.
 
     Why generated: a hand-drawn picture goes stale when a preset or the model changes; this one reads
     the feature sizes, clip and frame lengths, hidden size, K, alpha, sft_factor and loss weights from
     ``cfg``, the window widths from ``ralbook.model.gmm``, and follows the RAL switches (``model.csa``,
     ``model.word_confidence``, ``model.msra``). Colours group the backbone, RAL's parts and the losses.
+
+    Layout (no arrow crosses another): three columns under the video, the frame stream on the left,
+    the query's text stream in the middle, the clip stream on the right; the frame score spans the
+    left two columns, the ranking score sits under the clip score; the legend and the losses, then
+    the inside of a GMM block (its branches' windows), close the figure.
     """
     m = cfg.model
     if m.backbone != "gmmformer_v2":
         raise ConfigError(f"model.backbone={m.backbone!r}: the diagram draws GMMFormer v2 + RAL; "
                           "set model.backbone=gmmformer_v2")
     widths = _window_widths()
-    fig = plt.figure(figsize=DIAGRAM_SIZE)
-    W, H = DIAGRAM_SIZE[0] * 10, DIAGRAM_SIZE[1] * 10
+    fig = plt.figure(figsize=(WIDTH_IN, 12.0))
     ax = fig.add_axes((0, 0, 1, 1))
+    ax.axis("off")
+    specs = _model_specs(cfg)
+    size = {name: _box_size(fig, spec) for name, spec in specs.items()}
+    W = WIDTH_IN * UNIT
+    margin_l = margin_r = 3.6  # the left margin carries the frame tokens past MSRA
+    row_gap = 4.5
+
+    # columns: 0 frame stream, 1 text stream, 2 clip stream; all as wide as the widest box in any
+    columns = {0: ["frame-branch", "gmm-frame", "msra"], 1: ["query", "query-encoder", "word-encoder"],
+               2: ["clip-branch", "gmm-clip", "clip-score", "fusion"]}
+    widest_box = max(size[n][0] for names in columns.values() for n in names if n in specs)
+    col_w = {c: widest_box for c in columns}
+    gap = (W - margin_l - margin_r - sum(col_w.values())) / 2
+    if gap < 3.0 or size["frame-score"][0] > col_w[0] + gap + col_w[1]:
+        widest = max(specs, key=lambda n: size[n][0])
+        raise ConfigError(f"model diagram: the boxes do not fit {WIDTH_IN} in (the widest, {widest!r}, needs "
+                          f"{size[widest][0] / UNIT:.1f} in); shorten the values of {cfg.name!r}")
+    left = {0: margin_l, 1: margin_l + col_w[0] + gap, 2: margin_l + col_w[0] + col_w[1] + 2 * gap}
+    span01 = (left[0], left[1] + col_w[1])  # the frame score merges the frame and text streams
+    place = {n: ((left[c] + col_w[c] / 2), col_w[c]) for c, names in columns.items() for n in names}
+    place["video"] = ((margin_l + W - margin_r) / 2, W - margin_l - margin_r)
+    place["frame-score"] = ((span01[0] + span01[1]) / 2, span01[1] - span01[0])
+    rows = [["video"], ["frame-branch", "query", "clip-branch"], ["gmm-frame", "query-encoder", "gmm-clip"],
+            ["msra", "word-encoder", "clip-score"], ["frame-score", "fusion"]]
+    rows = [[n for n in row if n in specs] for row in rows]
+
+    drawn = {"input", "backbone", "loss"} | ({"csa"} if m.csa else set()) | ({"msra"} if m.msra else set())
+    legend = ax.legend(handles=[Patch(facecolor=f, edgecolor=e, label=label)
+                                for g, (label, f, e) in GROUPS.items() if g in drawn],
+                       loc="upper left", fontsize=BODY, frameon=False, borderaxespad=0, borderpad=0)
+    legend_h = legend.get_window_extent(_renderer(fig)).height / fig.dpi * UNIT
+    text_w = (W - margin_l - margin_r - 2 * BOX_PAD) / UNIT  # inches of text in a full-width box
+    detail_title = f"Inside each GMM block (L = {m.n_clips} and L = {m.max_frames}): {len(widths)} branches"
+    detail_body = (f"Branch k multiplies its attention logits by a Gaussian window of width $w_k$ (below: the "
+                   f"window of the middle position). A softmax over the branches (temperature sft_factor = "
+                   f"{_fmt(m.sft_factor)}) mixes them at every position, with weights computed from a learned "
+                   f"token that summarises each branch.")
+    detail = _Spec("gmm-detail", "\n".join(_wrap_text(fig, detail_title, text_w, TITLE, weight="bold")),
+                   "\n".join(_wrap_text(fig, detail_body, text_w, BODY)), "backbone", align="left")
+    glyph_h = 11.0  # glyph plot + its label, inside the detail box
+
+    # rows from the top (y grows downwards here; flip() turns it into drawing units)
+    y = 0.8
+    row_cy, row_h = [], []
+    for row in rows:
+        h = max(size[n][1] for n in row)
+        row_cy.append(y + h / 2)
+        row_h.append(h)
+        y += h + row_gap
+    y -= row_gap - 3.0
+    bottom_row_top = y
+    y += max(legend_h, size["losses"][1]) + 3.0
+    detail_top = y
+    detail_h = _box_size(fig, detail)[1] + glyph_h
+    H = y + detail_h + 0.6
+    fig.set_size_inches(WIDTH_IN, H / UNIT)
     ax.set_xlim(0, W)
     ax.set_ylim(0, H)
-    ax.axis("off")
-    A, B, C, D, E = 11.0, 38.0, 67.5, 97.0, 122.5  # column centres
 
-    # the GMM block, opened up: text on the left, the window of each branch on the right
-    band = _draw_box(ax, "gmm-detail", 31, 83.5,
-                     f"Inside each GMM block (L = {m.n_clips} and L = {m.max_frames}): {len(widths)} branches",
-                     f"Branch k multiplies its attention logits by a Gaussian\n"
-                     f"window of width $w_k$ (right: window of the middle position).\n"
-                     f"A softmax over the branches (temperature sft_factor = {_fmt(m.sft_factor)})\n"
-                     f"mixes them at every position, with weights computed\n"
-                     f"from a learned token that summarises each branch.", "backbone", align="left")
-    _window_glyphs(fig, ax, widths, m.max_frames, left=band.right + 2.5, right=W - 1.0, bottom=band.bottom,
-                   top=band.top)
+    def flip(v: float) -> float:  # layout y (down from the top) -> drawing y (up from the bottom)
+        return H - v
 
-    video = _draw_box(ax, "video", A, 49, "Video", f"frame features\n$L_f × D_v$ = {m.max_frames} × {m.visual_dim}",
-                      "input")
-    query = _draw_box(ax, "query", A, 27, "Query", f"word features\n$L_q × D_t$ = {m.max_desc_len} × {m.text_dim}",
-                      "input")
-    qenc = _draw_box(ax, "query-encoder", B, 67, "Query encoder",
-                     f"Linear {m.text_dim}→{m.hidden_size} + positions\n1 transformer layer ({m.n_heads} heads)\n"
-                     f"attention pool → query $q$", "backbone")
-    clip_in = _draw_box(ax, "clip-branch", B, 52.5, "Clip branch",
-                        f"bin the frames into {m.n_clips}\nuniform clips; Linear\n"
-                        f"{m.visual_dim}→{m.hidden_size} + positions",
-                        "backbone")
-    frame_in = _draw_box(ax, "frame-branch", B, 39, "Frame branch",
-                         f"≤ {m.max_frames} frame rows, padded\nLinear {m.visual_dim}→{m.hidden_size} + positions",
-                         "backbone")
-    gmm_clip = _draw_box(ax, "gmm-clip", C, 52.5, f"GMM block, L = {m.n_clips}",
-                         f"→ {m.n_clips} clip tokens ($d$ = {m.hidden_size})", "backbone")
-    gmm_frame = _draw_box(ax, "gmm-frame", C, 39, f"GMM block, L = {m.max_frames}",
-                          f"→ frame tokens $f$ ($d$ = {m.hidden_size})", "backbone")
-    clip_score = _draw_box(ax, "clip-score", D, 60, "Clip score $S_c$",
-                           f"max over the {m.n_clips} clips\nof cos($q$, clip)", "backbone")
-    if m.csa:
-        weighting = ("word confidence\n$g_t$ = softmax$_t$ MLP($w_t$)" if m.word_confidence
-                     else "uniform word weights\n$g_t$ = 1 / (number of words)")
-        frame_score = _draw_box(ax, "frame-score", D, 30, "CSA frame score $S_f$",
-                                f"{weighting}\n$S_f$ = Σ$_t$ $g_t$ · max$_f$ cos($w_t$, $f$)", "csa")
+    box: dict[str, _Box] = {}
+    for row, cy, h in zip(rows, row_cy, row_h):
+        for n in row:
+            cx, w = place[n]
+            box[n] = _draw_box(ax, specs[n], cx, flip(cy), width=w, height=h)
+    losses_h = size["losses"][1]
+    losses_w = max(size["losses"][0], col_w[2])  # right-aligned with the clip column
+    box["losses"] = _draw_box(ax, specs["losses"], W - margin_r - losses_w / 2, flip(bottom_row_top + losses_h / 2),
+                              width=losses_w)
+    legend.set_bbox_to_anchor((margin_l / W, flip(bottom_row_top) / H), transform=ax.transAxes)
+    band = _draw_box(ax, detail, W / 2, flip(detail_top + detail_h / 2), width=W - margin_l - margin_r,
+                     extra=glyph_h)
+    _window_glyphs(fig, ax, widths, m.max_frames, left=band.left + 2.0, right=band.right - 2.0,
+                   bottom=band.bottom + 1.0, top=band.bottom + glyph_h + 0.4)
+
+    # arrows: inputs and streams straight down; merges along the gaps between columns (none crosses another)
+    video_c, query_c, fused_c = GROUPS["backbone"][2], GROUPS["input"][2], "#333333"
+    word_c = GROUPS["csa" if m.csa else "msra"][2]
+    b = box
+    gap_l = (b["frame-branch"].right + b["query"].left) / 2   # between the frame and text columns
+    gap_r = (b["query"].right + b["clip-branch"].left) / 2    # between the text and clip columns
+    _down(ax, b["video"], b["frame-branch"], video_c, b["frame-branch"].cx)
+    _down(ax, b["video"], b["clip-branch"], video_c, b["clip-branch"].cx)
+    _down(ax, b["frame-branch"], b["gmm-frame"], video_c)
+    _down(ax, b["clip-branch"], b["gmm-clip"], video_c)
+    _down(ax, b["gmm-clip"], b["clip-score"], video_c)
+    _down(ax, b["query"], b["query-encoder"], query_c)
+    _down(ax, b["clip-score"], b["fusion"], fused_c)
+    _route(ax, [b["frame-score"].port("r"), (b["fusion"].left, b["frame-score"].cy)], fused_c)
+    y_q = b["query-encoder"].port("r", 0.6)[1]
+    _route(ax, [(b["query-encoder"].right, y_q), (gap_r + 0.6, y_q), (gap_r + 0.6, b["clip-score"].cy),
+                b["clip-score"].port("l")], query_c)
+    if "msra" in b:  # the frame tokens go down to MSRA and, along the left margin, to the frame score
+        _down(ax, b["gmm-frame"], b["msra"], video_c)
+        _route(ax, [b["gmm-frame"].port("l"), (margin_l / 2, b["gmm-frame"].cy), (margin_l / 2, b["frame-score"].cy),
+                    b["frame-score"].port("l")], video_c)
     else:
-        frame_score = _draw_box(ax, "frame-score", D, 30, "Frame score $S_f$",
-                                f"max over frames\nof cos($q$, $f$)", "backbone")
-    fusion = _draw_box(ax, "fusion", E, 46, "Ranking score",
-                       f"$S$ = α·$S_c$ + (1 − α)·$S_f$\nα = {_fmt(m.alpha)}", "backbone")
-    losses = _draw_box(ax, "losses", E, 17, "Training losses", "\n".join(_loss_lines(cfg)), "loss", align="left")
-    words = msra = None
-    if m.csa or m.msra:
-        words = _draw_box(ax, "word-encoder", B, 14, "CSA word encoder" if m.csa else "Word encoder (MSRA)",
-                          f"own Linear {m.text_dim}→{m.hidden_size},\nshared positions,\n"
-                          f"1 transformer layer\n→ word tokens $w_t$", "csa" if m.csa else "msra")
-    if m.msra:
-        msra = _draw_box(ax, "msra", C, 21, "MSRA",
-                         f"Gaussian of each video's frames\nand of its queries' words:\n"
-                         f"mean μ, standard deviation σ;\nK = {m.n_proxies} proxies z = μ + ε·σ\n"
-                         f"→ $L_{{PM}}$, $L_{{DA}}$", "msra")
-    drawn = {"input", "backbone", "loss"} | {g for g, on in (("csa", m.csa), ("msra", m.msra)) if on}
-    legend = [Patch(facecolor=f, edgecolor=e, label=label) for g, (label, f, e) in GROUPS.items() if g in drawn]
-    ax.legend(handles=legend, loc="lower left", bbox_to_anchor=(0.004, 0.005), fontsize=BODY, frameon=False)
-
-    video_c, query_c, frame_c, word_c = "#1f5f99", "#555555", "#1f5f99", "#b35806"
-    _arrow(ax, video, clip_in, "r", "l", colour=video_c)
-    _arrow(ax, video, frame_in, "r", "l", colour=video_c)
-    _arrow(ax, query, qenc, "l", "l", colour=query_c, via=0.8)
-    _arrow(ax, clip_in, gmm_clip, "r", "l", colour=video_c)
-    _arrow(ax, frame_in, gmm_frame, "r", "l", colour=video_c)
-    _arrow(ax, qenc, clip_score, "r", "t", colour=query_c)
-    _arrow(ax, gmm_clip, clip_score, "r", "l", b_frac=0.3, colour=video_c)
-    _arrow(ax, gmm_frame, frame_score, "r", "t", colour=frame_c)
-    _arrow(ax, clip_score, fusion, "r", "t", colour="#333333")
-    _arrow(ax, frame_score, fusion, "r", "b", colour="#333333")
-    if words is not None:
-        _arrow(ax, query, words, "r", "l", a_frac=0.3, colour=query_c)
+        _down(ax, b["gmm-frame"], b["frame-score"], video_c)
+    if "word-encoder" in b:  # the query's words pass the query encoder on its left
+        words = b["word-encoder"]
+        y_mid = (b["query-encoder"].bottom + words.top) / 2
+        x_in = words.left + 0.2 * (words.right - words.left)
+        _route(ax, [b["query"].port("l", 0.5), (gap_l, b["query"].cy), (gap_l, y_mid), (x_in, y_mid),
+                    (x_in, words.top)], query_c)
         if m.csa:
-            _arrow(ax, words, frame_score, "r", "b", a_frac=0.35, colour=word_c)
-        else:  # the backbone frame score takes the pooled query
-            _arrow(ax, qenc, frame_score, "r", "l", a_frac=0.25, colour=query_c, via=(gmm_frame.right + D) / 2 - 3)
-    else:
-        _arrow(ax, qenc, frame_score, "r", "l", a_frac=0.25, colour=query_c, via=(gmm_frame.right + D) / 2 - 3)
-    if msra is not None and words is not None:
-        _arrow(ax, gmm_frame, msra, "b", "t", colour=frame_c)
-        _arrow(ax, words, msra, "r", "l", a_frac=0.7, colour=word_c)
+            _down(ax, words, b["frame-score"], word_c)
+        if "msra" in b:
+            _route(ax, [words.port("l"), (b["msra"].right, words.cy)], word_c)
+    if not m.csa:  # the backbone frame score takes the pooled query
+        qenc = b["query-encoder"]
+        if "word-encoder" in b:  # down the right gap, past the word encoder
+            y_a = qenc.port("r", 0.25)[1]
+            y_mid = (b["word-encoder"].bottom + b["frame-score"].top) / 2
+            x_in = b["frame-score"].right - 2.0
+            _route(ax, [(qenc.right, y_a), (gap_r - 0.6, y_a), (gap_r - 0.6, y_mid), (x_in, y_mid),
+                        (x_in, b["frame-score"].top)], query_c)
+        else:
+            _down(ax, qenc, b["frame-score"], query_c)
     return fig
 
 
 def _window_glyphs(fig: Figure, ax, widths: Sequence[Optional[float]], length: int, left: float, right: float,
                    bottom: float, top: float) -> None:
-    """One small plot per GMM branch: the window row of the block's middle position over its positions."""
+    """One small plot per GMM branch, in model order: the window row of the block's middle position."""
     n = len(widths)
-    gap = 1.2
+    gap = 1.6
     size_w = (right - left - gap * (n - 1)) / n
     label_h = 2.4  # room under each glyph for its width label (diagram units)
     W, H = ax.get_xlim()[1], ax.get_ylim()[1]
     x = np.arange(length)
     for k, width in enumerate(widths):
         x0 = left + k * (size_w + gap)
-        gax = fig.add_axes((x0 / W, (bottom + label_h + 0.6) / H, size_w / W, (top - bottom - label_h - 1.2) / H))
+        gax = fig.add_axes((x0 / W, (bottom + label_h + 0.4) / H, size_w / W, (top - bottom - label_h - 0.4) / H))
         gax.fill_between(x, _window_row(length, width, length // 2), color=GROUPS["backbone"][2], alpha=0.85, lw=0)
         gax.set_xlim(0, length - 1)
         gax.set_ylim(0, 1.05)
         gax.set_xticks([])
         gax.set_yticks([])
+        gax.grid(False)
         gax.set_facecolor("white")
         for spine in gax.spines.values():
             spine.set_color("#999999")
-        ax.text(x0 + size_w / 2, bottom + 0.4, "none" if width is None else f"w = {_fmt(width)}",
+        ax.text(x0 + size_w / 2, bottom, "none" if width is None else f"w = {_fmt(width)}",
                 ha="center", va="bottom", fontsize=MIN_FONT, zorder=3)
 
 
@@ -353,10 +480,16 @@ def gaussian_windows_figure(cfg: Config, n_frames: Optional[int] = None, block: 
     if bad:
         raise ConfigError(f"centres {bad}: query positions must lie in 0..{n - 1} (n_frames = {n})")
     widths = _window_widths()
-    ncols = 4
+    ncols = 2  # two panels a row keep each 4 in wide at the notebook's width; more rows instead
     nrows = int(np.ceil(len(widths) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(13.0, 2.6 * nrows + 1.6), sharex=True, sharey=True,
-                             squeeze=False, layout="constrained")
+    fig = plt.figure(figsize=(WIDTH_IN, 10.0), layout="constrained")
+    video = f"a video of {n} rows" if n < length else f"a full {length}-row video"
+    title = [*_wrap_text(fig, f"Gaussian windows of the GMM {block} block (L = {length}), shown over {video}.",
+                         WIDTH_IN - 0.3, TITLE),
+             *_wrap_text(fig, "A branch multiplies its attention logits by these weights: 1 keeps a key's logit, "
+                              "0 sets it to 0 (the key is not masked out).", WIDTH_IN - 0.3, TITLE)]
+    fig.set_size_inches(WIDTH_IN, 2.25 * nrows + 0.5 + 0.26 * len(title) + 0.5)
+    axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
     colours = plt.get_cmap("tab10").colors
     keys = np.arange(n)
     # panels from narrow to wide (plain attention first); titles keep the branch's index in the model
@@ -379,10 +512,7 @@ def gaussian_windows_figure(cfg: Config, n_frames: Optional[int] = None, block: 
         ax.set_xlabel("key position (frame row)" if block == "frame" else "key position (clip)", fontsize=BODY)
     for ax in axes[:, 0]:
         ax.set_ylabel("window weight", fontsize=BODY)
-    video = f"a video of {n} rows" if n < length else f"a full {length}-row video"
-    fig.suptitle(f"Gaussian windows of the GMM {block} block (L = {length}), shown over {video}\n"
-                 f"A branch multiplies its attention logits by these weights: 1 keeps a key's logit, 0 sets it to 0 "
-                 f"(not excluded).", fontsize=TITLE)
+    fig.suptitle("\n".join(title), fontsize=TITLE, x=0.01, ha="left", linespacing=1.4)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=len(centres), fontsize=BODY, frameon=False)
     return fig
@@ -425,7 +555,7 @@ def frame_generation_figure(params=None, n_frames: int = 60, seed: int = 0) -> F
     for mo in moments:
         background[mo.start:mo.end] = False
 
-    fig = plt.figure(figsize=(13.0, 8.4), layout="constrained")
+    fig = plt.figure(figsize=(WIDTH_IN, 12.0), layout="constrained")
     own = np.sqrt(max(1 - p.family_share ** 2 - p.kind_share ** 2, 0.0))
     sw = p.slot_weights
     recipe = [
@@ -441,15 +571,23 @@ def frame_generation_figure(params=None, n_frames: int = 60, seed: int = 0) -> F
         f" (AR(1), {_fmt(p.drift_memory)}) + {_fmt(p.frame_noise)}·noise; drift and noise are scaled by"
         f" difficulty = {_fmt(p.difficulty)}.",
     ]
-    key = _wrap_measured(fig, [f"M{k + 1} = {' '.join(mo.concepts[s] for s in demo.SLOTS)}"
-                               for k, mo in enumerate(moments)], 12.3, BODY, sep="  ·  ")
-    lines = recipe + [f"This video ({n_frames} frames): " + key[0], *key[1:]]
-    fig.text(0.012, 1 - 0.12 / 8.4, f"How a demo frame feature is made ({p.visual_dim}-d frames, seed {p.seed})",
-             ha="left", va="top", fontsize=TITLE, weight="bold")
-    text = fig.text(0.012, 1 - 0.48 / 8.4, "\n".join(lines), ha="left", va="top", fontsize=BODY, linespacing=1.45)
-    text_h = text.get_window_extent(_renderer(fig)).height / fig.dpi
-    fig.get_layout_engine().set(rect=(0, 0, 1, 1 - (0.6 + text_h) / 8.4))
-    ax_line, ax_bar = fig.subplots(1, 2, width_ratios=[2.0, 1.0])
+    text_w = WIDTH_IN - 0.25  # the recipe and the key wrap (measured) to the figure's width
+    parts = [f"M{k + 1} = {' '.join(mo.concepts[s] for s in demo.SLOTS)}" for k, mo in enumerate(moments)]
+    lines = [line for sentence in recipe for line in _wrap_text(fig, sentence, text_w, BODY, indent="    ")]
+    lines += _wrap_measured(fig, [f"This video ({n_frames} frames): {parts[0]}", *parts[1:]], text_w, BODY,
+                            sep="  ·  ")
+    title = "\n".join(_wrap_text(fig, f"How a demo frame feature is made ({p.visual_dim}-d frames, seed {p.seed})",
+                                 text_w, TITLE, weight="bold"))
+    title_h = _text_size_in(fig, title, TITLE, weight="bold")[1]
+    text_h = _text_size_in(fig, "\n".join(lines), BODY, linespacing=1.45)[1]
+    top_h = 0.12 + title_h + 0.12 + text_h + 0.12
+    height = top_h + 8.0  # two full-width panels stacked, each with its legend under it
+    fig.set_size_inches(WIDTH_IN, height)
+    fig.text(0.12 / WIDTH_IN, 1 - 0.12 / height, title, ha="left", va="top", fontsize=TITLE, weight="bold")
+    fig.text(0.12 / WIDTH_IN, 1 - (0.24 + title_h) / height, "\n".join(lines), ha="left", va="top", fontsize=BODY,
+             linespacing=1.45)
+    fig.get_layout_engine().set(rect=(0, 0, 1, 1 - top_h / height))
+    ax_line, ax_bar = fig.subplots(2, 1, height_ratios=[1.0, 0.9])
     colours = plt.get_cmap("tab10").colors
     t = np.arange(n_frames)
     for k, mo in enumerate(moments):
@@ -463,7 +601,7 @@ def frame_generation_figure(params=None, n_frames: int = 60, seed: int = 0) -> F
     ax_line.set_xlabel(f"frame (moment M{target + 1} shaded orange, other moments grey)", fontsize=BODY)
     ax_line.set_ylabel(f"projection on M{target + 1}'s\nconcept directions", fontsize=BODY)
     ax_line.tick_params(labelsize=MIN_FONT)
-    ax_line.legend(fontsize=MIN_FONT, loc="upper left", bbox_to_anchor=(0.0, -0.13), ncol=4, frameon=False)
+    ax_line.legend(fontsize=MIN_FONT, loc="upper left", bbox_to_anchor=(0.0, -0.16), ncol=4, frameon=False)
     slots = list(directions)
     y = np.arange(len(slots))
     bars = [(f"inside M{target + 1}, generated", frames, inside, "#b35806"),
@@ -482,7 +620,7 @@ def frame_generation_figure(params=None, n_frames: int = 60, seed: int = 0) -> F
     ax_bar.set_xlabel("mean projection", fontsize=BODY)
     ax_bar.tick_params(labelsize=MIN_FONT)
     ax_bar.margins(x=0.22)
-    ax_bar.legend(fontsize=MIN_FONT, loc="upper left", bbox_to_anchor=(0.0, -0.13), ncol=1, frameon=False)
+    ax_bar.legend(fontsize=MIN_FONT, loc="upper left", bbox_to_anchor=(0.0, -0.16), ncol=3, frameon=False)
     return fig
 
 
@@ -543,13 +681,12 @@ def word_frame_timeline(similarity: np.ndarray, words: Sequence[str], moments: S
     word_labels = list(words) if conf is None else [f"{w} ({c:.2f})" for w, c in zip(words, conf)]
     peak_labels = [f"→ frame {r}: {text}" for r, (_, text) in zip(best, places)]
 
-    fig = plt.figure(figsize=(13.0, 1.0))
-    width = 13.0
+    width = WIDTH_IN
+    fig = plt.figure(figsize=(width, 1.0))
     left = max(_text_size_in(fig, s, BODY)[0] for s in word_labels) + 0.55
     right_text = max(_text_size_in(fig, s, MIN_FONT, weight="bold")[0] for s in peak_labels) + 0.15
-    cbar_w, cbar_label = 0.18, 0.95
-    axes_w = width - left - right_text - 0.2 - cbar_w - cbar_label
-    if axes_w < 4.0:
+    axes_w = width - left - right_text - 0.1  # the colour bar lies under the map, so the map gets the rest
+    if axes_w < 3.5:
         raise DataError(f"labels too long to draw: {axes_w:.1f} in left for the map "
                         f"(longest word label {max(word_labels, key=len)!r})")
     band_h = 1.05
@@ -584,7 +721,16 @@ def word_frame_timeline(similarity: np.ndarray, words: Sequence[str], moments: S
     title_h = 0.1 + 0.28 * len(title_lines)
     key_h = 0.22 * len(key_lines) + (0.08 if key_lines else 0)
     map_h = 0.38 * n_words + 0.1
-    bottom_h = 1.25
+    handles = [Line2D([], [], ls="", marker="o", markersize=9, markerfacecolor=PEAK_COLOURS[k], markeredgecolor="black",
+                      label=f"best frame of a word: {text}")
+               for k, text in (("own", "in the query's moment"), ("other", "in another moment"),
+                               ("background", "in background"))]
+    handles.append(Patch(facecolor="none", edgecolor=PEAK_COLOURS["own"], lw=2.4, label="query's own moment"))
+    item_w = max(_text_size_in(fig, h.get_label(), MIN_FONT)[0] for h in handles) + 0.75  # + marker and padding
+    ncol = 2 if 0.2 + 2 * item_w <= width else 1
+    legend_h = 0.25 * int(np.ceil(len(handles) / ncol)) + 0.1
+    cbar_y = legend_h + 0.1 + 0.5   # the colour bar's ticks and label take 0.5 in under it
+    bottom_h = cbar_y + 0.14 + 0.62  # the map's tick labels and x label take 0.62 in under it
     time_y = bottom_h + map_h + 0.18
     height = title_h + key_h + numbers_h + band_h + 0.18 + map_h + bottom_h
     fig.set_size_inches(width, height)
@@ -594,7 +740,7 @@ def word_frame_timeline(similarity: np.ndarray, words: Sequence[str], moments: S
 
     ax_map = fig.add_axes(rect(left, bottom_h, axes_w, map_h))
     ax_time = fig.add_axes(rect(left, time_y, axes_w, band_h), sharex=ax_map)
-    ax_bar = fig.add_axes(rect(left + axes_w + right_text + 0.2, bottom_h, cbar_w, map_h))
+    ax_bar = fig.add_axes(rect(left, cbar_y, min(axes_w, 3.0), 0.14))
 
     # timeline: background, then each moment as a labelled band
     ax_time.add_patch(Rectangle((-0.5, 0.35), n_rows, 0.3, facecolor="#eeeeee", edgecolor="none"))
@@ -644,16 +790,11 @@ def word_frame_timeline(similarity: np.ndarray, words: Sequence[str], moments: S
     ax_map.set_xlabel("frame row (after binning)", fontsize=BODY)
     ax_map.tick_params(labelsize=MIN_FONT)
     ax_map.grid(False)
-    bar = fig.colorbar(image, cax=ax_bar)
+    bar = fig.colorbar(image, cax=ax_bar, orientation="horizontal")
     bar.set_label("cosine (word, frame)", fontsize=BODY)
     bar.ax.tick_params(labelsize=MIN_FONT)
-    handles = [Line2D([], [], ls="", marker="o", markersize=9, markerfacecolor=PEAK_COLOURS[k], markeredgecolor="black",
-                      label=f"best frame of a word: {text}")
-               for k, text in (("own", "in the query's moment"), ("other", "in another moment"),
-                               ("background", "in background"))]
-    handles.append(Patch(facecolor="none", edgecolor=PEAK_COLOURS["own"], lw=2.4, label="query's own moment"))
-    fig.legend(handles=handles, loc="lower left", bbox_to_anchor=(left / width, 0.02), ncol=2, fontsize=MIN_FONT,
-               frameon=False)
+    fig.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.1 / width, 0.05 / height), ncol=ncol,
+               fontsize=MIN_FONT, frameon=False, borderaxespad=0)
     return fig
 
 
