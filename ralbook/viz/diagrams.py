@@ -106,9 +106,8 @@ def _wrap_text(fig: Figure, text: str, width_in: float, fontsize: float, indent:
     """``text`` wrapped at spaces into lines measured to fit ``width_in``; continuation lines get ``indent``."""
     lines = _wrap_measured(fig, _phrases(text), width_in, fontsize, sep=" ", **kwargs)
     if indent and len(lines) > 1:
-        rest = _wrap_measured(fig, _phrases(" ".join(lines[1:])), width_in - _text_size_in(fig, indent, fontsize,
-                                                                                           **kwargs)[0],
-                              fontsize, sep=" ", **kwargs)
+        narrower = width_in - _text_size_in(fig, indent, fontsize, **kwargs)[0]
+        rest = _wrap_measured(fig, _phrases(" ".join(lines[1:])), narrower, fontsize, sep=" ", **kwargs)
         lines = lines[:1] + [indent + line for line in rest]
     return lines
 
@@ -525,8 +524,8 @@ def frame_generation_figure(params=None, n_frames: int = 60, seed: int = 0) -> F
     """How the demo generator makes frame features, with its real parameters and one generated video.
 
     Calls the generator's own functions (``ralbook.demo``) on a fresh video, so the picture is what
-    ``make demo`` does. Left: each frame's projection onto the visual directions of one moment's four
-    concepts, over the whole video (moments shaded). Right: mean projections inside that moment vs
+    ``make demo`` does. Top: each frame's projection onto the visual directions of one moment's four
+    concepts, over the whole video (moments shaded). Below it: mean projections inside that moment vs
     background frames, with and without the style, drift and noise (the clean part is the same video
     rendered with ``difficulty = 0`` and ``video_style = 0``).
     """
@@ -642,7 +641,7 @@ def _fit_label(fig: Figure, number: str, label: str, width_in: float, height_in:
 def word_frame_timeline(similarity: np.ndarray, words: Sequence[str], moments: Sequence[tuple[float, float, str]],
                         query_span: tuple[float, float], confidence: Optional[np.ndarray] = None, title: str = "",
                         fillers: Sequence[str] = ()) -> Figure:
-    """A word-by-frame cosine map with the whole video's timeline of moments above it.
+    """A word-by-frame cosine map with the whole video's timeline of moments above it (colour scale below).
 
     ``moments``: (first_row, end_row, label) per ground-truth moment in frame rows (end exclusive,
     e.g. from ``analysis.frame_span_to_rows``), label = its concepts; ``query_span``: the rows of the
