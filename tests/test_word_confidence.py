@@ -223,3 +223,26 @@ def test_centred_norm_half_range():
     assert wide(1.0) == pytest.approx(0.5) and wide(0.85) == pytest.approx(0.0) and wide(1.15) == pytest.approx(1.0)
     with pytest.raises(DataError, match="half_range"):
         centred_norm([np.array([1.0])], half_range=0.0)
+
+
+def test_query_box_runs_each_submitted_query_once_and_says_what_it_ranks(capsys):
+    """Enter (a value change) and the rank button both submit; a query equal to the one shown is not run again
+    (leaving the box, then clicking, submits the same text twice); while ``render`` runs, the line above the
+    output names the query (escaped), and afterwards tells how to submit."""
+    from ralbook.viz import word_confidence as V
+
+    calls: list[tuple[str, object]] = []
+    line: list = []  # the status line, once the box exists (the example runs while it is built)
+    box = V.query_box(lambda q: calls.append((q, line[0].value if line else None)), example="a door")
+    (text, button), status, out = box.children[0].children, box.children[1], box.children[2]
+    line.append(status)
+    assert type(text).__name__ == "Text" and type(button).__name__ == "Button" and type(out).__name__ == "Output"
+    assert button.description == "rank"
+    assert calls == [("a door", None)]  # the example is shown at once
+    text.value = "the red <ball>"  # Enter
+    button.click()  # the same text again: nothing to do
+    assert calls[1:] == [("the red <ball>", "ranking <i>the red &lt;ball&gt;</i> ...")]
+    text.value = "a door"  # an earlier query, not the one shown: runs
+    assert [q for q, _ in calls] == ["a door", "the red <ball>", "a door"]
+    assert status.value == V.QUERY_HINT and "Enter" in V.QUERY_HINT and "rank" in V.QUERY_HINT
+    capsys.readouterr()  # display() of the box prints its repr outside a kernel

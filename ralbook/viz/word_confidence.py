@@ -4,10 +4,12 @@
   on a diverging scale centred at 1 (the uniform share), so a word above its share is red, below it blue,
   at its share white; value labels and words at least ``MIN_FONT`` points at the size the notebook shows
   (the figure is at most ``MAX_WIDTH`` inches wide, which a notebook shows unscaled at 100 dpi).
-* :func:`query_box` - a text box (ipywidgets) that calls a ``render(text)`` for each query typed.
+* :func:`query_box` - a text box (ipywidgets) with a ``rank`` button that calls a ``render(text)`` for each
+  query submitted.
 """
 from __future__ import annotations
 
+import html
 import textwrap
 from typing import Callable, Optional, Sequence
 
@@ -89,27 +91,46 @@ def relative_confidence_strips(queries: Sequence[tuple[str, Sequence[str], np.nd
     return fig
 
 
-def query_box(render: Callable[[str], object], example: str = "", description: str = "query") -> object:
-    """A text box (ipywidgets) that runs ``render(text)`` into an output area for each query typed.
+QUERY_HINT = "type words of the vocabulary, then press Enter or click <b>rank</b>"
 
-    ``example`` is the starting text, rendered at once, so the box never opens empty. Returns the widget box
-    after displaying it; notebooks open it only when a person runs them (never under papermill).
+
+def query_box(render: Callable[[str], object], example: str = "", description: str = "query") -> object:
+    """A text box (ipywidgets) that runs ``render(text)`` into an output area for each query submitted.
+
+    A query is submitted with Enter, by leaving the box, or with the ``rank`` button (a student who types and
+    waits otherwise sees nothing happen); a line between box and output says what to do and, while ``render``
+    runs (a second or two), which query is being ranked, since the output keeps the previous query's results
+    until the new ones arrive. A query equal to the one shown is not run again (leaving the box and clicking
+    the button submit the same text twice). ``example`` is rendered at once, so the box never opens empty.
+    Returns the widget box after displaying it; notebooks open it only when a person runs them (never under
+    papermill).
     """
     import ipywidgets as widgets
     from IPython.display import display
 
     text = widgets.Text(value=example, placeholder="words of the demo vocabulary, e.g. a person opens the door",
-                        description=description, continuous_update=False, layout=widgets.Layout(width="90%"))
+                        description=description, continuous_update=False, layout=widgets.Layout(width="80%"))
+    button = widgets.Button(description="rank", tooltip="rank the videos for the typed query (or press Enter)",
+                            button_style="primary", layout=widgets.Layout(width="auto"))
+    status = widgets.HTML(value=QUERY_HINT)
     out = widgets.Output()
+    shown: list[Optional[str]] = [None]  # the query whose results the output holds
 
-    def show(change: object = None) -> None:
+    def show(_: object = None) -> None:
+        query = text.value
+        if query == shown[0]:
+            return
+        shown[0] = query
+        status.value = f"ranking <i>{html.escape(query)}</i> ..."
         out.clear_output(wait=True)
         with out:
-            render(text.value)
+            render(query)
             plt.show()
+        status.value = QUERY_HINT
 
     text.observe(show, names="value")
-    box = widgets.VBox([text, out])
+    button.on_click(show)
+    box = widgets.VBox([widgets.HBox([text, button]), status, out])
     display(box)
     show()
     return box
