@@ -404,3 +404,16 @@ def test_write_docs_figures_and_the_committed_ones_are_current(tmp_path):
             f"{committed.relative_to(REPO)} is stale: run python -c 'from ralbook.viz.diagrams import "
             f"write_docs_figures; write_docs_figures()' and commit docs/figures")
         assert (REPO / "docs" / "figures" / f"{stem}.png").is_file()
+
+
+def test_word_frame_timeline_labels_relative_confidence_and_names_the_span(monkeypatch):
+    """Word labels show g x n (the strip's unit, 1 = uniform share); a typed query's span is named as given."""
+    sim, words, moments = _timeline_case(np.random.default_rng(1))
+    conf = np.array([0.05, 0.05, 0.15, 0.2, 0.05, 0.15, 0.3, 0.05])
+    fig = D.word_frame_timeline(sim, words, moments, (40, 60), confidence=conf,
+                                span_name="the moment sharing most concepts")
+    texts = assert_readable(fig, monkeypatch, no_overlap=True)
+    assert "bike (2.40)" in texts and "then (0.40)" in texts            # 0.3 x 8, 0.05 x 8
+    assert "→ frame 45: outlined moment" in texts and not any("own moment" in t for t in texts)
+    assert "the moment sharing most concepts" in texts
+    assert "best frame of a word: in the moment sharing most concepts" in texts

@@ -313,7 +313,7 @@ def test_stored_notebooks_end_with_a_generated_conclusion():
 
 
 def test_results_say_how_far_their_numbers_travel():
-    """The expected spread of a fresh run: t(4) x sqrt(2) x 11.56 = 45.4 SumR; the studies' own seed spreads."""
+    """The expected spread of a fresh run: t(4) x sqrt(2) x 6.77 = 26.6 SumR; the studies' own seed spreads."""
     from scipy.stats import t
 
     results = {"settings": {"epochs": 10}, "notebooks": {
@@ -325,8 +325,11 @@ def test_results_say_how_far_their_numbers_travel():
         "06_ablation_sweep": {"seed_only": {"differences": {"1": -6.0}, "values": {"9527": 200.0, "1": 194.0},
                                             "sd": 4.24}}}}
     lines = results_file.travel_lines(results)
-    reach = t.ppf(0.975, 4) * 2 ** 0.5 * 11.56
-    assert f"within ±{reach:.1f} SumR" in lines[0] and "±45.4" in lines[0] and "(10 epochs)" in lines[0]
+    reach = t.ppf(0.975, 4) * 2 ** 0.5 * 6.77
+    assert f"within ±{reach:.1f} SumR" in lines[0] and "±26.6" in lines[0]
+    assert "measured at this run's own training length (10 epochs)" in lines[0]
+    shorter = results_file.travel_lines({"settings": {"epochs": 4}, "notebooks": {}})
+    assert "(4 epochs) has not been measured over seeds" in shorter[0]
     assert "SDs over its 3 seeds from 4.2 to 21.0 SumR" in lines[2]
     assert "moved the full model's SumR by -6.0 (SD over its 2 seeds 4.2)" in lines[3]
     assert len(results_file.travel_lines({"notebooks": {}})) == 2

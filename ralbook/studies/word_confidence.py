@@ -246,12 +246,12 @@ def query_figures(result: QueryResult, fillers: set[str] | frozenset[str] = froz
     hit, moments, best = result.hits[0], result.moments[0], result.best_moment[0]
     n = hit.similarity.shape[0]
     if best is not None:
-        span = moments[best][:2]
+        span, name = moments[best][:2], "the moment sharing most concepts"
         how = f"outlined: M{best + 1}, the moment sharing most concepts with the query"
     else:
-        span = (hit.moment.first_row, hit.moment.last_row + 1)
+        span, name = (hit.moment.first_row, hit.moment.last_row + 1), "the model's best window"
         how = "no moment shares a concept with the query; outlined: the model's own best moment"
     title = f"rank 1: {hit.video} (fused score {hit.score:.3f}); {how}"
     figures["word_frame"] = word_frame_timeline(hit.similarity, words[:n], moments, span, result.confidence[:n],
-                                                title=title, fillers=sorted(fillers))
+                                                title=title, fillers=sorted(fillers), span_name=name)
     return figures

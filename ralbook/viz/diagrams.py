@@ -640,7 +640,7 @@ def _fit_label(fig: Figure, number: str, label: str, width_in: float, height_in:
 
 def word_frame_timeline(similarity: np.ndarray, words: Sequence[str], moments: Sequence[tuple[float, float, str]],
                         query_span: tuple[float, float], confidence: Optional[np.ndarray] = None, title: str = "",
-                        fillers: Sequence[str] = ()) -> Figure:
+                        fillers: Sequence[str] = (), span_name: str = "") -> Figure:
     """A word-by-frame cosine map with the whole video's timeline of moments above it (colour scale below).
 
     ``moments``: (first_row, end_row, label) per ground-truth moment in frame rows (end exclusive,
@@ -648,6 +648,9 @@ def word_frame_timeline(similarity: np.ndarray, words: Sequence[str], moments: S
     query's own moment. Each word's best frame (the max that enters the frame score) is marked, and
     the right margin says where it fell: the query's moment, another moment Mk, or background. So a
     content word that finds its best frame in *another* moment sharing a concept is visible at once.
+    ``confidence`` (one per word) is labelled relative to a uniform share (g x number of words, as the
+    word-confidence strip shows it). ``span_name`` names the outlined span where it is not the query's own
+    moment (a typed query has none: e.g. "the moment sharing most concepts").
     """
     sim = np.asarray(similarity, dtype=float)
     if sim.ndim != 2 or sim.shape[0] != len(words) or sim.shape[1] < 1:
@@ -667,17 +670,21 @@ def word_frame_timeline(similarity: np.ndarray, words: Sequence[str], moments: S
     own = int(np.argmax(overlaps)) if overlaps and max(overlaps) > 0 else None
     best = sim.argmax(axis=1)
 
+    span_label = span_name or "the query's moment"
+    own_text = "outlined moment" if span_name else "own moment"
+
     def where(row: int) -> tuple[str, str]:
         for k, (s, e, _) in enumerate(moments):
             if s <= row < e:
-                return ("own", "own moment") if k == own else ("other", f"M{k + 1}, other moment")
+                return ("own", own_text) if k == own else ("other", f"M{k + 1}, other moment")
         if q0 <= row < q1:
-            return "own", "own moment"
+            return "own", own_text
         return "background", "background"
 
     places = [where(int(r)) for r in best]
     fill = {w.lower() for w in fillers}
-    word_labels = list(words) if conf is None else [f"{w} ({c:.2f})" for w, c in zip(words, conf)]
+    relative = None if conf is None else conf * n_words / max(float(conf.sum()), 1e-12)
+    word_labels = list(words) if relative is None else [f"{w} ({c:.2f})" for w, c in zip(words, relative)]
     peak_labels = [f"→ frame {r}: {text}" for r, (_, text) in zip(best, places)]
 
     width = WIDTH_IN
@@ -703,7 +710,7 @@ def word_frame_timeline(similarity: np.ndarray, words: Sequence[str], moments: S
         if lines is None:
             above.append(k)
         if label and (lines is None or lines == [name]):
-            keys.append(f"{name} = {label}" + (" (the query's moment)" if k == own else ""))
+            keys.append(f"{name} = {label}" + (f" ({span_label})" if k == own else ""))
     levels: dict[int, int] = {}
     ends: list[float] = []  # right edge (inches) of the last number placed on each level
     for k in above:
@@ -722,9 +729,12 @@ def word_frame_timeline(similarity: np.ndarray, words: Sequence[str], moments: S
     map_h = 0.38 * n_words + 0.1
     handles = [Line2D([], [], ls="", marker="o", markersize=9, markerfacecolor=PEAK_COLOURS[k], markeredgecolor="black",
                       label=f"best frame of a word: {text}")
-               for k, text in (("own", "in the query's moment"), ("other", "in another moment"),
+               for k, text in (("own", f"in {span_label}"), ("other", "in another moment"),
                                ("background", "in background"))]
-    handles.append(Patch(facecolor="none", edgecolor=PEAK_COLOURS["own"], lw=2.4, label="query's own moment"))
+    handles.append(Patch(facecolor="none", edgecolor=PEAK_COLOURS["own"], lw=2.4,
+                         label=span_name or "query's own moment"))
+    if relative is not None:
+        handles.append(Line2D([], [], ls="", label="word (1.2): confidence 1.2 × a uniform share"))
     item_w = max(_text_size_in(fig, h.get_label(), MIN_FONT)[0] for h in handles) + 0.75  # + marker and padding
     ncol = 2 if 0.2 + 2 * item_w <= width else 1
     legend_h = 0.25 * int(np.ceil(len(handles) / ncol)) + 0.1

@@ -111,11 +111,12 @@ def headline(results: Mapping[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-# The spread over seeds a fresh run of the demo preset is expected to show (measured, not assumed): fp32 runs of
-# benchmarks/bench_amp.py, quoted in docs/performance.md ("bf16" evidence table).
+# The spread over seeds a fresh run of the demo preset is expected to show (measured, not assumed):
+# `ralbook train --preset demo --seeds 1 2 3 4 5` at the preset's own length, quoted in docs/performance.md
+# ("Seed spread of the demo preset"; test fused SumR 214.2, 221.8, 211.4, 221.9, 206.3).
 SEED_SPREAD: Mapping[str, Any] = {
-    "metric": "test fused SumR", "sd": 11.56, "seeds": 5, "preset": "demo", "epochs": 4,
-    "machine": "a 2-core Intel Xeon with AMX, fp32", "source": "docs/performance.md",
+    "metric": "test fused SumR", "sd": 6.77, "seeds": 5, "preset": "demo", "epochs": 10,
+    "machine": "a 2-core AMD EPYC with AVX-512 and avx512_bf16 (no AMX), fp32", "source": "docs/performance.md",
 }
 
 
@@ -137,6 +138,15 @@ def _study_spreads(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _length_note(results: Mapping[str, Any], spread: Mapping[str, Any]) -> str:
+    """Whether the spread was measured at this run's own training length (a longer run may spread less)."""
+    epochs = _get(results, "settings", "epochs")
+    if epochs is not None and int(epochs) == int(spread["epochs"]):
+        return f"the spread was measured at this run's own training length ({epochs} epochs)."
+    return (f"this run's own training length ({epochs or 'see above'} epochs) has not been measured over seeds, "
+            f"and a run of another length may spread differently.")
+
+
 def travel_lines(results: Mapping[str, Any], spread: Mapping[str, Any] = SEED_SPREAD) -> list[str]:
     """The section "How far these numbers travel": the spread a fresh run is expected to show, measured over
     seeds, and which kinds of sentence it may change."""
@@ -149,9 +159,7 @@ def travel_lines(results: Mapping[str, Any], spread: Mapping[str, Any] = SEED_SP
         f"preset has a standard deviation of {sd:.1f} ({n} seeds, {spread['epochs']} epochs, on "
         f"{spread['machine']}; {spread['source']}). The difference between a fresh run and this one then has an SD "
         f"of about {math.sqrt(2.0) * sd:.1f}, and 95% of fresh runs are expected within ±{reach:.1f} SumR of the "
-        f"values above (t with {n - 1} degrees of freedom, roughly normal seed noise); this run's own training length "
-        f"({_get(results, 'settings', 'epochs') or 'see above'} epochs) has not been measured over seeds, and a longer "
-        f"run may spread less.",
+        f"values above (t with {n - 1} degrees of freedom, roughly normal seed noise); {_length_note(results, spread)}",
         "Which sentences may change: any single number above (the headline table, 00-05) may move by that much. "
         "Comparisons inside one run (03's scores, 04's sigma against its baselines, 05's word weights) carry "
         "intervals over the queries or items of this one model: they describe this model, and a verdict on a "
