@@ -302,17 +302,11 @@ def test_query_sigmas_equal_singleton_support_sets(tiny_model):
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
     """A generated demo collection of a few videos and a small untrained model for it."""
-    from ralbook.config import ModelConfig
-    from ralbook.data.collection import Collection
-    from ralbook.data.demo import generate_demo, load_ground_truth
-    from ralbook.model import build_model
+    from micro import micro_model
+    from ralbook.data.demo import load_ground_truth
 
     root = tmp_path_factory.mktemp("micro")
-    generate_demo(root, n_train=3, n_val=2, n_test=6)
-    coll = Collection(root, "demo")
-    torch.manual_seed(1)
-    model = build_model(ModelConfig(visual_dim=coll.visual_dim, text_dim=coll.text_dim, hidden_size=16, n_heads=2,
-                                    input_drop=0.0, drop=0.0)).eval()
+    coll, model = micro_model(root, n_test=6, seed=1)
     return coll, model, load_ground_truth(root, "demo")
 
 

@@ -230,17 +230,23 @@ def test_no_progress_keeps_epoch_lines_and_test_table_and_steps_are_logged(run):
 # ----------------------------------------------------------------------------- 9. interrupts and resume
 
 
-def test_ctrl_c_says_what_was_kept_and_the_resume_command_works(run, tmp_path, monkeypatch, capsys):
-    root, _, _ = run
+def interrupt_training(monkeypatch, event: str, key: str, value: int):
+    """Make ``train``'s training stop with Ctrl-C when ``event`` reports ``info[key] == value``; returns the original."""
     original = train_cli.train
 
     def interrupted(*args, **kwargs):
-        def stop(event, info):
-            if event == "step" and info["global_step"] == 3:
+        def stop(ev, info):
+            if ev == event and info[key] == value:
                 raise KeyboardInterrupt
         return original(*args, callbacks=[stop], **kwargs)
 
     monkeypatch.setattr(train_cli, "train", interrupted)
+    return original
+
+
+def test_ctrl_c_says_what_was_kept_and_the_resume_command_works(run, tmp_path, monkeypatch, capsys):
+    root, _, _ = run
+    original = interrupt_training(monkeypatch, "step", "global_step", 3)
     out = tmp_path / "r"
     argv = ["train", "--data-root", str(root), "--epochs", "2", "--out", str(out), "--no-progress",
             "--checkpoint-every", "1"] + SMALL
@@ -259,15 +265,7 @@ def test_ctrl_c_says_what_was_kept_and_the_resume_command_works(run, tmp_path, m
 
 def test_resume_says_where_it_continues(run, tmp_path, monkeypatch, capsys):
     root, _, _ = run
-    original = train_cli.train
-
-    def interrupted(*args, **kwargs):
-        def stop(event, info):
-            if event == "epoch" and info["epoch"] == 0:
-                raise KeyboardInterrupt
-        return original(*args, callbacks=[stop], **kwargs)
-
-    monkeypatch.setattr(train_cli, "train", interrupted)
+    original = interrupt_training(monkeypatch, "epoch", "epoch", 0)
     out = tmp_path / "r"
     assert cli.main(["train", "--data-root", str(root), "--epochs", "2", "--out", str(out), "--no-progress"]
                     + SMALL) == 130

@@ -93,17 +93,11 @@ def test_weighting_matrix_rows():
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
     """A generated demo collection (12 test videos) and a small untrained model with CSA and word confidence."""
-    from ralbook.config import ModelConfig
-    from ralbook.data.collection import Collection
-    from ralbook.data.demo import generate_demo, load_ground_truth
-    from ralbook.model import build_model
+    from micro import micro_model
+    from ralbook.data.demo import load_ground_truth
 
     root = tmp_path_factory.mktemp("wc_micro")
-    generate_demo(root, n_train=3, n_val=2, n_test=12)
-    coll = Collection(root, "demo")
-    torch.manual_seed(3)
-    model = build_model(ModelConfig(visual_dim=coll.visual_dim, text_dim=coll.text_dim, hidden_size=16, n_heads=2,
-                                    input_drop=0.0, drop=0.0)).eval()
+    coll, model = micro_model(root, n_test=12, seed=3)
     truth = load_ground_truth(root, "demo")
     return root, coll, model, truth
 
