@@ -264,6 +264,14 @@ def lab_kernel_idle(page) -> bool:
     return bool(re.search(r"\|\s*Idle\b", page.locator("#jp-main-statusbar").inner_text()))
 
 
+def box_busy(page) -> bool:
+    """The query box's status line still says "ranking QUERY ..." (query_box puts its hint back when the ranking,
+    the table and both figures are out): the status bar can read Idle between the messages of one query on a
+    loaded machine, so a quiet spell alone does not prove the figures are in."""
+    status = page.locator(f"{BOX} .widget-html")
+    return status.count() > 0 and status.first.inner_text().strip().startswith("ranking")
+
+
 def _settle(page, base: str, token: str, timeout: float, what: str, quiet: float = 2.0) -> None:
     """Wait until the kernel is idle (server and status bar) and the query box's output has stayed the same
     for ``quiet`` seconds."""
@@ -272,7 +280,7 @@ def _settle(page, base: str, token: str, timeout: float, what: str, quiet: float
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         html = page.locator(BOX).first.inner_html()
-        if html != last or not lab_kernel_idle(page):
+        if html != last or not lab_kernel_idle(page) or box_busy(page):
             last, since = html, time.monotonic()
         elif time.monotonic() - since >= quiet:
             return
