@@ -387,6 +387,11 @@ def check_query_box(base: str, token: str, notebook: str, queries: Sequence[tupl
 
                     _wait(changed, timeout, f"the output to change after {query!r} ({how})")
                     _settle(page, base, token, timeout, f"after {query!r} ({how})")
+                    try:  # the figures follow the table; give a loaded browser time to attach them
+                        _wait(lambda: bool(_box_state(page, query, how).images), min(timeout, 20.0),
+                              f"a figure below the box after {query!r} ({how})")
+                    except RalbookError:
+                        pass  # reported as "no figure below the query box" by LabCheck.failures
                     result.seconds[f"query {k}"] = time.monotonic() - t0
                 state = _box_state(page, query, how)
                 state.screenshot = Path(f"{shots}_{k}_{how.replace(' ', '_')}.png")
