@@ -240,3 +240,21 @@ def test_query_box_runs_each_submitted_query_once_and_says_what_it_ranks(capsys)
     assert [q for q, _ in calls] == ["a door", "the red <ball>", "a door"]
     assert status.value == V.QUERY_HINT and "Enter" in V.QUERY_HINT and "rank" in V.QUERY_HINT
     capsys.readouterr()  # display() of the box prints its repr outside a kernel
+
+
+def test_query_box_displays_and_closes_the_figures_render_returns(monkeypatch):
+    """Each returned figure is displayed once and closed (no reliance on the inline backend's show); a render that
+    returns no figures falls back to plt.show()."""
+    import IPython.display
+    import matplotlib.pyplot as plt
+
+    from ralbook.viz import word_confidence as V
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj, *a, **k: shown.append(obj))
+    figs = {"a": plt.figure(), "b": plt.figure()}
+    assert V.shown_figures(figs) == 2
+    assert shown == [figs["a"], figs["b"]] and not plt.get_fignums()
+    fallback = []
+    monkeypatch.setattr(plt, "show", lambda *a, **k: fallback.append(True))
+    assert V.shown_figures(None) == 0 and V.shown_figures("text") == 0 and fallback == [True, True]

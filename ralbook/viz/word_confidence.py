@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 import textwrap
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -94,6 +94,31 @@ def relative_confidence_strips(queries: Sequence[tuple[str, Sequence[str], np.nd
 QUERY_HINT = "type words of the vocabulary, then press Enter or click <b>rank</b>"
 
 
+def shown_figures(figures: object) -> int:
+    """Display each figure ``render`` returned (a dict or sequence of Figures) and close it; returns how many.
+
+    Explicit, not ``plt.show()``: from a widget callback the inline backend's show left a query's figures off the
+    page now and then (seen in a browser: the table shown, no figure); a figure that is displayed and closed
+    here cannot be dropped or shown twice. Anything else ``render`` returned falls back to ``plt.show()``.
+    """
+    from IPython.display import display
+
+    if isinstance(figures, Mapping):
+        items = list(figures.values())
+    elif isinstance(figures, (list, tuple)):
+        items = list(figures)
+    else:
+        items = []
+    figs = [f for f in items if isinstance(f, Figure)]
+    if not figs:
+        plt.show()
+        return 0
+    for fig in figs:
+        display(fig)
+        plt.close(fig)
+    return len(figs)
+
+
 def query_box(render: Callable[[str], object], example: str = "", description: str = "query") -> object:
     """A text box (ipywidgets) that runs ``render(text)`` into an output area for each query submitted.
 
@@ -124,8 +149,7 @@ def query_box(render: Callable[[str], object], example: str = "", description: s
         status.value = f"ranking <i>{html.escape(query)}</i> ..."
         out.clear_output(wait=True)
         with out:
-            render(query)
-            plt.show()
+            shown_figures(render(query))
         status.value = QUERY_HINT
 
     text.observe(show, names="value")
