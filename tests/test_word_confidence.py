@@ -254,7 +254,8 @@ def test_query_box_displays_and_closes_the_figures_render_returns(monkeypatch):
     monkeypatch.setattr(IPython.display, "display", lambda obj, *a, **k: shown.append(obj))
     figs = {"a": plt.figure(), "b": plt.figure()}
     assert V.shown_figures(figs) == 2
-    assert shown == [figs["a"], figs["b"]] and not plt.get_fignums()
+    assert shown == [figs["a"], figs["b"]]
+    assert not set(plt.get_fignums()) & {figs["a"].number, figs["b"].number}  # both closed
     fallback = []
     monkeypatch.setattr(plt, "show", lambda *a, **k: fallback.append(True))
     assert V.shown_figures(None) == 0 and V.shown_figures("text") == 0 and fallback == [True, True]
